@@ -1,0 +1,154 @@
+"""One interface for every execution backend (onnxruntime, torch, tensorrt).
+
+A :class:`Backend` turns a model into a :class:`Runner`:
+
+- ``prepare(module, example, workdir)`` compiles a ``torch.nn.Module`` for this backend
+  (ONNX export + session for onnxruntime, an engine for TensorRT, the module itself for
+  torch) and returns a runner. The profiler uses it for blocks and whole sub-nets.
+- ``build(onnx_path, out_dir)`` compiles an ONNX file to the backend's deployable
+  artifact (an optimized ``.onnx`` or a ``.engine``); ``load(artifact)`` returns a runner.
+  ``edgedyn deploy`` and the runtime selector use these.
+
+Runners follow Polygraphy's template: ``activate`` / ``infer`` / ``deactivate`` and use as
+a context manager. ``time(n_warmup, n_iters)`` returns per-call latencies in ms measured
+with the backend's proper clock (host clock for CPU, CUDA events for GPUs).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Settings that change what a backend measures; recorded in every table and manifest."""
+
+    device: str = "cpu"  # cpu | cuda | jetson
+    precision: str = "fp32"  # fp32 | fp16 | int8
+    threads: int | None = None  # CPU intra-op threads (pinned); None = backend default
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # extra is informational only
+        return hash((self.device, self.precision, self.threads))
+
+
+class Runner(abc.ABC):
+    """A loaded model ready to run one fixed-shape input."""
+
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype = np.dtype(np.float32)
+
+    def __init__(self) -> None:
+        self._active = False
+        self._last_ms: float | None = None
+
+    # -- life cycle -------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self._active:
+            self._activate()
+            self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._deactivate()
+            self._active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def _activate(self) -> None:  # pragma: no cover - optional hook
+        pass
+
+    def _deactivate(self) -> None:  # pragma: no cover - optional hook
+        pass
+
+    # -- inference --------------------------------------------------------------------
+    def check_input(self, x: np.ndarray) -> None:
+        """Raise ValueError (one line) for a wrong shape or dtype."""
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"input must be a numpy array, got {type(x).__name__}")
+        if tuple(x.shape) != tuple(self.input_shape):
+            raise ValueError(f"input shape {tuple(x.shape)} does not match the model's {tuple(self.input_shape)}")
+        if x.dtype != self.input_dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the model's {self.input_dtype}")
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Run one input (checked against the model's shape and dtype) and return the output."""
+        self.check_input(x)
+        if not self._active:
+            self.activate()
+        t0 = time.perf_counter()
+        out = self._infer(x)
+        self._last_ms = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def last_inference_time(self) -> float | None:
+        """Wall time in ms of the last :meth:`infer` call, or None."""
+        return self._last_ms
+
+    @abc.abstractmethod
+    def _infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def time(self, n_warmup: int = 10, n_iters: int = 50, x: np.ndarray | None = None) -> np.ndarray:
+        """Per-call latency in ms, after ``n_warmup`` untimed calls (default: host clock)."""
+        if x is None:
+            x = np.random.default_rng(0).standard_normal(self.input_shape).astype(self.input_dtype)
+        if not self._active:
+            self.activate()
+        for _ in range(n_warmup):
+            self._infer(x)
+        out = np.empty(n_iters)
+        for i in range(n_iters):
+            t0 = time.perf_counter()
+            self._infer(x)
+            out[i] = (time.perf_counter() - t0) * 1e3
+        return out
+
+
+class Backend(abc.ABC):
+    """Factory of runners for one execution engine."""
+
+    name: ClassVar[str]
+    artifact_suffix: ClassVar[str]
+
+    def __init__(self, options: BackendOptions | None = None) -> None:
+        self.options = options or BackendOptions()
+
+    @classmethod
+    @abc.abstractmethod
+    def available(cls) -> bool:
+        """True when the backend's libraries (and device) are present."""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """Version string of the underlying runtime, recorded in artifacts."""
+
+    @abc.abstractmethod
+    def prepare(self, module: Any, example: Any, workdir: Path) -> Runner:
+        """Compile a torch module for this backend and return a runner for ``example``'s shape."""
+
+    @abc.abstractmethod
+    def build(self, onnx_path: Path, out_path: Path) -> Path:
+        """Compile an ONNX model to this backend's deployable artifact at ``out_path``."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Path, input_shape: tuple[int, ...]) -> Runner:
+        """Load a built artifact for repeated inference."""
+
+    def device_info(self) -> dict[str, Any]:
+        """Facts about the device this backend runs on (CPU model, GPU name, driver, ...)."""
+        from ..device import device_info
+
+        return device_info(self.options.device)

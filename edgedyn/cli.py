@@ -1,0 +1,73 @@
+"""The ``edgedyn`` command line: thin click commands over the Python API.
+
+Every expected failure is an :class:`~edgedyn.errors.EdgedynError`; the group turns it
+into one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgedynError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgedynError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgedyn")
+def cli() -> None:
+    """edgedyn: one CNN at many speeds, chosen by latency measured on your device."""
+
+
+def _parse_spec(text: str):
+    """A spec given inline as JSON (``[8,16,...]`` / ``{"widths": [...]}``) or as a JSON file."""
+    from .dynamic import SubnetSpec
+
+    path = Path(text)
+    if not text.lstrip().startswith(("[", "{")) and path.suffix == ".json":
+        if not path.is_file():
+            raise EdgedynError(f"{path}: spec file not found")
+        return SubnetSpec.from_json(path.read_text(), where=str(path))
+    return SubnetSpec.from_json(text, where="--spec")
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Supported model name (resnet20, resnet18, ...).")
+@click.option("--input-size", type=int, default=None, help="Input height = width (model default if omitted).")
+@click.option("--num-classes", type=int, default=None, help="Classifier outputs (model default if omitted).")
+@click.option("--channel-groups", type=int, default=8, show_default=True, help="Equal channel groups per coupling group.")
+@click.option("--group-size", type=int, default=None, help="Absolute channel-group size (e.g. 8, 16, 32) instead.")
+@click.option("--min-groups", type=int, default=1, show_default=True, help="Floor of each group, in channel groups.")
+@click.option("--spec", "spec_text", default=None, help="Also report this sub-net (inline JSON or a .json file).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(model_name, input_size, num_classes, channel_groups, group_size, min_groups, spec_text, as_json) -> None:
+    """List a model's coupling groups, channel grids and floors, with MACs and params."""
+    from .inspect import describe, format_description
+
+    spec = _parse_spec(spec_text) if spec_text else None
+    desc = describe(model_name, input_size=input_size, num_classes=num_classes, channel_groups=channel_groups,
+                    group_size=group_size, min_groups=min_groups, spec=spec)
+    click.echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
+
+
+def main() -> None:
+    cli(prog_name="edgedyn")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""DynamicNet: a real model made width-dynamic over its coupling groups."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ArtifactError, SpecError
+from .groups import CouplingGroup, LayerInfo, find_groups
+from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, make_dynamic, make_static
+from .spec import SubnetSpec
+
+WEIGHTS_SCHEMA = "edgedyn.dynamic_weights/1"
+
+
+class DynamicNet(nn.Module):
+    """A model whose coupling groups can each run at any width of their channel grid.
+
+    ``set_subnet(spec)`` makes every layer compute on a prefix slice of its weights, so
+    a narrower sub-net really computes less. ``extract(spec)`` returns the same sub-net
+    as a plain dense model. BatchNorm statistics can be recalibrated and kept per sub-net.
+
+    Args:
+        model: a supported CNN (its classifier's output is never slimmed). It is copied.
+        example_input: a tensor of the input shape used to trace coupling groups.
+        channel_groups: split every coupling group into this many equal channel groups.
+        group_size: instead, an absolute hardware-aligned step (8, 16, 32 channels).
+        min_groups: each group's floor, in channel groups (never zero).
+        name: the registry name, when built by :meth:`from_name`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        *,
+        channel_groups: int = 8,
+        group_size: int | None = None,
+        min_groups: int = 1,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        model = copy.deepcopy(model).eval()
+        groups, layers, classifier = find_groups(model, example_input, channel_groups, group_size, min_groups)
+        self.model = model
+        self.groups: list[CouplingGroup] = groups
+        self.layers: dict[str, LayerInfo] = layers
+        self.classifier = classifier
+        self.input_shape = tuple(example_input.shape)
+        self.name = name or type(model).__name__.lower()
+        self.num_classes = layers[classifier].out_channels
+        self._options = {"channel_groups": channel_groups, "group_size": group_size, "min_groups": min_groups}
+        self._modules_by_name = dict(model.named_modules())
+        for info in layers.values():
+            make_dynamic(self._modules_by_name[info.name], info.expand)
+        self.bn_stats: dict[SubnetSpec, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._active = self.full_spec()
+        self.set_subnet(self._active)
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        num_classes: int | None = None,
+        input_size: int | None = None,
+        **options: Any,
+    ) -> "DynamicNet":
+        """Build a supported model by name (see ``edgedyn.models.MODELS``), untrained."""
+        from ..models import build_model, get_entry
+
+        entry = get_entry(name)
+        size = input_size or entry.default_input_size
+        if size < entry.min_input_size:
+            raise SpecError(f"model {name!r} needs an input size >= {entry.min_input_size}, got {size}")
+        model = build_model(name, num_classes)
+        return cls(model, torch.zeros(1, 3, size, size), name=name, **options)
+
+    def config(self) -> dict[str, Any]:
+        """What :meth:`from_name` needs to rebuild this network (JSON-able)."""
+        return {"model": self.name, "num_classes": self.num_classes, "input_size": self.input_shape[-1],
+                **self._options}
+
+    def signature(self) -> str:
+        """A short hash of the architecture and channel grids; artifacts record it."""
+        desc = [(g.channels, g.grid, g.floor, [(m.layer, m.side, m.expand) for m in g.members]) for g in self.groups]
+        blob = json.dumps([self.name, self.input_shape, self.num_classes, desc]).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # -- specs ------------------------------------------------------------------------
+    def full_spec(self) -> SubnetSpec:
+        return SubnetSpec(tuple(g.channels for g in self.groups))
+
+    def min_spec(self) -> SubnetSpec:
+        return SubnetSpec(tuple(g.floor for g in self.groups))
+
+    def random_spec(self, seed: int | None = None) -> SubnetSpec:
+        """A uniformly random valid spec (each group independently over its grid)."""
+        gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        widths = []
+        for g in self.groups:
+            choices = g.widths_from()
+            widths.append(choices[int(torch.randint(len(choices), (1,), generator=gen))])
+        return SubnetSpec(tuple(widths))
+
+    def uniform_spec(self, ratio: float) -> SubnetSpec:
+        """Every group at the smallest grid width >= ratio * channels (US-Nets style)."""
+        widths = []
+        for g in self.groups:
+            target = ratio * g.channels
+            widths.append(next((w for w in g.widths_from() if w >= target - 1e-9), g.channels))
+        return SubnetSpec(tuple(widths))
+
+    def check_spec(self, spec: SubnetSpec) -> SubnetSpec:
+        """Raise :class:`SpecError` (one line) unless ``spec`` is valid for this network."""
+        if not isinstance(spec, SubnetSpec):
+            raise SpecError(f"expected a SubnetSpec, got {type(spec).__name__}")
+        if len(spec) != len(self.groups):
+            raise SpecError(f"spec has {len(spec)} widths, model {self.name!r} has {len(self.groups)} coupling groups")
+        for g, w in zip(self.groups, spec.widths):
+            label = f"group {g.index} ({g.name})"
+            if w > g.channels:
+                raise SpecError(f"{label}: width {w} exceeds the maximum {g.channels}")
+            if w < g.floor:
+                raise SpecError(f"{label}: width {w} is below the floor {g.floor}")
+            if w not in g.grid:
+                raise SpecError(f"{label}: width {w} is off the channel grid {list(g.grid)}")
+        return spec
+
+    # -- running a sub-net ------------------------------------------------------------
+    @property
+    def active_spec(self) -> SubnetSpec:
+        return self._active
+
+    def set_subnet(self, spec: SubnetSpec) -> None:
+        """Make every layer compute only its active prefix of channels."""
+        self.check_spec(spec)
+        stats = self.bn_stats.get(spec)
+        for info in self.layers.values():
+            mod = self._modules_by_name[info.name]
+            w_in = spec[info.in_group] if info.in_group is not None else info.in_channels
+            w_out = spec[info.out_group] if info.out_group is not None else info.out_channels
+            if isinstance(mod, DynamicBatchNorm2d):
+                mod.active = w_out
+                mod.override = stats[info.name] if stats is not None else None
+            else:
+                mod.active_in, mod.active_out = w_in, w_out
+        self._active = spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- channel order ----------------------------------------------------------------
+    def permute_channels(self, group: int, perm: Sequence[int] | torch.Tensor) -> None:
+        """Reorder a coupling group's channels everywhere they appear (function unchanged).
+
+        Per-sub-net BatchNorm statistics are dropped: a new order changes which channels
+        each sub-net keeps, so they must be recalibrated.
+        """
+        g = self.groups[group]
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if sorted(perm.tolist()) != list(range(g.channels)):
+            raise SpecError(f"group {group} ({g.name}): not a permutation of {g.channels} channels")
+        with torch.no_grad():
+            for m in g.members:
+                mod = self._modules_by_name[m.layer]
+                if m.side == "out":
+                    tensors = [mod.weight, mod.bias]
+                    if isinstance(mod, DynamicBatchNorm2d):
+                        tensors += [mod.running_mean, mod.running_var]
+                    for t in tensors:
+                        if t is not None:
+                            t.copy_(t[perm])
+                elif isinstance(mod, DynamicLinear):
+                    w = mod.weight.view(mod.out_features, g.channels, m.expand)
+                    w.copy_(w[:, perm, :].clone())
+                else:
+                    mod.weight.copy_(mod.weight[:, perm])
+        self.bn_stats.clear()
+
+    # -- BatchNorm --------------------------------------------------------------------
+    def bn_layers(self) -> list[tuple[str, DynamicBatchNorm2d]]:
+        return [(n, m) for n, m in self._modules_by_name.items() if isinstance(m, DynamicBatchNorm2d)]
+
+    @torch.no_grad()
+    def calibrate_bn(self, spec: SubnetSpec, batches: Iterable[Any], num_batches: int = 200) -> int:
+        """Recalibrate BatchNorm statistics for ``spec`` and keep them for that sub-net.
+
+        Resets the statistics, then runs up to ``num_batches`` batches in train mode with a
+        cumulative moving average. Batches are tensors or ``(inputs, labels)`` pairs.
+        The shared running statistics are left unchanged. Returns the batch count used.
+        """
+        self.set_subnet(spec)
+        bns = self.bn_layers()
+        saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
+                 for _, m in bns]
+        was_training = self.training
+        for _, m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        self.train()
+        seen = 0
+        try:
+            for batch in batches:
+                if seen >= num_batches:
+                    break
+                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                self.model(x.to(next(self.parameters()).device))
+                seen += 1
+            if seen == 0:
+                raise ValueError("calibrate_bn needs at least one batch")
+            self.bn_stats[spec] = {n: (m.running_mean[: m.active].clone(), m.running_var[: m.active].clone())
+                                   for n, m in bns}
+        finally:
+            for (_, m), (mean, var, nbt, mom) in zip(bns, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(nbt)
+                m.momentum = mom
+            self.train(was_training)
+        self.set_subnet(spec)
+        return seen
+
+    # -- extraction -------------------------------------------------------------------
+    def extract(self, spec: SubnetSpec) -> nn.Module:
+        """A plain dense torch model with only ``spec``'s channels (and its BN statistics)."""
+        previous = self._active
+        self.set_subnet(spec)
+        try:
+            model = copy.deepcopy(self.model)
+        finally:
+            self.set_subnet(previous)
+        for name, mod in model.named_modules():
+            if isinstance(mod, (DynamicConv2d, DynamicLinear, DynamicBatchNorm2d)):
+                make_static(mod)
+        return model.eval()
+
+    def export_onnx(self, spec: SubnetSpec, path: str | os.PathLike, batch: int = 1) -> Path:
+        """Extract ``spec`` and export it to ONNX (opset >= 17)."""
+        from ..export import export_onnx
+
+        example = torch.zeros(batch, *self.input_shape[1:])
+        return export_onnx(self.extract(spec).cpu(), example, path)
+
+    # -- cost -------------------------------------------------------------------------
+    def _widths(self, spec: SubnetSpec, info: LayerInfo) -> tuple[int, int]:
+        w_in = spec[info.in_group] if info.in_group is not None else info.in_channels
+        w_out = spec[info.out_group] if info.out_group is not None else info.out_channels
+        return w_in, w_out
+
+    def layer_macs(self, spec: SubnetSpec, info: LayerInfo) -> int:
+        """Multiply-accumulates of one layer under ``spec``.
+
+        Inference BatchNorm is ``y = a * x + b``: one multiply-add per output element.
+        """
+        w_in, w_out = self._widths(spec, info)
+        if info.kind == "conv":
+            kh, kw = info.kernel
+            per_out = kh * kw * (1 if info.depthwise else w_in)
+            return info.out_hw[0] * info.out_hw[1] * per_out * w_out
+        if info.kind == "linear":
+            return w_in * info.expand * w_out
+        return info.out_hw[0] * info.out_hw[1] * w_out  # bn
+
+    def macs(self, spec: SubnetSpec | None = None) -> int:
+        """MACs for one input: convs, linear layers and BatchNorm (thop's convention).
+
+        resnet18 at 224x224 with 1000 classes gives 1.817 G (1.814 G of it convs + fc).
+        """
+        spec = self.check_spec(spec or self._active)
+        return sum(self.layer_macs(spec, i) for i in self.layers.values())
+
+    def params(self, spec: SubnetSpec | None = None) -> int:
+        """Parameter count of the extracted sub-net."""
+        spec = self.check_spec(spec or self._active)
+        total = 0
+        for info in self.layers.values():
+            mod = self._modules_by_name[info.name]
+            w_in, w_out = self._widths(spec, info)
+            bias = w_out if getattr(mod, "bias", None) is not None else 0
+            if info.kind == "conv":
+                total += info.kernel[0] * info.kernel[1] * (1 if info.depthwise else w_in) * w_out + bias
+            elif info.kind == "linear":
+                total += w_in * info.expand * w_out + bias
+            elif mod.weight is not None:
+                total += 2 * w_out
+        return total
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Save weights, config and per-sub-net BN statistics (loadable with weights_only=True)."""
+        from ..artifacts import atomic_write_bytes
+        import io
+
+        blob = {
+            "schema": WEIGHTS_SCHEMA,
+            "config": self.config(),
+            "signature": self.signature(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "bn_stats": {spec.to_json(): {n: [m.cpu(), v.cpu()] for n, (m, v) in stats.items()}
+                         for spec, stats in self.bn_stats.items()},
+            "extra": extra or {},
+        }
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        return atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DynamicNet":
+        """Rebuild a network saved with :meth:`save` (a one-line error for a bad file)."""
+        blob = load_weights_file(path)
+        cfg = blob["config"]
+        net = cls.from_name(cfg["model"], num_classes=cfg["num_classes"], input_size=cfg["input_size"],
+                            channel_groups=cfg["channel_groups"], group_size=cfg["group_size"],
+                            min_groups=cfg["min_groups"])
+        if net.signature() != blob.get("signature"):
+            raise ArtifactError(f"{path}: field 'signature' does not match the rebuilt {cfg['model']!r}")
+        net.load_weights(blob, path)
+        return net
+
+    def load_weights(self, blob: dict, where: str | os.PathLike = "weights") -> None:
+        try:
+            self.model.load_state_dict(blob["state_dict"])
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ArtifactError(f"{where}: field 'state_dict' does not fit the model ({first})") from None
+        self.bn_stats = {
+            self.check_spec(SubnetSpec.from_json(k, f"{where}: bn_stats key")): {n: (mv[0], mv[1]) for n, mv in v.items()}
+            for k, v in blob.get("bn_stats", {}).items()
+        }
+        self.set_subnet(self._active)
+
+
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """Load a weights file safely (``weights_only=True``); one-line ArtifactError if bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weights file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{path}: not a readable weights file ({msg[:160]})") from None
+    if not isinstance(blob, dict):
+        raise ArtifactError(f"{path}: not an edgedyn weights file")
+    if blob.get("schema") != WEIGHTS_SCHEMA:
+        raise ArtifactError(f"{path}: field 'schema' is {blob.get('schema')!r}, expected {WEIGHTS_SCHEMA!r}")
+    for field in ("config", "state_dict"):
+        if field not in blob:
+            raise ArtifactError(f"{path}: field '{field}' is missing")
+    return blob

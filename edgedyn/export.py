@@ -1,0 +1,78 @@
+"""ONNX export of plain (extracted) models, checked against ONNX Runtime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifacts import atomic_write_bytes
+
+#: The exporter used is torch's torch.export-based one; it emits opset 18 natively.
+DEFAULT_OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and warnings (they go to stdout/stderr)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``module`` (eval mode, fixed input shape) to ``path`` atomically.
+
+    The graph has one input named ``input`` and one output named ``output``.
+    """
+    if opset < 17:
+        raise ValueError(f"opset {opset} is below the supported minimum 17")
+    module = module.eval()
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            optimize=True,
+        )
+    import onnx
+
+    proto = program.model_proto
+    onnx.checker.check_model(proto)
+    return atomic_write_bytes(path, proto.SerializeToString())
+
+
+def run_onnxruntime(path: str | os.PathLike, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Run an ONNX file once on the CPU with ONNX Runtime (used for equivalence checks)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
