@@ -65,6 +65,67 @@ def inspect(model_name, input_size, num_classes, channel_groups, group_size, min
     click.echo(json.dumps(desc, indent=1) if as_json else format_description(desc))
 
 
+def _model_options(f):
+    """Options that fix the dynamic network (shared by profile, search, deploy)."""
+    for opt in reversed([
+        click.option("--model", "model_name", required=True, help="Supported model name (resnet20, resnet18, ...)."),
+        click.option("--input-size", type=int, default=None, help="Input height = width (model default if omitted)."),
+        click.option("--num-classes", type=int, default=None, help="Classifier outputs (model default if omitted)."),
+        click.option("--channel-groups", type=int, default=8, show_default=True,
+                     help="Equal channel groups per coupling group."),
+        click.option("--group-size", type=int, default=None, help="Absolute channel-group size (8, 16, 32) instead."),
+        click.option("--min-groups", type=int, default=1, show_default=True,
+                     help="Floor of each group, in channel groups."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@_model_options
+@click.option("--device", type=click.Choice(["cpu", "cuda", "jetson"]), default="cpu", show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "tensorrt", "roofline"]), default=None,
+              help="Default follows the device: cpu -> onnxruntime, cuda/jetson -> tensorrt.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default follows the device: cpu -> fp32, cuda/jetson -> fp16.")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, default=None, help="Pinned CPU threads (default: all available cores).")
+@click.option("--subsample", type=int, default=None,
+              help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
+@click.option("--calibrate", type=int, default=8, show_default=True, help="Whole sub-nets for the calibration fit.")
+@click.option("--validate", type=int, default=0, show_default=True,
+              help="Measure K other random sub-nets end to end and report the table's accuracy.")
+@click.option("--roofline-device", type=click.Path(path_type=Path), default=None,
+              help="Device spec JSON for --backend roofline (default: the shipped Jetson AGX Orin 64GB).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Table to write (JSON).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted profile from <out>.partial.json.")
+@click.option("--merge", is_flag=True, help="Add this model's blocks to an existing table at --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def profile(model_name, input_size, num_classes, channel_groups, group_size, min_groups, device, backend, precision,
+            batch, threads, subsample, calibrate, validate, roofline_device, out, resume, merge, quiet) -> None:
+    """Measure per-block latency on this device and write a latency lookup table."""
+    from .profile.profiler import ProfileConfig, profile as run_profile
+
+    cfg = ProfileConfig(model=model_name, input_size=input_size, num_classes=num_classes, device=device,
+                        backend=backend, precision=precision, batch=batch, threads=threads,
+                        channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
+                        subsample=subsample, calibrate=calibrate, validate=validate,
+                        roofline_device=roofline_device, resume=resume, merge=merge,
+                        out=out or Path("profiles") / f"{device}-{model_name}.json").resolved()
+    if cfg.device == "jetson" and cfg.backend != "roofline":
+        from .device import device_info
+
+        for w in device_info("jetson").get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
+    table = run_profile(cfg, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    if not table.measured:
+        click.echo(f"warning: {table.warn_if_unmeasured()}", err=True)
+    counts = {s: sum(1 for e in table.entries.values() if e.source == s) for s in ("measured", "interpolated",
+                                                                                   "roofline")}
+    click.echo(f"wrote {cfg.out}: {len(table.entries)} blocks {counts}, "
+               f"{table.backend.get('profile_seconds', '?')} s")
+
+
 def main() -> None:
     cli(prog_name="edgedyn")
 

@@ -147,6 +147,23 @@ class Backend(abc.ABC):
     def load(self, artifact: Path, input_shape: tuple[int, ...]) -> Runner:
         """Load a built artifact for repeated inference."""
 
+    def block_runner(self, key: Any, workdir: Path) -> Runner:
+        """A runner for one latency-table block (:class:`~edgedyn.profile.BlockKey`).
+
+        The default writes the block as ONNX and goes through :meth:`build` and
+        :meth:`load`, as deploy does; backends with a faster path override it.
+        """
+        import onnx
+
+        from ..profile.block_models import block_onnx
+
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        onnx_path = workdir / "block.onnx"
+        onnx.save(block_onnx(key), str(onnx_path))
+        artifact = self.build(onnx_path, workdir / f"block{self.artifact_suffix}")
+        return self.load(artifact, None)
+
     def device_info(self) -> dict[str, Any]:
         """Facts about the device this backend runs on (CPU model, GPU name, driver, ...)."""
         from ..device import device_info

@@ -1,0 +1,151 @@
+"""ONNX Runtime backend (CPU, or CUDA where onnxruntime-gpu is installed)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailable
+from .base import Backend, BackendOptions, Runner
+
+
+def default_threads() -> int:
+    """Physical cores when known (pinned intra-op threads), else logical CPUs."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def session_options(threads: int | None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendUnavailable(f"onnxruntime has no CUDA provider here (device {device!r}); "
+                                 "install onnxruntime-gpu or use --device cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
+       "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
+
+
+class OrtRunner(Runner):
+    """An ONNX Runtime session. Extra graph inputs (e.g. a residual) get fixed random feeds."""
+
+    def __init__(self, model: str | bytes, options: BackendOptions, name: str = "model") -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.name = name
+        try:
+            self.session = ort.InferenceSession(model, session_options(options.threads),
+                                                providers=_providers(options.device))
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises several types
+            first = str(err).strip().splitlines()[0][:200]
+            raise BackendUnavailable(f"{name}: onnxruntime cannot load the model ({first})") from None
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        self.input_shape = tuple(int(d) for d in inputs[0].shape)
+        self.input_dtype = np.dtype(_NP.get(inputs[0].type, np.float32))
+        rng = np.random.default_rng(0)
+        self._extra = {i.name: rng.standard_normal([int(d) for d in i.shape]).astype(_NP.get(i.type, np.float32))
+                       for i in inputs[1:]}
+        self._x = rng.standard_normal(self.input_shape).astype(self.input_dtype)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x, **self._extra})[0]
+
+    def time(self, n_warmup: int = 10, n_iters: int = 50, x: np.ndarray | None = None) -> np.ndarray:
+        feeds = {self.input_name: self._x if x is None else x, **self._extra}
+        run = self.session.run
+        for _ in range(n_warmup):
+            run(None, feeds)
+        out = np.empty(n_iters)
+        for i in range(n_iters):
+            t0 = time.perf_counter()
+            run(None, feeds)
+            out[i] = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def timed_call(self) -> float:
+        """One timed call on the stored input (ms); used by interleaved measurement."""
+        feeds = {self.input_name: self._x, **self._extra}
+        t0 = time.perf_counter()
+        self.session.run(None, feeds)
+        return (time.perf_counter() - t0) * 1e3
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    artifact_suffix = ".onnx"
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def prepare(self, module: Any, example: Any, workdir: Path) -> OrtRunner:
+        from ..export import export_onnx
+
+        path = export_onnx(module, example, Path(workdir) / "model.onnx")
+        return OrtRunner(str(path), self.options, name=str(path))
+
+    def block_runner(self, key: Any, workdir: Path | None = None) -> OrtRunner:
+        """The block's ONNX goes straight from memory into a session (no files)."""
+        from ..profile.block_models import block_onnx
+
+        return OrtRunner(block_onnx(key).SerializeToString(), self.options, name=key.to_str())
+
+    def build(self, onnx_path: Path, out_path: Path) -> Path:
+        """Save ONNX Runtime's fully optimized graph for this device as the deployable model."""
+        import onnxruntime as ort
+
+        from ..artifacts import atomic_write_bytes
+
+        out_path = Path(out_path)
+        tmp = out_path.with_name(out_path.name + ".opt.tmp")
+        so = session_options(self.options.threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(tmp)
+        try:
+            ort.InferenceSession(str(onnx_path), so, providers=_providers(self.options.device))
+            atomic_write_bytes(out_path, tmp.read_bytes())
+        finally:
+            tmp.unlink(missing_ok=True)
+        return out_path
+
+    def load(self, artifact: Path, input_shape: tuple[int, ...] | None = None) -> OrtRunner:
+        artifact = Path(artifact)
+        if not artifact.is_file():
+            raise BackendUnavailable(f"{artifact}: model file not found")
+        runner = OrtRunner(str(artifact), self.options, name=str(artifact))
+        if input_shape is not None and tuple(input_shape) != runner.input_shape:
+            raise BackendUnavailable(f"{artifact}: input shape {runner.input_shape} != expected {tuple(input_shape)}")
+        return runner

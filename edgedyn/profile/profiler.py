@@ -1,0 +1,361 @@
+"""``edgedyn profile``: measure a model's blocks on this device and build a LatencyTable.
+
+Phases: (1) block grid, measured interleaved in chunks (a subset when ``subsample > 1``,
+the rest interpolated); (2) whole-network calibration on a few sub-nets, fitting
+``measured = scale * sum(blocks) + offset``; (3) optional validation on K other random
+sub-nets (MAPE, share within 10%, Spearman of the table and of FLOPs).
+
+Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..artifacts import atomic_write_json, load_json
+from ..backends.base import BackendOptions
+from ..errors import ArtifactError, EdgedynError
+from .blocks import BlockKey, all_keys
+from .measure import DEFAULT, WHOLE_NET, Stats, measure_interleaved
+from .table import Calibration, Entry, LatencyTable
+
+PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
+DEVICE_BACKEND_DEFAULTS = {"cpu": ("onnxruntime", "fp32"), "cuda": ("tensorrt", "fp16"), "jetson": ("tensorrt", "fp16")}
+CALIBRATION_SEED = 10_000
+VALIDATION_SEED = 20_000
+
+
+@dataclass
+class ProfileConfig:
+    model: str
+    out: Path
+    input_size: int | None = None
+    num_classes: int | None = None
+    device: str = "cpu"
+    backend: str | None = None  # default follows the device
+    precision: str | None = None
+    batch: int = 1
+    threads: int | None = None
+    channel_groups: int = 8
+    group_size: int | None = None
+    min_groups: int = 1
+    subsample: int | None = None  # measure every N-th width per axis; default 1, tensorrt 2
+    calibrate: int = 8
+    validate: int = 0
+    roofline_device: Path | None = None
+    resume: bool = False
+    merge: bool = False
+    chunk: int = 16
+
+    def resolved(self) -> "ProfileConfig":
+        backend, precision = DEVICE_BACKEND_DEFAULTS.get(self.device, ("onnxruntime", "fp32"))
+        cfg = ProfileConfig(**{**asdict(self), "out": Path(self.out)})
+        cfg.backend = self.backend or backend
+        cfg.precision = self.precision or precision
+        if cfg.subsample is None:
+            cfg.subsample = 2 if cfg.backend == "tensorrt" else 1
+        if cfg.device not in DEVICE_BACKEND_DEFAULTS:
+            raise EdgedynError(f"unknown device {cfg.device!r}; choose cpu, cuda or jetson")
+        if cfg.batch < 1 or cfg.subsample < 1 or cfg.calibrate < 0 or cfg.validate < 0:
+            raise EdgedynError("batch and subsample must be >= 1; calibrate and validate >= 0")
+        return cfg
+
+
+def _subsample_keys(keys: list[BlockKey], step: int) -> tuple[list[BlockKey], list[BlockKey]]:
+    """Split keys into (measure, interpolate): every ``step``-th width per axis plus the ends."""
+    if step <= 1:
+        return list(keys), []
+    by_geom: dict[BlockKey, list[BlockKey]] = {}
+    for k in keys:
+        by_geom.setdefault(k.with_channels(0, 0), []).append(k)
+    measure, interp = [], []
+    for ks in by_geom.values():
+        cins, couts = sorted({k.c_in for k in ks}), sorted({k.c_out for k in ks})
+        keep_in = {c for i, c in enumerate(cins) if i % step == 0 or i == len(cins) - 1}
+        keep_out = {c for i, c in enumerate(couts) if i % step == 0 or i == len(couts) - 1}
+        for k in ks:
+            (measure if k.c_in in keep_in and k.c_out in keep_out else interp).append(k)
+    return measure, interp
+
+
+def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[BlockKey, Entry]:
+    """Fill ``wanted`` keys by (bi)linear interpolation over channel counts of measured neighbours."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    out: dict[BlockKey, Entry] = {}
+    by_geom: dict[BlockKey, dict[tuple[int, int], float]] = {}
+    for k, e in entries.items():
+        if e.source == "measured":
+            by_geom.setdefault(k.with_channels(0, 0), {})[(k.c_in, k.c_out)] = e.ms
+    for k in wanted:
+        pts = by_geom.get(k.with_channels(0, 0))
+        if not pts:
+            raise EdgedynError(f"cannot interpolate block {k.to_str()}: nothing measured with its geometry")
+        if all(ci == co for ci, co in pts):  # pools, adds, depthwise: one channel axis
+            xs = sorted(p[0] for p in pts)
+            out[k] = Entry(float(np.interp(k.c_in, xs, [pts[(x, x)] for x in xs])), "interpolated")
+            continue
+        cins, couts = sorted({p[0] for p in pts}), sorted({p[1] for p in pts})
+        grid = np.array([[pts.get((ci, co), np.nan) for co in couts] for ci in cins])
+        if np.isnan(grid).any():
+            raise EdgedynError(f"cannot interpolate block {k.to_str()}: its measured grid is incomplete")
+        axes, values, point = [], grid, []
+        if len(cins) > 1:
+            axes.append(np.array(cins, float)); point.append(k.c_in)
+        else:
+            values = values[0]
+        if len(couts) > 1:
+            axes.append(np.array(couts, float)); point.append(k.c_out)
+        else:
+            values = values[..., 0] if values.ndim > 1 else values
+        ms = float(RegularGridInterpolator(axes, values)(np.array([point]))[0]) if axes else float(values)
+        out[k] = Entry(ms, "interpolated")
+    return out
+
+
+class Profiler:
+    """Runs one profile. ``log`` receives one-line progress messages."""
+
+    def __init__(self, cfg: ProfileConfig, log: Callable[[str], None] = print, progress: bool = True) -> None:
+        from ..dynamic import DynamicNet
+
+        self.cfg = cfg.resolved()
+        self.log = log
+        self.progress = progress
+        c = self.cfg
+        self.net = DynamicNet.from_name(c.model, num_classes=c.num_classes, input_size=c.input_size,
+                                        channel_groups=c.channel_groups, group_size=c.group_size,
+                                        min_groups=c.min_groups)
+        self.partial_path = c.out.with_name(c.out.name + ".partial.json")
+        self.options = BackendOptions(device=c.device, precision=c.precision, threads=c.threads)
+
+    # -- setup ------------------------------------------------------------------------
+    def _new_table(self) -> LatencyTable:
+        from ..device import device_fingerprint, device_info
+
+        c = self.cfg
+        if c.backend == "roofline":
+            from ..backends.roofline import RooflineDevice
+
+            dev = RooflineDevice.load(self._roofline_path())
+            info = {"kind": c.device, "name": dev.name, "fingerprint": f"{c.device}:{dev.name}",
+                    "roofline": dev.to_json()}
+            return LatencyTable(device=info, backend={"name": "roofline", "version": "1"}, precision=c.precision,
+                                batch=c.batch, measured=False, sources=list(dev.sources), created=_now())
+        backend = self._backend()
+        info = device_info(c.device)
+        info["fingerprint"] = device_fingerprint(info)
+        if hasattr(os, "getloadavg"):
+            info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+        threads = c.threads
+        if threads is None and c.backend == "onnxruntime":
+            from ..backends.onnxruntime import default_threads
+
+            threads = default_threads()
+        return LatencyTable(device=info, backend={"name": c.backend, "version": backend.version(),
+                                                  "threads": threads},
+                            precision=c.precision, batch=c.batch, measured=True, created=_now())
+
+    def _roofline_path(self) -> Path:
+        if self.cfg.roofline_device is not None:
+            return Path(self.cfg.roofline_device)
+        return Path(__file__).resolve().parents[2] / "profiles" / "devices" / "jetson_agx_orin_64gb.json"
+
+    def _start(self) -> tuple[LatencyTable, dict[str, dict]]:
+        c = self.cfg
+        whole: dict[str, dict] = {}
+        if c.resume and self.partial_path.is_file():
+            obj = load_json(self.partial_path, PARTIAL_SCHEMA)
+            table = LatencyTable.load_partial(obj["table"], self.partial_path)
+            fresh = self._new_table()
+            table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
+                                fingerprint=fresh.device.get("fingerprint"))
+            if table.backend.get("name") != c.backend:
+                raise ArtifactError(f"{self.partial_path}: field 'backend.name' is {table.backend.get('name')!r}, "
+                                    f"asked for {c.backend!r}")
+            whole = obj.get("whole", {})
+            self.log(f"resuming: {len(table.entries)} blocks and {len(whole)} sub-nets already measured")
+            return table, whole
+        if c.resume:
+            self.log(f"nothing to resume at {self.partial_path}; starting afresh")
+        if c.merge and c.out.is_file():
+            table = LatencyTable.load(c.out)
+            fresh = self._new_table()
+            table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
+                                fingerprint=fresh.device.get("fingerprint"))
+            return table, whole
+        return self._new_table(), whole
+
+    def _checkpoint(self, table: LatencyTable, whole: dict[str, dict]) -> None:
+        atomic_write_json(self.partial_path, {"schema": PARTIAL_SCHEMA, "config": {k: str(v) for k, v in
+                                                                                asdict(self.cfg).items()},
+                                              "table": table.to_dict(), "whole": whole})
+
+    # -- phases -----------------------------------------------------------------------
+    def run(self) -> LatencyTable:
+        c = self.cfg
+        t_start = time.perf_counter()
+        table, whole = self._start()
+        try:
+            self._blocks(table, whole)
+            if table.measured:
+                self._calibrate(table, whole)
+                if c.validate:
+                    self._validate(table, whole)
+        except KeyboardInterrupt:
+            self._checkpoint(table, whole)
+            raise EdgedynError(f"interrupted; progress kept in {self.partial_path}; continue with --resume") from None
+        except BaseException:
+            self._checkpoint(table, whole)
+            raise
+        table.backend["profile_seconds"] = round(time.perf_counter() - t_start, 1)
+        table.save(c.out)
+        self.partial_path.unlink(missing_ok=True)
+        return table
+
+    def _blocks(self, table: LatencyTable, whole: dict) -> None:
+        c = self.cfg
+        keys = all_keys(self.net, c.batch, c.precision)
+        if c.backend == "roofline":
+            from ..backends.roofline import RooflineDevice, block_latency_ms
+
+            dev = RooflineDevice.load(self._roofline_path())
+            for k in keys:
+                table.entries.setdefault(k, Entry(block_latency_ms(dev, k), "roofline"))
+            self.log(f"roofline: {len(keys)} block entries from {dev.name}")
+            return
+        measure, interp = _subsample_keys(keys, c.subsample)
+        todo = [k for k in measure if table.entries.get(k, Entry(0, "interpolated")).source != "measured"]
+        self.log(f"{self.net.name}: {len(keys)} distinct blocks; measuring {len(todo)} "
+                 f"({len(measure) - len(todo)} already in the table), interpolating {len(interp)}")
+        make = self._block_runner_factory()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="blocks", unit="blk", disable=not self.progress, dynamic_ncols=True)
+        last_ckpt = time.monotonic()
+        for i in range(0, len(todo), c.chunk):
+            chunk = todo[i:i + c.chunk]
+            runners = [make(k) for k in chunk]
+            for k, st in zip(chunk, measure_interleaved(runners, DEFAULT, seed=i)):
+                table.entries[k] = Entry(st.median, "measured", st.p10, st.p90, st.iqr, st.n)
+            del runners
+            bar.update(len(chunk))
+            if time.monotonic() - last_ckpt > 10:
+                self._checkpoint(table, whole)
+                last_ckpt = time.monotonic()
+        bar.close()
+        if interp:
+            table.entries.update(interpolate(table.entries, [k for k in interp
+                                                             if table.entries.get(k) is None
+                                                             or table.entries[k].source != "measured"]))
+        self._checkpoint(table, whole)
+
+    def _backend(self):
+        from ..backends import get_backend
+
+        return get_backend(self.cfg.backend, self.options)
+
+    def _block_runner_factory(self):
+        backend = self._backend()
+        workdir = Path(tempfile.mkdtemp(prefix="edgedyn-blocks-"))
+        return lambda k: backend.block_runner(k, workdir)
+
+    def _measure_specs(self, specs, whole: dict, table: LatencyTable, label: str) -> list[float]:
+        """End-to-end latency (ms) of whole sub-nets, measured interleaved, as deploy runs them."""
+        todo = [s for s in specs if s.to_json() not in whole]
+        if todo:
+            backend = self._backend()
+            example = self._example()
+            runners = []
+            from tqdm.auto import tqdm
+
+            with tempfile.TemporaryDirectory(prefix="edgedyn-subnets-") as tmp:
+                for j, s in enumerate(tqdm(todo, desc=f"{label}: build", disable=not self.progress,
+                                           dynamic_ncols=True)):
+                    wd = Path(tmp) / str(j)
+                    wd.mkdir()
+                    runners.append(backend.prepare(self.net.extract(s), example, wd))
+                self.log(f"{label}: timing {len(runners)} sub-nets end to end (interleaved)")
+                for s, st in zip(todo, measure_interleaved(runners, WHOLE_NET, seed=len(whole))):
+                    whole[s.to_json()] = st.to_dict()
+                del runners
+            self._checkpoint(table, whole)
+        return [whole[s.to_json()]["ms"] for s in specs]
+
+    def _example(self):
+        import torch
+
+        return torch.zeros(self.cfg.batch, *self.net.input_shape[1:])
+
+    def _calibration_specs(self):
+        net = self.net
+        specs = [net.min_spec(), net.full_spec()] + [net.uniform_spec(r) for r in (0.25, 0.5, 0.75)]
+        i = 0
+        while len(specs) < max(self.cfg.calibrate, 2):
+            specs.append(net.random_spec(CALIBRATION_SEED + i))
+            i += 1
+        return list(dict.fromkeys(specs))[: max(self.cfg.calibrate, 2)]
+
+    def _calibrate(self, table: LatencyTable, whole: dict) -> None:
+        if self.cfg.calibrate < 2:
+            self.log("calibration skipped (needs >= 2 sub-nets); predictions are plain block sums")
+            return
+        specs = self._calibration_specs()
+        measured = np.array(self._measure_specs(specs, whole, table, "calibration"))
+        raw = np.array([table.raw_sum(self.net, s) for s in specs])
+        scale, offset = np.polyfit(raw, measured, 1)
+        if scale <= 0:
+            raise EdgedynError(f"calibration failed: fitted scale {scale:.3f} <= 0 (measurements too noisy?)")
+        points = [{"widths": list(s.widths), "sum_ms": round(float(r), 4), "measured_ms": round(float(m), 4)}
+                  for s, r, m in zip(specs, raw, measured)]
+        table.calibration[self.net.signature()] = Calibration(
+            f"{self.net.name}@{self.net.input_shape[-1]}", float(scale), float(offset), len(specs), points)
+        self.log(f"calibration on {len(specs)} sub-nets: measured = {scale:.4f} x sum + {offset:.4f} ms")
+
+    def _validate(self, table: LatencyTable, whole: dict) -> None:
+        from scipy.stats import spearmanr
+
+        net = self.net
+        cal = set(self._calibration_specs())
+        specs, i = [], 0
+        while len(specs) < self.cfg.validate:
+            s = net.random_spec(VALIDATION_SEED + i)
+            i += 1
+            if s not in cal and s not in specs:
+                specs.append(s)
+        measured = np.array(self._measure_specs(specs, whole, table, "validation"))
+        pred = np.array([table.predict(net, s) for s in specs])
+        macs = np.array([net.macs(s) for s in specs], float)
+        err = np.abs(pred - measured) / measured
+        result = {
+            "model": f"{net.name}@{net.input_shape[-1]}",
+            "k": len(specs),
+            "mape": round(float(err.mean() * 100), 3),
+            "within_10pct": round(float((err <= 0.10).mean() * 100), 2),
+            "spearman_table": round(float(spearmanr(pred, measured).statistic), 4),
+            "spearman_flops": round(float(spearmanr(macs, measured).statistic), 4),
+            "points": [{"widths": list(s.widths), "predicted_ms": round(float(p), 4),
+                        "measured_ms": round(float(m), 4), "mmacs": round(float(a) / 1e6, 3)}
+                       for s, p, m, a in zip(specs, pred, measured, macs)],
+        }
+        table.validation[net.signature()] = result
+        self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
+                 f"within 10%: {result['within_10pct']:.1f}%  Spearman table {result['spearman_table']:.4f}  "
+                 f"Spearman FLOPs {result['spearman_flops']:.4f}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def profile(cfg: ProfileConfig, log: Callable[[str], None] = print, progress: bool = True) -> LatencyTable:
+    """Profile ``cfg.model`` and write the table to ``cfg.out`` (see :class:`ProfileConfig`)."""
+    return Profiler(cfg, log, progress).run()

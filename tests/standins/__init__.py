@@ -1,0 +1,1 @@
+"""Strict stand-ins for optional native packages, used by CPU-only tests."""

@@ -1,0 +1,241 @@
+"""The profiler and latency table, with a deterministic fake backend (no timing noise)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgedyn.backends.base import Backend, Runner
+from edgedyn.cli import cli
+from edgedyn.dynamic import DynamicNet, SubnetSpec
+from edgedyn.errors import ArtifactError, EdgedynError
+from edgedyn.profile import BlockKey, LatencyTable, all_keys, model_blocks, subnet_keys
+from edgedyn.profile import profiler as profiler_mod
+from edgedyn.profile.profiler import ProfileConfig, Profiler
+
+SCALE, OFFSET = 1.25, 0.05
+
+
+def fake_ms(key: BlockKey) -> float:
+    """Bilinear in (c_in, c_out) within one geometry (linear for one-axis blocks): exact to interpolate."""
+    hw = key.in_h * key.in_w
+    if key.depthwise or key.op not in ("conv", "linear"):
+        return 1e-3 + 1e-6 * hw * (key.c_in + 2) * key.kernel ** 2 / key.stride
+    return 1e-3 + 1e-7 * hw * (key.c_in + 2) * (key.c_out + 3) * key.kernel ** 2 / key.stride
+
+
+class FakeRunner(Runner):
+    input_shape = (1,)
+
+    def __init__(self, ms):
+        super().__init__()
+        self.ms = ms
+
+    def _infer(self, x):
+        return x
+
+    def timed_call(self):
+        return self.ms
+
+
+class FakeBackend(Backend):
+    name = "onnxruntime"
+    artifact_suffix = ".fake"
+    net = None
+    block_calls = 0
+    fail_after = None
+
+    @classmethod
+    def available(cls):
+        return True
+
+    def version(self):
+        return "fake-1"
+
+    def block_runner(self, key, workdir=None):
+        FakeBackend.block_calls += 1
+        if FakeBackend.fail_after is not None and FakeBackend.block_calls > FakeBackend.fail_after:
+            raise KeyboardInterrupt
+        return FakeRunner(fake_ms(key))
+
+    def prepare(self, module, example, workdir):
+        mods = dict(module.named_modules())
+        spec = SubnetSpec(tuple(mods[g.name].out_channels for g in self.net.groups))
+        total = sum(fake_ms(k) for k in subnet_keys(self.net, spec))
+        return FakeRunner(SCALE * total + OFFSET)
+
+    def build(self, onnx_path, out_path):
+        return out_path
+
+    def load(self, artifact, input_shape):
+        return FakeRunner(1.0)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FakeBackend.block_calls = 0
+    FakeBackend.fail_after = None
+    monkeypatch.setattr(Profiler, "_backend", lambda self: FakeBackend(self.options))
+    orig_init = Profiler.__init__
+
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        FakeBackend.net = self.net
+
+    monkeypatch.setattr(Profiler, "__init__", init)
+    return FakeBackend
+
+
+def cfg(tmp_path, **kw):
+    base = dict(model="resnet20", input_size=16, out=tmp_path / "t.json", calibrate=4, validate=6)
+    base.update(kw)
+    return ProfileConfig(**base)
+
+
+def test_block_key_round_trip_and_identical_blocks_measured_once(fake, tmp_path):
+    key = BlockKey("conv", 16, 32, 8, 8, 3, 2, 1, False, True, "relu")
+    assert BlockKey.from_str(key.to_str()) == key
+    with pytest.raises(ValueError):
+        BlockKey.from_str(key.to_str().replace("op=conv", "op=warp"))
+    table = Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    keys = all_keys(net)
+    per_template = sum(1 for _ in model_blocks(net))
+    assert fake.block_calls == len(keys) == len(table.entries)
+    assert len(keys) < per_template * 64  # repeated blocks share entries
+    assert all(e.source == "measured" for e in table.entries.values())
+
+
+def test_calibration_fit_and_validation(fake, tmp_path):
+    table = Profiler(cfg(tmp_path), log=lambda m: None, progress=False).run()
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    cal = table.calibration[net.signature()]
+    assert cal.scale == pytest.approx(SCALE, rel=1e-6) and cal.offset_ms == pytest.approx(OFFSET, abs=1e-6)
+    spec = net.random_spec(123)
+    truth = SCALE * sum(fake_ms(k) for k in subnet_keys(net, spec)) + OFFSET
+    assert table.predict(net, spec) == pytest.approx(truth, rel=1e-6)
+    val = table.validation[net.signature()]
+    assert val["k"] == 6 and val["mape"] < 1e-3 and val["within_10pct"] == 100.0
+    assert val["spearman_table"] == pytest.approx(1.0)
+    reloaded = LatencyTable.load(tmp_path / "t.json")
+    assert reloaded.predict(net, spec) == pytest.approx(truth, rel=1e-5)
+
+
+def test_interpolation_fills_the_grid(fake, tmp_path):
+    table = Profiler(cfg(tmp_path, subsample=2, validate=0), log=lambda m: None, progress=False).run()
+    sources = [e.source for e in table.entries.values()]
+    assert sources.count("interpolated") > 0 and sources.count("measured") > 0
+    assert fake.block_calls == sources.count("measured")
+    for key, e in table.entries.items():
+        assert e.ms == pytest.approx(fake_ms(key), rel=1e-9)  # exact for a bilinear truth
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["counts"]["interpolated"] == sources.count("interpolated")
+
+
+def test_interrupted_profile_resumes(fake, tmp_path):
+    fake.fail_after = 100
+    with pytest.raises(EdgedynError, match="--resume"):
+        Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+    partial = tmp_path / "t.json.partial.json"
+    assert partial.is_file() and not (tmp_path / "t.json").exists()
+    kept = len(json.loads(partial.read_text())["table"]["entries"])
+    assert 0 < kept <= 100
+    fake.fail_after, fake.block_calls = None, 0
+    resumed = Profiler(cfg(tmp_path, validate=0, resume=True), log=lambda m: None, progress=False).run()
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    assert fake.block_calls == len(all_keys(net)) - kept  # nothing measured twice
+    assert not partial.exists()
+    fake.block_calls = 0
+    clean = Profiler(cfg(tmp_path, validate=0, out=tmp_path / "clean.json"), log=lambda m: None,
+                     progress=False).run()
+    assert resumed.entries.keys() == clean.entries.keys()
+    for k, e in clean.entries.items():  # the checkpoint stores ms to 6 decimals (1 ns)
+        assert resumed.entries[k].ms == pytest.approx(e.ms, abs=1e-6)
+
+
+def test_table_errors_name_file_and_field(fake, tmp_path):
+    Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+    good = json.loads((tmp_path / "t.json").read_text())
+    bad = tmp_path / "bad.json"
+    bad.write_text((tmp_path / "t.json").read_text()[:200])
+    with pytest.raises(ArtifactError, match="bad.json: not valid JSON"):
+        LatencyTable.load(bad)
+    for mutate, pattern in [
+        (lambda d: d.update(schema="other/9"), "field 'schema'"),
+        (lambda d: d.pop("precision"), "field 'precision' is missing"),
+        (lambda d: d.update(batch="one"), "field 'batch' must be int"),
+        (lambda d: next(iter(d["entries"].values())).update(ms="fast"), "field 'ms' must be"),
+        (lambda d: next(iter(d["entries"].values())).update(source="guess"), "field 'source'"),
+    ]:
+        d = json.loads(json.dumps(good))
+        mutate(d)
+        bad.write_text(json.dumps(d))
+        with pytest.raises(ArtifactError, match=pattern) as info:
+            LatencyTable.load(bad)
+        assert "bad.json" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_table_for_another_device_precision_or_batch(fake, tmp_path):
+    table = Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+    with pytest.raises(ArtifactError, match="field 'precision' is 'fp32', asked for 'fp16'"):
+        table.check_matches(precision="fp16")
+    with pytest.raises(ArtifactError, match="field 'batch' is 1, asked for 8"):
+        table.check_matches(batch=8)
+    with pytest.raises(ArtifactError, match="field 'device.kind'"):
+        table.check_matches(device="jetson")
+    with pytest.raises(ArtifactError, match="field 'device.fingerprint'"):
+        table.check_matches(fingerprint="cuda:Some GPU")
+
+
+def test_model_missing_from_table(fake, tmp_path):
+    table = Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+    other = DynamicNet.from_name("resnet20", input_size=24)  # other input size: other blocks
+    with pytest.raises(ArtifactError, match="blocks of model 'resnet20' at input 24 are missing"):
+        table.check_model(other)
+    with pytest.raises(ArtifactError, match="no entry for block"):
+        table.predict(other, other.full_spec())
+
+
+def test_merge_serves_several_models(fake, tmp_path):
+    Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+    table = Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True), log=lambda m: None,
+                     progress=False).run()
+    for size in (16, 24):
+        table.check_model(DynamicNet.from_name("resnet20", input_size=size))
+    assert len(table.calibration) == 2
+
+
+def test_onnxruntime_block_runner_runs_real_blocks():
+    from edgedyn.backends import BackendOptions
+    from edgedyn.backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(BackendOptions(threads=1))
+    for key in [BlockKey("conv", 8, 16, 8, 8, 3, 2, 1, False, True, "relu"),
+                BlockKey("conv", 8, 8, 8, 8, 3, 1, 1, True, False, "relu6"),
+                BlockKey("gap", 8, 8, 4, 4), BlockKey("linear", 8, 10, 1, 1),
+                BlockKey("maxpool", 8, 8, 8, 8, 3, 2, 1)]:
+        runner = backend.block_runner(key)
+        out = runner.infer(runner._x)
+        assert out.shape[1] == key.c_out
+        assert np.isfinite(runner.time(1, 3)).all()
+
+
+def test_cli_roofline_table_is_marked_unmeasured(tmp_path):
+    out = tmp_path / "orin.json"
+    res = CliRunner().invoke(cli, ["profile", "--model", "resnet20", "--device", "jetson", "--backend", "roofline",
+                                   "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "NOT measured on hardware" in res.output
+    table = LatencyTable.load(out)
+    assert table.measured is False and table.sources and table.precision == "fp16"
+    net = DynamicNet.from_name("resnet20")
+    assert table.predict(net, net.min_spec()) < table.predict(net, net.full_spec())
+
+
+def test_cli_profile_bad_input(tmp_path):
+    res = CliRunner().invoke(cli, ["profile", "--model", "resnet20", "--backend", "roofline", "--device", "jetson",
+                                   "--roofline-device", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 2 and "nope.json" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.json").exists()
