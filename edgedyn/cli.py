@@ -126,6 +126,31 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
                f"{table.backend.get('profile_seconds', '?')} s")
 
 
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--data", default="digits", show_default=True, help="Dataset spec (digits, synthetic, ...).")
+@click.option("--epochs", type=int, default=8, show_default=True, help="Pre-training and joint-training epochs.")
+@click.option("--validate", type=int, default=10, show_default=True, help="Table validation sub-nets.")
+@click.option("--requests", type=int, default=3000, show_default=True)
+def demo(out, data, epochs, validate, requests) -> None:
+    """The whole pipeline on the embedded defaults: profile -> search -> deploy -> run."""
+    from .demo import run_demo
+
+    run_demo(out, data=data, epochs=epochs, validate=validate, requests=requests, log=click.echo)
+
+
+def _register() -> None:
+    """Commands that live beside their packages (their heavy imports stay inside the commands)."""
+    from .deploy.cli_cmd import deploy, run
+    from .search.cli_cmd import search
+
+    for command in (search, deploy, run):
+        cli.add_command(command)
+
+
+_register()
+
+
 def main() -> None:
     cli(prog_name="edgedyn")
 

@@ -1,0 +1,104 @@
+"""``edgedyn demo``: the whole pipeline on the embedded defaults (CPU, ONNX Runtime, digits).
+
+1. profile this CPU (resnet20 at 32x32) into a latency table, with a small validation;
+2. search resnet20 on scikit-learn's bundled digits under four latency budgets;
+3. deploy the chosen sub-nets with ONNX Runtime (checked against PyTorch, re-measured);
+4. serve requests with the adaptive selector while the budget ramps down and back up.
+
+Every step writes its artifact under ``out`` and is skipped when a finished artifact for
+this device is already there, so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ArtifactError
+
+Log = Callable[[str], None]
+
+
+def _table_step(out: Path, model: str, size: int, validate: int, log: Log):
+    from .device import device_fingerprint, device_info
+    from .profile import LatencyTable
+    from .profile.profiler import ProfileConfig, profile
+
+    path = out / f"cpu-{model}.json"
+    if path.is_file():
+        try:
+            table = LatencyTable.load(path)
+            table.check_matches(device="cpu", fingerprint=device_fingerprint(device_info("cpu")))
+            log(f"[1/4] profile: reusing {path} (measured on this device)")
+            return path, table
+        except ArtifactError as err:
+            log(f"[1/4] profile: {err}; profiling again")
+    log(f"[1/4] profile: measuring {model}@{size} blocks on this CPU with ONNX Runtime")
+    table = profile(ProfileConfig(model=model, input_size=size, out=path, validate=validate, resume=True),
+                    log=lambda m: log("      " + m))
+    return path, table
+
+
+def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: str = "digits",
+             budgets: str = "0.25,0.5,0.75,1.0", epochs: int = 8, validate: int = 10, requests: int = 3000,
+             log: Log = print) -> dict[str, Any]:
+    """Run the demo and return a summary (also written to ``out/summary.json``)."""
+    from .artifacts import atomic_write_json
+    from .cost import LatencyCost
+    from .deploy.build import deploy
+    from .runtime.selector import Selector
+    from .runtime.serve import load_inputs, ramp_budget, serve
+    from .search.run import SearchConfig, load_result, run_search
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    table_path, table = _table_step(out, model, 32, validate, log)
+    val = next(iter(table.validation.values()), None)
+
+    run_dir = out / "search"
+    log(f"[2/4] search: progressive, latency-steered, {model} on {data}, budgets {budgets}")
+    cfg = SearchConfig(model=model, data=data, budgets=budgets, method="progressive", pretrain_epochs=epochs,
+                       rank_epochs=2, train_epochs=epochs, out=str(run_dir), resume=True, table=str(table_path))
+    if not (run_dir / "subnets.json").is_file():
+        run_search(cfg, LatencyCost(table))
+    result = load_result(run_dir / "subnets.json")
+
+    bundle_dir = out / "bundle"
+    log(f"[3/4] deploy: ONNX Runtime fp32 bundle at {bundle_dir}")
+    manifest = deploy(run_dir, backend="onnxruntime", precision="fp32", out=bundle_dir, table=table_path)
+
+    log("[4/4] run: adaptive selector, budget ramping from above the largest to below the smallest sub-net")
+    selector = Selector.load(bundle_dir, policy="adaptive")
+    lat = [s.measured["median"] for s in manifest.subnets]
+    hi, lo = max(lat) * 1.15, min(lat) * 0.9
+    inputs = load_inputs(None, selector.input_shape, count=64)
+    half = requests // 2
+    down = serve(selector, inputs, requests=half, budget=ramp_budget(f"{hi:.4f}:{lo:.4f}", float(half)))
+    up = serve(selector, inputs, requests=requests - half, budget=ramp_budget(f"{lo:.4f}:{hi:.4f}",
+                                                                             float(requests - half)))
+    rows = []
+    for chosen, sub in zip(result["subnets"], manifest.subnets):
+        rows.append({"budget": chosen["budget"].get("text"), "widths": chosen["widths"],
+                     "mmacs": chosen["macs"] / 1e6, "predicted_ms": sub.predicted_ms,
+                     "measured_ms": sub.measured["median"], "test_acc": chosen.get("test_accuracy")})
+    summary = {"model": model, "data": data, "table": str(table_path), "validation": val and
+               {k: val[k] for k in ("k", "mape", "within_10pct", "spearman_table", "spearman_flops")},
+               "subnets": rows, "serve_down": down.to_dict(), "serve_up": up.to_dict(),
+               "plot": str(run_dir / "accuracy_latency.png"), "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write_json(out / "summary.json", summary)
+    log("")
+    log(f"{'#':>2} {'budget':>8} {'MMACs':>7} {'pred ms':>8} {'meas ms':>8} {'test acc':>8}")
+    for i, r in enumerate(rows):
+        acc = f"{100 * r['test_acc']:.1f}%" if r["test_acc"] is not None else "-"
+        log(f"{i:>2} {str(r['budget']):>8} {r['mmacs']:>7.2f} {r['predicted_ms']:>8.3f} {r['measured_ms']:>8.3f} "
+            f"{acc:>8}")
+    if val:
+        log(f"table validation (K={val['k']}): MAPE {val['mape']:.2f}%, within 10% {val['within_10pct']:.0f}%, "
+            f"Spearman {val['spearman_table']:.3f} (FLOPs {val['spearman_flops']:.3f})")
+    log("budget ramping down:")
+    log(down.format())
+    log("budget ramping up:")
+    log(up.format())
+    log(f"plot: {summary['plot']}   summary: {out / 'summary.json'}   total {summary['seconds']} s")
+    return summary

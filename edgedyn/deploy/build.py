@@ -1,0 +1,338 @@
+"""``deploy``: a search run -> a bundle of per-sub-net artifacts, re-measured on this device.
+
+For every chosen sub-net: extract it with its own BatchNorm statistics, export ONNX, check
+the ONNX against PyTorch (fp32, max abs diff <= 1e-4), quantize to symmetric int8 QDQ when
+asked, compile with the backend (``Backend.build``), then measure all built sub-nets
+interleaved and write ``manifest.json`` last. The bundle is built in a temporary sibling
+directory and renamed into place, so ``out`` is never half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..backends import BackendOptions, get_backend
+from ..errors import EdgedynError
+from .manifest import MANIFEST_NAME, Manifest, SubnetRecord, file_record
+from .quantize import CALIB_CACHE_NAME, CalibCache, data_digest, quantize_qdq
+from .run import RunInfo, load_run
+
+log = logging.getLogger("edgedyn.deploy")
+
+#: Precisions each backend can deploy here.
+SUPPORTED = {"onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
+FP32_TOLERANCE = 1e-4
+
+
+def _device_info(backend: Any) -> dict[str, Any]:
+    """Device facts recorded in the manifest (tests replace this for the TensorRT stand-in)."""
+    return backend.device_info()
+
+
+def _can_execute(backend_name: str) -> bool:
+    """Whether built artifacts can be run here (TensorRT engines need a real CUDA GPU)."""
+    return backend_name != "tensorrt" or bool(torch.cuda.is_available())
+
+
+# -- data ------------------------------------------------------------------------------
+def _load_splits(run: RunInfo) -> Any:
+    from ..data import load_data
+
+    d = run.data
+    return load_data(d["spec"], d["input_size"], seed=d["seed"], holdout_fraction=d["holdout_fraction"],
+                     limit=d["limit"])
+
+
+def _test_split(splits: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from ..data import make_loader
+
+    xs, ys, n = [], [], 0
+    for x, y in make_loader(splits.test, 256, shuffle=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+    return (x[:limit], y[:limit]) if limit is not None else (x, y)
+
+
+def _default_calibration(splits: Any, limit: int) -> np.ndarray:
+    """``limit`` samples spread evenly over the run's training split."""
+    train = splits.train
+    idx = np.unique(np.linspace(0, len(train) - 1, min(limit, len(train))).astype(np.int64))
+    return np.stack([np.asarray(train[int(i)][0], dtype=np.float32) for i in idx])
+
+
+# -- measurement -----------------------------------------------------------------------
+def _timed(runner: Any) -> Callable[[], float]:
+    call = getattr(runner, "timed_call", None)
+    if callable(call):
+        return call
+    return lambda: float(runner.time(n_warmup=0, n_iters=1)[0])
+
+
+def measure_runners(runners: Sequence[Any], iters: int = 200, warmup: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """Per-call latency (ms) of each runner, interleaved in shuffled rounds: median, p10, p90, p99.
+
+    Unlike :func:`edgedyn.profile.measure.measure_interleaved` (which averages short calls
+    into samples), every sample here is one call, so the tail (p99) is the serving tail.
+    """
+    calls = [_timed(r) for r in runners]
+    for c in calls:
+        for _ in range(warmup):
+            c()
+    rng = np.random.default_rng(seed)
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(iters):
+        for i in rng.permutation(len(calls)):
+            samples[i].append(calls[i]())
+    out = []
+    for s in samples:
+        p10, p50, p90, p99 = np.percentile(np.asarray(s), [10, 50, 90, 99])
+        out.append({"median": round(float(p50), 6), "p10": round(float(p10), 6), "p90": round(float(p90), 6),
+                    "p99": round(float(p99), 6), "n": len(s)})
+    return out
+
+
+def _predict_all(runner: Any, x: np.ndarray) -> np.ndarray:
+    """Top-1 class of every sample, one batch-1 call each."""
+    return np.array([int(np.argmax(runner.infer(x[i:i + 1]))) for i in range(len(x))], dtype=np.int64)
+
+
+# -- the bundle directory --------------------------------------------------------------
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file()):
+            raise EdgedynError(f"{out}: exists and is not an edgedyn bundle; choose another --out")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def deploy(
+    run_dir: str | os.PathLike,
+    backend: str = "onnxruntime",
+    precision: str = "fp32",
+    calib: str | os.PathLike | np.ndarray | None = None,
+    out: str | os.PathLike = "bundle",
+    table: str | os.PathLike | None = None,
+    threads: int | None = None,
+    *,
+    measure_iters: int = 200,
+    test_limit: int | None = 2000,
+    calib_limit: int = 256,
+    check_samples: int = 8,
+    backend_extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Build a deployable bundle from a search run and return its (saved) manifest.
+
+    Args:
+        run_dir: the search run (``subnets.json`` + ``weights.pt``).
+        backend: ``onnxruntime`` (CPU) or ``tensorrt``.
+        precision: ``fp32``, ``int8`` (both backends) or ``fp16`` (TensorRT).
+        calib: int8 calibration data: a folder of images or a ``.npy`` (see ``calib/README.md``),
+            or an array; default: ``calib_limit`` samples of the run's training split.
+        out: the bundle directory (replaced atomically if it already holds a bundle).
+        table: latency table for the predicted latencies (default: the run's, if present).
+        threads: CPU intra-op threads (ONNX Runtime); default: the CPUs this process may use.
+        measure_iters: timed calls per sub-net (interleaved) for median/p90/p99.
+        test_limit: test samples used for accuracy (None: all).
+        check_samples: test samples compared with PyTorch after export.
+        backend_extra: extra ``BackendOptions`` (e.g. TensorRT ``workspace_bytes``).
+    """
+    if backend not in SUPPORTED:
+        raise EdgedynError(f"backend {backend!r} cannot deploy; choose one of {', '.join(SUPPORTED)}")
+    if precision not in SUPPORTED[backend]:
+        raise EdgedynError(f"precision {precision!r} is not supported by backend {backend!r} "
+                           f"(choose one of {', '.join(SUPPORTED[backend])})")
+    if threads is not None and threads < 1:
+        raise EdgedynError(f"threads must be >= 1, got {threads}")
+    run = load_run(run_dir)
+    out = Path(out)
+    if out.resolve() == run.path.resolve():
+        raise EdgedynError(f"{out}: the bundle cannot be written into the run directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    extra = dict(backend_extra or {})
+    if backend == "tensorrt":
+        extra.setdefault("timing_cache", str(tmp / "timing.cache"))
+    be = get_backend(backend, BackendOptions(device="cpu" if backend == "onnxruntime" else "cuda",
+                                             precision=precision, threads=threads, extra=extra))
+    try:
+        manifest = _build(run, be, backend, precision, calib, out, tmp, table, threads, measure_iters,
+                          test_limit, calib_limit, check_samples)
+        manifest.save(tmp / MANIFEST_NAME)  # last
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest.path = out / MANIFEST_NAME
+    return manifest
+
+
+def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out: Path, tmp: Path,
+           table: Any, threads: int | None, measure_iters: int, test_limit: int | None, calib_limit: int,
+           check_samples: int) -> Manifest:
+    from ..export import export_onnx
+
+    version = be.version()
+    device = _device_info(be)
+    from ..device import device_fingerprint
+
+    execute = _can_execute(backend)
+    net = run.net
+    shape = tuple(int(d) for d in net.input_shape)
+    splits = _load_splits(run)
+    x_test, y_test = _test_split(splits, test_limit)
+    if len(x_test) == 0:
+        raise EdgedynError(f"{run.path}: the run's test split ({run.data['spec']}) is empty")
+    check = x_test[:max(1, check_samples)]
+
+    table_path = table if table is not None else (run.table if run.table and Path(run.table).is_file() else None)
+    lat_table = None
+    if table_path is not None:
+        from ..profile.table import LatencyTable
+
+        lat_table = LatencyTable.load(table_path)
+
+    calib_x = cache = None
+    calib_source = None
+    if precision == "int8":
+        if calib is None:
+            calib_x, calib_source = _default_calibration(splits, calib_limit), f"train split of {run.data['spec']}"
+        elif isinstance(calib, np.ndarray):
+            calib_x, calib_source = np.asarray(calib, dtype=np.float32), "array"
+        else:
+            from ..data import load_calibration
+
+            calib_x, calib_source = load_calibration(calib, shape[-1], limit=calib_limit), str(calib)
+        if calib_x.ndim != 4 or tuple(calib_x.shape[1:]) != shape[1:]:
+            raise EdgedynError(f"calibration data has shape {tuple(calib_x.shape)}, expected [N, {', '.join(map(str, shape[1:]))}]")
+        cache = CalibCache(tmp, net.signature(), data_digest(calib_x), calib_source)
+
+    suffix = ".opt.onnx" if backend == "onnxruntime" else be.artifact_suffix
+    records: list[SubnetRecord] = []
+    runners: list[Any] = []
+    for sub in run.subnets:
+        i, spec = sub.index, sub.spec
+        label = f"sub-net {i} {spec}"
+        model = net.extract(spec).cpu().eval()
+        onnx_path = export_onnx(model, torch.zeros(shape), tmp / f"subnet{i}.onnx")
+        with torch.no_grad():
+            ref = model(torch.from_numpy(check)).numpy()
+            ref_pred = model(torch.from_numpy(x_test)).argmax(1).numpy()
+        from ..backends.onnxruntime import OrtRunner
+
+        onnx_runner = OrtRunner(str(onnx_path), BackendOptions(threads=threads), name=str(onnx_path))
+        got = np.concatenate([onnx_runner.infer(check[k:k + 1]) for k in range(len(check))])
+        diff = float(np.max(np.abs(got - ref)))
+        if not diff <= FP32_TOLERANCE:
+            raise EdgedynError(f"{label}: exported ONNX differs from PyTorch by {diff:.2e} (max abs, > {FP32_TOLERANCE:g})")
+        files = {"onnx": onnx_path}
+        source = onnx_path
+        if precision == "int8":
+            spec_json = spec.to_json()
+            reused = cache.reuse_from(out, spec_json, i)
+            source = quantize_qdq(onnx_path, tmp / f"subnet{i}.int8.onnx", calib_x, cache.ranges_path(i))
+            cache.record(spec_json, i, reused)
+            files["qdq"] = source
+            files["calib_ranges"] = cache.ranges_path(i)
+        artifact = be.build(source, tmp / f"subnet{i}{suffix}")
+        files = {"model": Path(artifact), **files}
+        fp16 = tmp / f"subnet{i}.fp16.onnx"
+        if fp16.is_file():
+            files["onnx_fp16"] = fp16
+
+        accuracy: dict[str, Any] = {"test_fp32": float(np.mean(ref_pred == y_test)), "n_test": int(len(y_test)),
+                                    "search_test": sub.test_accuracy, "search_holdout": sub.holdout_accuracy}
+        if execute:
+            runner = be.load(artifact, shape)
+            runner.activate()
+            if precision == "fp32":
+                got = np.concatenate([runner.infer(check[k:k + 1]) for k in range(len(check))])
+                diff = float(np.max(np.abs(got - ref)))
+                if not diff <= FP32_TOLERANCE:
+                    raise EdgedynError(f"{label}: built {backend} model differs from PyTorch by {diff:.2e} "
+                                       f"(max abs, > {FP32_TOLERANCE:g})")
+                accuracy["max_abs_diff"] = diff
+            pred = _predict_all(runner, x_test)
+            accuracy["test"] = float(np.mean(pred == y_test))
+            accuracy["agreement"] = float(np.mean(pred == ref_pred))
+            accuracy["delta"] = accuracy["test"] - accuracy["test_fp32"]
+            runners.append(runner)
+        else:
+            accuracy["test"] = None
+            accuracy["max_abs_diff_onnx"] = diff
+            if precision == "int8":  # the same QDQ graph on ONNX Runtime (CPU): an estimate until run on the GPU
+                qdq_runner = OrtRunner(str(source), BackendOptions(threads=threads), name=str(source))
+                pred = _predict_all(qdq_runner, x_test)
+                accuracy["qdq_onnxruntime_test"] = float(np.mean(pred == y_test))
+                accuracy["qdq_onnxruntime_agreement"] = float(np.mean(pred == ref_pred))
+        predicted = None
+        if lat_table is not None:
+            predicted = float(lat_table.predict(net, spec))
+        elif run.cost_unit == "ms" and sub.cost is not None:
+            predicted = float(sub.cost)
+        records.append(SubnetRecord(index=i, spec=spec, files={k: v for k, v in files.items()}, macs=int(sub.macs),
+                                    params=int(sub.params), predicted_ms=predicted, accuracy=accuracy,
+                                    budget=sub.budget))
+
+    notes = []
+    if runners:
+        for rec, stats in zip(records, measure_runners(runners, iters=measure_iters)):
+            rec.measured = stats
+        for r in runners:
+            r.deactivate()
+    else:
+        notes.append(f"{backend} artifacts were built but not executed here (no CUDA GPU): "
+                     "latency and accuracy of the built engines are unmeasured")
+
+    shared: dict[str, Path] = {}
+    if cache is not None:
+        shared["calib_cache"] = cache.save()
+    timing = tmp / "timing.cache"
+    if timing.is_file():
+        shared["timing_cache"] = timing
+    for rec in records:
+        rec.files = {role: file_record(tmp, Path(p)) for role, p in rec.files.items()}
+    from ..backends.onnxruntime import default_threads
+
+    return Manifest(
+        device=device,
+        fingerprint=device_fingerprint(device),
+        backend={"name": backend, "version": version},
+        precision=precision,
+        threads=(threads or default_threads()) if backend == "onnxruntime" else threads,
+        input={"name": "input", "shape": list(shape), "dtype": "float32"},
+        subnets=records,
+        model={"name": net.name, "signature": net.signature(), "config": net.config()},
+        run={"path": str(run.path), "subnets_sha256": _sha(run.path / "subnets.json"),
+             "weights_sha256": _sha(run.path / "weights.pt")},
+        table=str(table_path) if table_path is not None else None,
+        calibration=None if cache is None else {"source": calib_source, "samples": int(len(calib_x)),
+                                                "data_sha256": cache.digest, "method": "MinMax",
+                                                "cache": CALIB_CACHE_NAME},
+        files={role: file_record(tmp, p) for role, p in shared.items()},
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        notes=notes,
+    )
+
+
+def _sha(path: Path) -> str | None:
+    from .manifest import sha256_file
+
+    return sha256_file(path) if path.is_file() else None

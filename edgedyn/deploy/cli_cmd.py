@@ -1,0 +1,92 @@
+"""``edgedyn deploy`` and ``edgedyn run``: thin click commands over :func:`edgedyn.deploy.deploy`
+and :mod:`edgedyn.runtime`.
+
+Registered by ``edgedyn.cli`` (``cli.add_command(deploy)``, ``cli.add_command(run)``); every
+expected failure is an :class:`~edgedyn.errors.EdgedynError`, printed as one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import EdgedynError
+
+
+@click.command(name="deploy")
+@click.option("--run", "run_dir", required=True, type=click.Path(), help="Search run directory (subnets.json + weights.pt).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--calib", default=None, type=click.Path(),
+              help="INT8 calibration data: a folder of images or a .npy (default: the run's training data).")
+@click.option("--out", default="bundle", show_default=True, type=click.Path(), help="Bundle directory to write.")
+@click.option("--table", default=None, type=click.Path(dir_okay=False), help="Latency table for predicted latencies.")
+@click.option("--threads", type=int, default=None, help="CPU intra-op threads (default: the CPUs available).")
+@click.option("--measure-iters", type=int, default=200, show_default=True, help="Timed calls per sub-net.")
+def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters) -> None:
+    """Build a bundle: one compiled, checked, re-measured artifact per chosen sub-net."""
+    from .build import deploy as build_bundle
+
+    if measure_iters < 1:
+        raise EdgedynError("--measure-iters must be >= 1")
+    m = build_bundle(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
+                     threads=threads, measure_iters=measure_iters)
+    click.echo(f"bundle {m.root} ({m.backend['name']} {m.backend['version']}, {m.precision}, "
+               f"threads {m.threads}) for {m.fingerprint}")
+    click.echo(f"{'sub-net':>7} {'MMAC':>8} {'pred ms':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+               f"{'acc':>6} {'d acc':>6} {'agree':>6}")
+    for s in m.subnets:
+        meas = s.measured or {}
+        acc = s.accuracy
+
+        def f(v, spec=".3f"):
+            return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+        click.echo(f"{s.index:>7} {s.macs / 1e6:>8.2f} {f(s.predicted_ms):>8} {f(meas.get('median')):>8} "
+                   f"{f(meas.get('p90')):>8} {f(meas.get('p99')):>8} {f(acc.get('test')):>6} "
+                   f"{f(acc.get('delta'), '+.3f'):>6} {f(acc.get('agreement')):>6}")
+    for note in m.notes:
+        click.echo(f"note: {note}")
+
+
+@click.command(name="run")
+@click.option("--bundle", required=True, type=click.Path(), help="Bundle directory (edgedyn deploy --out).")
+@click.option("--budget-ms", type=float, default=None, help="Latency budget per request (ms).")
+@click.option("--policy", type=click.Choice(["budget", "fixed", "adaptive"]), default="budget", show_default=True)
+@click.option("--subnet", type=int, default=None, help="Sub-net index for --policy fixed (default: most accurate).")
+@click.option("--requests", type=int, default=None, help="Serve this many requests (default 1000).")
+@click.option("--duration", type=float, default=None, help="Or serve for this many seconds.")
+@click.option("--input", "input_path", default=None, type=click.Path(),
+              help="Request inputs: a folder of images or a .npy (default: random tensors).")
+@click.option("--schedule", default=None, type=click.Path(dir_okay=False),
+              help="JSON list of [request_index (or t_seconds with --duration), budget_ms].")
+@click.option("--ramp", default=None, help="Budget ramp A:B ms over the run, e.g. 2:0.3.")
+@click.option("--threads", type=int, default=None, help="Override the bundle's CPU thread count.")
+@click.option("--allow-other-device", is_flag=True, help="Load a bundle deployed on another device (testing only).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+def run(bundle, budget_ms, policy, subnet, requests, duration, input_path, schedule, ramp, threads,
+        allow_other_device, json_out) -> None:
+    """Serve requests from a bundle under a latency budget and report sub-net use and misses."""
+    from ..artifacts import atomic_write_json
+    from ..runtime import Selector
+    from ..runtime.serve import load_inputs, make_budget, serve
+
+    if requests is not None and duration is not None:
+        raise EdgedynError("give --requests or --duration, not both")
+    if requests is None and duration is None:
+        requests = 1000
+    if budget_ms is not None and budget_ms <= 0:
+        raise EdgedynError("--budget-ms must be > 0")
+    budget = make_budget(budget_ms, schedule, ramp, requests, duration)
+    with Selector.load(bundle, policy, budget_ms=budget_ms, subnet=subnet, threads=threads,
+                       allow_other_device=allow_other_device) as selector:
+        inputs = load_inputs(input_path, selector.manifest.input_shape)
+        report = serve(selector, inputs, requests=requests, duration_s=duration, budget=budget)
+    click.echo(report.format())
+    if json_out:
+        atomic_write_json(Path(json_out), report.to_dict())
+        click.echo(f"wrote {json_out}")
+
+
+__all__ = ["deploy", "run"]

@@ -1,0 +1,252 @@
+"""The bundle manifest (``manifest.json``, schema ``"edgedyn.bundle/1"``).
+
+A bundle is a directory holding one deployable artifact per sub-net (an optimized ONNX
+Runtime model or a TensorRT engine), the ONNX it was built from, shared files (TensorRT
+timing cache, int8 calibration ranges) and ``manifest.json``, written last::
+
+    {"schema": "edgedyn.bundle/1", "created": ISO date,
+     "device": {...device_info...}, "fingerprint": "cpu:<CPU name>",
+     "backend": {"name": "onnxruntime", "version": "1.32.0"}, "precision": "fp32", "threads": 2,
+     "input": {"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32"},
+     "model": {"name", "signature", "config"}, "run": {"path", "subnets_sha256"},
+     "table": path or null, "calibration": {...} or null,
+     "files": {"timing_cache": {"path", "sha256", "bytes"}, ...},   # shared files
+     "subnets": [{"index", "spec": {"widths"}, "budget", "macs", "params",
+                  "files": {"model": {...}, "onnx": {...}, ...},
+                  "predicted_ms", "measured": {"median", "p90", "p99", "n"} or null,
+                  "accuracy": {"test", "test_fp32", "delta", "agreement", "n_test",
+                               "search_test", "search_holdout"}}]}
+
+Every listed file carries its sha256; :func:`verify_files` checks them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_write_json, load_json, require
+from ..dynamic import SubnetSpec
+from ..errors import ArtifactError
+
+BUNDLE_SCHEMA = "edgedyn.bundle/1"
+MANIFEST_NAME = "manifest.json"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(root: Path, path: Path) -> dict[str, Any]:
+    """``{"path": relative path, "sha256", "bytes"}`` of a file inside the bundle ``root``."""
+    return {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+@dataclass
+class SubnetRecord:
+    """One deployed sub-net as the manifest records it."""
+
+    index: int
+    spec: SubnetSpec
+    files: dict[str, dict[str, Any]]
+    macs: int
+    params: int
+    predicted_ms: float | None = None
+    measured: dict[str, Any] | None = None  # median, p90, p99, n (ms)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
+
+    @property
+    def model_file(self) -> str:
+        return self.files["model"]["path"]
+
+    @property
+    def expected_ms(self) -> float | None:
+        """Measured median on this device, else the table's prediction."""
+        if self.measured and self.measured.get("median") is not None:
+            return float(self.measured["median"])
+        return self.predicted_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "spec": self.spec.to_dict(), "budget": self.budget, "macs": self.macs,
+                "params": self.params, "files": self.files, "predicted_ms": self.predicted_ms,
+                "measured": self.measured, "accuracy": self.accuracy}
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: str) -> "SubnetRecord":
+        if not isinstance(obj, dict):
+            raise ArtifactError(f"{where}: must be an object")
+        files = require(obj, "files", dict, where)
+        if "model" not in files:
+            raise ArtifactError(f"{where}.files: field 'model' is missing")
+        for role, rec in files.items():
+            _check_file_record(rec, f"{where}.files.{role}")
+        measured = obj.get("measured")
+        if measured is not None:
+            if not isinstance(measured, dict):
+                raise ArtifactError(f"{where}: field 'measured' must be an object or null")
+            for k in ("median", "p90", "p99"):
+                require(measured, k, (int, float), f"{where}.measured")
+        predicted = obj.get("predicted_ms")
+        if predicted is not None and (isinstance(predicted, bool) or not isinstance(predicted, (int, float))):
+            raise ArtifactError(f"{where}: field 'predicted_ms' must be a number or null")
+        accuracy = obj.get("accuracy") or {}
+        if not isinstance(accuracy, dict):
+            raise ArtifactError(f"{where}: field 'accuracy' must be an object")
+        return cls(
+            index=require(obj, "index", int, where),
+            spec=SubnetSpec.from_dict(require(obj, "spec", (dict, list), where), f"{where}.spec"),
+            files=files,
+            macs=require(obj, "macs", int, where),
+            params=require(obj, "params", int, where),
+            predicted_ms=None if predicted is None else float(predicted),
+            measured=measured,
+            accuracy=accuracy,
+            budget=obj.get("budget"),
+        )
+
+
+def _check_file_record(rec: Any, where: str) -> None:
+    if not isinstance(rec, dict):
+        raise ArtifactError(f"{where}: must be an object with 'path' and 'sha256'")
+    path = require(rec, "path", str, where)
+    require(rec, "sha256", str, where)
+    if Path(path).is_absolute() or ".." in Path(path).parts:
+        raise ArtifactError(f"{where}: field 'path' must be relative to the bundle, got {path!r}")
+
+
+@dataclass
+class Manifest:
+    """A bundle's manifest. :meth:`load` validates the schema and every field used."""
+
+    device: dict[str, Any]
+    fingerprint: str
+    backend: dict[str, Any]
+    precision: str
+    threads: int | None
+    input: dict[str, Any]
+    subnets: list[SubnetRecord]
+    model: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    table: str | None = None
+    calibration: dict[str, Any] | None = None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: str = ""
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None  # the manifest file, when loaded or saved
+
+    @property
+    def root(self) -> Path:
+        """The bundle directory."""
+        if self.path is None:
+            raise ArtifactError("manifest has no path (not loaded from or saved to a bundle)")
+        return self.path.parent
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.input["shape"])
+
+    @property
+    def input_dtype(self) -> str:
+        return str(self.input.get("dtype", "float32"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": BUNDLE_SCHEMA,
+            "created": self.created,
+            "device": self.device,
+            "fingerprint": self.fingerprint,
+            "backend": self.backend,
+            "precision": self.precision,
+            "threads": self.threads,
+            "input": self.input,
+            "model": self.model,
+            "run": self.run,
+            "table": self.table,
+            "calibration": self.calibration,
+            "files": self.files,
+            "notes": self.notes,
+            "subnets": [s.to_dict() for s in self.subnets],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (a bundle's manifest is written last)."""
+        self.path = atomic_write_json(path, self.to_dict())
+        return self.path
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any], path: Path) -> "Manifest":
+        where = str(path)
+        if obj.get("schema") != BUNDLE_SCHEMA:
+            raise ArtifactError(f"{where}: field 'schema' is {obj.get('schema')!r}, expected {BUNDLE_SCHEMA!r}")
+        backend = require(obj, "backend", dict, where)
+        require(backend, "name", str, f"{where}: backend")
+        inp = require(obj, "input", dict, where)
+        shape = require(inp, "shape", list, f"{where}: input")
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise ArtifactError(f"{where}: field 'input.shape' must be a list of positive integers")
+        threads = obj.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+            raise ArtifactError(f"{where}: field 'threads' must be an integer or null")
+        subnets_raw = require(obj, "subnets", list, where)
+        if not subnets_raw:
+            raise ArtifactError(f"{where}: field 'subnets' is empty")
+        subnets = [SubnetRecord.from_dict(s, f"{where}: subnets[{i}]") for i, s in enumerate(subnets_raw)]
+        files = obj.get("files") or {}
+        if not isinstance(files, dict):
+            raise ArtifactError(f"{where}: field 'files' must be an object")
+        for role, rec in files.items():
+            _check_file_record(rec, f"{where}: files.{role}")
+        return cls(
+            device=require(obj, "device", dict, where),
+            fingerprint=require(obj, "fingerprint", str, where),
+            backend=backend,
+            precision=require(obj, "precision", str, where),
+            threads=threads,
+            input=inp,
+            subnets=subnets,
+            model=obj.get("model") or {},
+            run=obj.get("run") or {},
+            table=obj.get("table"),
+            calibration=obj.get("calibration"),
+            files=files,
+            created=str(obj.get("created", "")),
+            notes=list(obj.get("notes") or []),
+            path=path,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Manifest":
+        """Load ``manifest.json`` (or a bundle directory holding one); one-line ArtifactError if bad."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        return cls.from_dict(load_json(path, BUNDLE_SCHEMA), path)
+
+    def all_files(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, record) of every file the manifest lists, shared ones first."""
+        out = [(f"files.{role}", rec) for role, rec in self.files.items()]
+        for s in self.subnets:
+            out += [(f"subnets[{s.index}].files.{role}", rec) for role, rec in s.files.items()]
+        return out
+
+
+def verify_files(manifest: Manifest) -> None:
+    """Raise a one-line ArtifactError naming the file unless every listed file exists with its sha256."""
+    root = manifest.root
+    for label, rec in manifest.all_files():
+        path = root / rec["path"]
+        if not path.is_file():
+            raise ArtifactError(f"{path}: file listed in {manifest.path} ({label}) is missing")
+        digest = sha256_file(path)
+        if digest != rec["sha256"]:
+            raise ArtifactError(f"{path}: sha256 {digest[:12]}... does not match the manifest's "
+                                f"{rec['sha256'][:12]}... ({label}); the bundle was modified")

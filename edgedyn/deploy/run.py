@@ -1,0 +1,109 @@
+"""Reading a search run directory (``subnets.json`` + ``weights.pt``) for deployment.
+
+All knowledge of the search result format (``edgedyn.search_result/1``, written by
+:mod:`edgedyn.search.run`) lives in :func:`load_run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import load_json, require
+from ..dynamic import DynamicNet, SubnetSpec
+from ..errors import ArtifactError, EdgedynError
+
+RESULT_SCHEMA = "edgedyn.search_result/1"
+log = logging.getLogger("edgedyn.deploy")
+
+
+@dataclass
+class RunSubnet:
+    """One chosen sub-net of a search run."""
+
+    index: int
+    spec: SubnetSpec
+    budget: dict[str, Any] | None
+    cost: float | None
+    macs: int
+    params: int
+    holdout_accuracy: float | None
+    test_accuracy: float | None
+
+
+@dataclass
+class RunInfo:
+    """What deploy needs from a search run."""
+
+    path: Path
+    net: DynamicNet
+    subnets: list[RunSubnet]
+    cost_unit: str | None
+    data: dict[str, Any] = field(default_factory=dict)  # spec, input_size, seed, holdout_fraction, limit
+    table: str | None = None
+    doc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def signature(self) -> str:
+        return self.net.signature()
+
+
+def _num(obj: dict, key: str) -> float | None:
+    v = obj.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def load_run(path: str | os.PathLike) -> RunInfo:
+    """Load ``runs/NAME/`` (or its ``subnets.json``): the network, its chosen sub-nets and data settings.
+
+    Raises :class:`ArtifactError` (one line naming the file and field) for a missing or
+    malformed file, a signature mismatch or a spec that does not fit the network.
+    """
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    doc_path = run_dir / "subnets.json" if path.is_dir() else path
+    doc = load_json(doc_path, RESULT_SCHEMA)
+    where = str(doc_path)
+    weights = run_dir / "weights.pt"
+    if not weights.is_file():
+        raise ArtifactError(f"{weights}: weights file not found (the search run writes it next to subnets.json)")
+    net = DynamicNet.load(weights)
+    signature = doc.get("signature")
+    if signature is not None and signature != net.signature():
+        raise ArtifactError(f"{where}: field 'signature' {signature!r} does not match {weights} ({net.signature()!r})")
+    raw = require(doc, "subnets", list, where)
+    if not raw:
+        raise ArtifactError(f"{where}: field 'subnets' is empty")
+    cost = doc.get("cost") if isinstance(doc.get("cost"), dict) else {}
+    subnets = []
+    for i, s in enumerate(raw):
+        w = f"{where}: subnets[{i}]"
+        if not isinstance(s, dict):
+            raise ArtifactError(f"{w}: must be an object")
+        spec = SubnetSpec.from_dict(s.get("spec", s), w)
+        try:
+            net.check_spec(spec)
+        except EdgedynError as err:
+            raise ArtifactError(f"{w}: {err}") from None
+        if spec not in net.bn_stats:
+            log.warning("%s: sub-net %s has no calibrated BatchNorm statistics; using the shared ones", w, spec)
+        subnets.append(RunSubnet(
+            index=i, spec=spec, budget=s.get("budget"), cost=_num(s, "cost"),
+            macs=int(s["macs"]) if isinstance(s.get("macs"), int) else net.macs(spec),
+            params=int(s["params"]) if isinstance(s.get("params"), int) else net.params(spec),
+            holdout_accuracy=_num(s, "holdout_accuracy"), test_accuracy=_num(s, "test_accuracy"),
+        ))
+    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    data = {
+        "spec": config.get("data", "digits"),
+        "input_size": int(net.input_shape[-1]),
+        "seed": int(config.get("seed", 0)),
+        "holdout_fraction": float(config.get("holdout_fraction", 0.1)),
+        "limit": config.get("data_limit"),
+    }
+    table = doc.get("table", {}).get("path") if isinstance(doc.get("table"), dict) else doc.get("table")
+    return RunInfo(path=run_dir, net=net, subnets=subnets, cost_unit=cost.get("unit"), data=data,
+                   table=table if isinstance(table, str) else None, doc=doc)

@@ -1,0 +1,367 @@
+"""The runtime selector: one loaded sub-net per width, picked per request for a latency budget.
+
+``Selector.load(bundle)`` verifies the bundle (sha256 of every file, device fingerprint,
+backend), loads every sub-net once and serves ``infer(x, budget_ms)``.
+
+Policies
+--------
+- ``fixed``: always the given sub-net (default: the most accurate).
+- ``budget``: the most accurate sub-net whose measured median latency (manifest, taken on
+  this device at deploy time) fits the budget.
+- ``adaptive``: like ``budget``, but every expected latency is scaled by a *slowdown
+  factor* tracked online: each call's observed latency divided by that sub-net's idle
+  median (clipped at ``clip``, so one stall of a shared machine does not count as
+  contention) feeds an EWMA mean and an EWMA mean deviation (Jacobson/Karels, as TCP's
+  RTO); the factor is ``mean + k_dev * deviation``. Under contention the factor grows and the
+  selector steps down at once; when there is slack it steps back up only after
+  ``dwell`` calls on the current sub-net and only if the larger one fits with an extra
+  ``up_margin`` (hysteresis, so it does not flap at the boundary).
+
+Budget below every sub-net (documented policy)
+----------------------------------------------
+When no sub-net's expected latency fits, the *fastest* sub-net runs, the output is
+returned, and ``info.met`` tells whether the observed latency met the budget
+(``reason`` says ``"below-smallest"``). Requests are never dropped.
+
+Concurrency
+-----------
+``infer`` may be called from many threads. One lock guards selection and statistics
+(held for a few microseconds, never during inference). Each sub-net has one session;
+ONNX Runtime sessions run concurrent calls safely. TensorRT runners share one activation
+buffer and stream, so their executions are serialised by a second lock.
+
+A malformed input (not an ndarray of the bundle's shape and dtype) raises ``ValueError``
+before anything is selected or run; the selector stays usable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..deploy.manifest import Manifest, verify_files
+from ..dynamic import SubnetSpec
+from ..errors import EdgedynError
+
+POLICIES = ("budget", "fixed", "adaptive")
+
+
+@dataclass(slots=True)
+class InferInfo:
+    """What one ``infer`` call did."""
+
+    subnet: int  # index into the manifest's sub-nets
+    spec: SubnetSpec
+    latency_ms: float  # observed wall time of the sub-net's inference
+    budget_ms: float | None
+    met: bool  # latency_ms <= budget_ms (True without a budget)
+    policy: str
+    reason: str  # "fixed" | "no-budget" | "fits" | "below-smallest" | "hysteresis"
+
+
+def _current_fingerprint(kind: str) -> str:
+    from ..device import device_fingerprint, device_info
+
+    return device_fingerprint(device_info(kind))
+
+
+class Selector:
+    """Serves a bundle's sub-nets under a latency budget. Build it with :meth:`load`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        runners: Sequence[Any],
+        policy: str = "budget",
+        *,
+        budget_ms: float | None = None,
+        subnet: int | None = None,
+        alpha: float = 0.05,
+        k_dev: float = 0.5,
+        up_margin: float = 0.1,
+        dwell: int = 128,
+        clip: float = 4.0,
+        exec_lock: threading.Lock | None = None,
+        shared_memory: Any = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise EdgedynError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
+        if not 0 < alpha <= 1 or k_dev < 0 or up_margin < 0 or dwell < 0 or clip <= 1:
+            raise EdgedynError("adaptive settings need 0 < alpha <= 1, k_dev >= 0, up_margin >= 0, dwell >= 0, "
+                               "clip > 1")
+        self.manifest = manifest
+        self.policy = policy
+        self.budget_ms = budget_ms
+        self.shared_memory = shared_memory
+        self._runners = list(runners)
+        self._specs = [s.spec for s in manifest.subnets]
+        n = len(self._runners)
+        if n != len(manifest.subnets) or n == 0:
+            raise EdgedynError(f"{manifest.path}: {len(manifest.subnets)} sub-nets in the manifest, {n} runners")
+        base = [s.expected_ms for s in manifest.subnets]
+        if policy != "fixed" and any(b is None for b in base):
+            missing = next(i for i, b in enumerate(base) if b is None)
+            raise EdgedynError(f"{manifest.path}: subnets[{missing}] has no measured or predicted latency; "
+                               f"policy {policy!r} needs one (re-deploy on the device, or use policy fixed)")
+        self._base = [float(b) if b is not None else float(s.macs) for b, s in zip(base, manifest.subnets)]
+        # most accurate first: deployed test accuracy, then the search's, then size
+        def rank_key(i: int) -> tuple:
+            acc = manifest.subnets[i].accuracy
+            test = acc.get("test")
+            search = acc.get("search_test")
+            return (-(test if test is not None else -1.0), -(search if search is not None else -1.0),
+                    -manifest.subnets[i].macs, self._base[i])
+        self._order = sorted(range(n), key=rank_key)
+        self._rank = [0] * n
+        for r, i in enumerate(self._order):
+            self._rank[i] = r
+        self._fastest = min(range(n), key=lambda i: self._base[i])
+        if subnet is None:
+            subnet = self._order[0]
+        if not 0 <= subnet < n:
+            raise EdgedynError(f"subnet {subnet} is out of range: the bundle has {n} sub-nets (0..{n - 1})")
+        self.fixed_subnet = subnet
+        self._alpha, self._k_dev, self._up, self._dwell = float(alpha), float(k_dev), float(up_margin), int(dwell)
+        self._clip = float(clip)
+        first = self._runners[0]
+        self._shape = tuple(manifest.input_shape)
+        self._dtype = np.dtype(manifest.input_dtype)
+        if tuple(getattr(first, "input_shape", self._shape)) != self._shape:
+            raise EdgedynError(f"{manifest.path}: runner input shape {first.input_shape} != manifest {self._shape}")
+        self._lock = threading.Lock()
+        self._exec_lock = exec_lock
+        self.reset_stats()
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        bundle: str | Path,
+        policy: str = "budget",
+        *,
+        budget_ms: float | None = None,
+        subnet: int | None = None,
+        backend: str | None = None,
+        allow_other_device: bool = False,
+        threads: int | None = None,
+        trt_memory_device: str = "cuda",
+        **adaptive: Any,
+    ) -> "Selector":
+        """Verify ``bundle`` and load every sub-net once.
+
+        Refuses (one-line :class:`EdgedynError` naming the file or field) a modified or
+        missing file, a bundle made for another device fingerprint (unless
+        ``allow_other_device``), or for another backend than ``backend`` when given.
+        ``threads`` overrides the manifest's CPU thread count. ``adaptive`` passes
+        ``alpha``, ``k_dev``, ``up_margin``, ``dwell``, ``clip`` to the adaptive policy.
+        """
+        from ..backends import BackendOptions, get_backend
+
+        manifest = Manifest.load(bundle)
+        where = str(manifest.path)
+        if policy not in POLICIES:
+            raise EdgedynError(f"policy {policy!r} is unknown; choose one of {', '.join(POLICIES)}")
+        name = manifest.backend.get("name")
+        if backend is not None and name != backend:
+            raise EdgedynError(f"{where}: field 'backend.name' is {name!r}, but backend {backend!r} was asked for")
+        verify_files(manifest)
+        kind = str(manifest.device.get("kind", "cpu"))
+        if not allow_other_device:
+            try:
+                here = _current_fingerprint(kind)
+            except EdgedynError as err:
+                raise EdgedynError(f"{where}: field 'fingerprint' is {manifest.fingerprint!r}, but this machine "
+                                   f"has no {kind} device ({err})") from None
+            if here != manifest.fingerprint:
+                raise EdgedynError(f"{where}: field 'fingerprint' is {manifest.fingerprint!r}, this device is "
+                                   f"{here!r}; re-deploy here (or pass allow_other_device=True)")
+        options = BackendOptions(device="cpu" if name == "onnxruntime" else "cuda",
+                                 precision=manifest.precision, threads=threads or manifest.threads)
+        be = get_backend(name, options)
+        version = be.version()
+        if name == "tensorrt" and version != manifest.backend.get("version") and not allow_other_device:
+            raise EdgedynError(f"{where}: field 'backend.version' is {manifest.backend.get('version')!r}, "
+                               f"TensorRT here is {version!r}; engines only load on the version that built them")
+        root = manifest.root
+        shape = manifest.input_shape
+        runners: list[Any] = []
+        shared = exec_lock = None
+        if name == "tensorrt":
+            import torch
+
+            from ..backends.tensorrt import SharedActivationMemory
+
+            shared = SharedActivationMemory(device=trt_memory_device)
+            exec_lock = threading.Lock()
+            for s in manifest.subnets:
+                runners.append(be.load(root / s.model_file, shape, shared_memory=shared))
+            if torch.cuda.is_available():
+                for r in runners:
+                    r.activate()
+        else:
+            for s in manifest.subnets:
+                runners.append(be.load(root / s.model_file, shape).activate())
+        return cls(manifest, runners, policy, budget_ms=budget_ms, subnet=subnet, exec_lock=exec_lock,
+                   shared_memory=shared, **adaptive)
+
+    # -- introspection ------------------------------------------------------------------
+    @property
+    def runners(self) -> list[Any]:
+        return list(self._runners)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The one input shape every sub-net takes (batch included)."""
+        return self._shape
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def specs(self) -> list[SubnetSpec]:
+        return list(self._specs)
+
+    @property
+    def expected_ms(self) -> list[float]:
+        """Idle expected latency per sub-net (manifest's measured median, else predicted)."""
+        return list(self._base)
+
+    @property
+    def slowdown(self) -> float:
+        """The adaptive policy's current slowdown factor (1.0 when idle)."""
+        return self._mean + self._k_dev * self._dev
+
+    @property
+    def order(self) -> list[int]:
+        """Sub-net indices, most accurate first."""
+        return list(self._order)
+
+    def reset_stats(self) -> None:
+        """Forget use counts, misses, switches and the adaptive state."""
+        with self._lock:
+            n = len(self._runners)
+            self.counts = [0] * n
+            self.misses = [0] * n
+            self.switches = 0
+            self.errors = 0
+            self._last: int | None = None
+            self._current = self.fixed_subnet if self.policy == "fixed" else self._order[0]
+            self._since_switch = 0
+            self._mean, self._dev = 1.0, 0.0
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of use counts, misses, switches and errors."""
+        with self._lock:
+            return {"counts": list(self.counts), "misses": list(self.misses), "switches": self.switches,
+                    "errors": self.errors, "slowdown": self._mean + self._k_dev * self._dev,
+                    "current": self._current}
+
+    # -- decision -----------------------------------------------------------------------
+    def _fit(self, budget: float, scale: float) -> tuple[int, str]:
+        base = self._base
+        for i in self._order:
+            if base[i] * scale <= budget:
+                return i, "fits"
+        return self._fastest, "below-smallest"
+
+    def _decide(self, budget: float | None) -> tuple[int, str]:
+        """Pick a sub-net (caller holds the lock)."""
+        policy = self.policy
+        if policy == "fixed":
+            return self.fixed_subnet, "fixed"
+        if budget is None:
+            return self._order[0], "no-budget"
+        if policy == "budget":
+            return self._fit(budget, 1.0)
+        scale = self._mean + self._k_dev * self._dev
+        cand, reason = self._fit(budget, scale)
+        cur = self._current
+        if cand == cur or self._rank[cand] > self._rank[cur]:
+            return cand, reason  # same, or a step down: at once
+        # a step up: only after the dwell and with headroom, unless the current one no longer fits
+        if self._base[cur] * scale > budget:
+            return cand, reason
+        if self._since_switch >= self._dwell and self._base[cand] * scale * (1.0 + self._up) <= budget:
+            return cand, reason
+        return cur, "hysteresis"
+
+    def select(self, budget_ms: float | None = None) -> int:
+        """The sub-net ``infer`` would run now for ``budget_ms`` (no inference, no statistics)."""
+        with self._lock:
+            return self._decide(self.budget_ms if budget_ms is None else budget_ms)[0]
+
+    def observe(self, subnet: int, latency_ms: float, budget_ms: float | None = None) -> None:
+        """Record an observed latency of ``subnet`` (``infer`` calls this; tests inject timings)."""
+        with self._lock:
+            self._observe(subnet, latency_ms, budget_ms)
+
+    def _observe(self, i: int, ms: float, budget: float | None) -> None:
+        self.counts[i] += 1
+        if budget is not None and ms > budget:
+            self.misses[i] += 1
+        if self._last is not None and i != self._last:
+            self.switches += 1
+        self._last = i
+        if i != self._current:
+            self._current = i
+            self._since_switch = 0
+        self._since_switch += 1
+        ratio = ms / self._base[i]
+        err = (ratio if ratio < self._clip else self._clip) - self._mean
+        self._mean += self._alpha * err
+        self._dev += self._alpha * ((err if err >= 0.0 else -err) - self._dev)
+
+    # -- serving ------------------------------------------------------------------------
+    def _input_error(self, x: Any) -> str:
+        if not isinstance(x, np.ndarray):
+            return f"input must be a numpy array of shape {self._shape} and dtype {self._dtype}, got {type(x).__name__}"
+        if tuple(x.shape) != self._shape:
+            return f"input shape {tuple(x.shape)} does not match the bundle's {self._shape}"
+        return f"input dtype {x.dtype} does not match the bundle's {self._dtype}"
+
+    def infer(self, x: np.ndarray, budget_ms: float | None = None) -> tuple[np.ndarray, InferInfo]:
+        """Run ``x`` on the sub-net chosen for ``budget_ms`` (default: the selector's budget).
+
+        Raises ``ValueError`` for a malformed input (nothing is run or counted).
+        """
+        if type(x) is not np.ndarray or x.shape != self._shape or x.dtype != self._dtype:
+            raise ValueError(self._input_error(x))
+        budget = self.budget_ms if budget_ms is None else budget_ms
+        lock = self._lock
+        with lock:
+            i, reason = self._decide(budget)
+        runner = self._runners[i]
+        try:
+            if self._exec_lock is None:
+                t0 = time.perf_counter()
+                out = runner.infer(x)
+                ms = (time.perf_counter() - t0) * 1e3
+            else:
+                with self._exec_lock:
+                    t0 = time.perf_counter()
+                    out = runner.infer(x)
+                    ms = (time.perf_counter() - t0) * 1e3
+        except Exception:
+            with lock:
+                self.errors += 1
+            raise
+        with lock:
+            self._observe(i, ms, budget)
+        return out, InferInfo(i, self._specs[i], ms, budget, budget is None or ms <= budget, self.policy, reason)
+
+    def close(self) -> None:
+        """Release every runner."""
+        for r in self._runners:
+            r.deactivate()
+
+    def __enter__(self) -> "Selector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

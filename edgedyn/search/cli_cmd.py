@@ -1,0 +1,98 @@
+"""``edgedyn search``: a thin click command over :func:`edgedyn.search.run_search`.
+
+Registered by ``edgedyn.cli`` (``cli.add_command(search)``); every expected failure is an
+:class:`~edgedyn.errors.EdgedynError`, which the CLI group prints as one line (exit 2).
+Under ``torchrun --nproc_per_node N`` the run is data parallel; rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..errors import EdgedynError
+
+
+@click.command()
+@click.option("--model", default="resnet20", show_default=True, help="Supported model name.")
+@click.option("--data", default="digits", show_default=True,
+              help="digits | synthetic | cifar10:DIR | imagefolder:DIR.")
+@click.option("--data-limit", type=int, default=None, help="Use at most this many training samples.")
+@click.option("--input-size", type=int, default=None, help="Input height = width (model default if omitted).")
+@click.option("--budget-table", "table_path", default=None, type=click.Path(dir_okay=False),
+              help="Latency table (edgedyn profile); needed by --cost latency.")
+@click.option("--budgets", default="0.25,0.5,0.75,1.0", show_default=True,
+              help="Fractions of the full model's cost, or absolute costs such as '3ms,5ms'.")
+@click.option("--cost", "cost_name", type=click.Choice(["latency", "flops"]), default="latency", show_default=True)
+@click.option("--method", type=click.Choice(["progressive", "usnet"]), default="progressive", show_default=True)
+@click.option("--ranking", type=click.Choice(["noise", "l1"]), default="noise", show_default=True)
+@click.option("--channel-groups", type=int, default=8, show_default=True, help="Channel groups per coupling group.")
+@click.option("--group-size", type=int, default=None, help="Absolute channel-group size (8, 16, 32) instead.")
+@click.option("--min-groups", type=int, default=1, show_default=True, help="Floor of each group, in channel groups.")
+@click.option("--threshold", default="drop:5", show_default=True,
+              help="Fine-tune below this holdout accuracy: '50%' absolute, 'drop:5' relative, or 'none'.")
+@click.option("--pretrain-epochs", type=int, default=5, show_default=True, help="Only when --weights is not given.")
+@click.option("--rank-epochs", type=int, default=1, show_default=True, help="Noise-ranking training epochs.")
+@click.option("--train-epochs", type=int, default=5, show_default=True, help="Joint training epochs.")
+@click.option("--finetune-batches", type=int, default=50, show_default=True, help="Cap per fine-tuning.")
+@click.option("--batches-per-epoch", type=int, default=None, help="Cap on batches per epoch (quick runs).")
+@click.option("--max-steps", type=int, default=None, help="Stop the search after this many steps.")
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Trained full-model weights.")
+@click.option("--out", default="runs/search", show_default=True, type=click.Path(file_okay=False))
+@click.option("--compare", multiple=True, type=click.Path(file_okay=False),
+              help="Other run directories to draw in the plot (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+def search(model, data, data_limit, input_size, table_path, budgets, cost_name, method, ranking, channel_groups,
+           group_size, min_groups, threshold, pretrain_epochs, rank_epochs, train_epochs, finetune_batches,
+           batches_per_epoch, max_steps, lr, batch_size, seed, device, weights, out, compare, resume) -> None:
+    """Search nested sub-nets for latency budgets, train them jointly, write subnets.json."""
+    from ..cost import FlopsCost, LatencyCost
+    from .dist import init_from_env
+    from .run import SearchConfig, run_search
+
+    dist = init_from_env(device)
+    measured = None
+    if cost_name == "latency":
+        if not table_path:
+            raise EdgedynError("--cost latency needs --budget-table PATH (or use --cost flops)")
+        from ..profile import LatencyTable
+
+        table = LatencyTable.load(table_path)
+        measured = bool(table.measured)
+        if not measured and dist.is_main:
+            click.echo(f"warning: {table_path} is NOT measured on hardware (an analytic estimate); "
+                       "latencies are planning figures", err=True)
+        cost = LatencyCost(table)
+    else:
+        cost = FlopsCost()
+    config = SearchConfig(
+        model=model, data=data, data_limit=data_limit, input_size=input_size, budgets=budgets, method=method,
+        ranking=ranking, channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
+        threshold=threshold, pretrain_epochs=pretrain_epochs, rank_epochs=rank_epochs, train_epochs=train_epochs,
+        finetune_batches=finetune_batches, batches_per_epoch=batches_per_epoch, max_steps=max_steps, lr=lr,
+        batch_size=batch_size, seed=seed, device=device, weights=weights, out=out, resume=resume,
+        table=table_path, table_measured=measured, compare=tuple(compare))
+    log = logging.getLogger("edgedyn.search")
+    handler = logging.StreamHandler(sys.stderr) if dist.is_main else None
+    if handler is not None:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.INFO)
+        log.addHandler(handler)
+    try:
+        result = run_search(config, cost)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+    if dist.is_main:
+        unit = result.cost_unit
+        click.echo(f"{'budget':>10} {'cost (' + unit + ')':>12} {'MMAC':>8} {'holdout':>8} {'test':>8}  widths")
+        for s in result.subnets:
+            click.echo(f"{s.budget.text:>10} {s.cost:12.4g} {s.macs / 1e6:8.2f} {100 * s.holdout_accuracy:7.2f}% "
+                       f"{100 * s.test_accuracy:7.2f}%  {s.spec}")
+        click.echo(f"wrote {out}/subnets.json, weights.pt, accuracy_latency.png")

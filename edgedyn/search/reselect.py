@@ -1,0 +1,105 @@
+"""Sub-net re-selection: the Pareto filter over the search path, then one pick per budget."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol, Sequence, TypeVar
+
+from ..errors import EdgedynError
+
+
+class Point(Protocol):
+    cost: float
+    accuracy: float
+
+
+P = TypeVar("P", bound=Point)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cost budget: a fraction of the full model's cost, or an absolute cost in ``unit``."""
+
+    value: float
+    unit: str  # "fraction" or the cost unit ("ms", "MMAC")
+    text: str
+
+    def limit(self, full_cost: float) -> float:
+        """The budget in cost units."""
+        return self.value * full_cost if self.unit == "fraction" else self.value
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "value": self.value, "unit": self.unit}
+
+
+def parse_budgets(text: str, cost_unit: str) -> list[Budget]:
+    """Parse ``"0.25,0.5,0.75,1.0"`` / ``"25%,50%"`` (fractions of the full model's cost) or
+    ``"3ms,5ms"`` (absolute; needs a cost in ms) or ``"20MMAC"``. Sorted ascending."""
+    budgets = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([a-zA-Z%]*)", part)
+        if not m:
+            raise EdgedynError(f"budget {part!r} is not a number; use fractions (0.5), percents (50%) or '5ms'")
+        value, unit = float(m.group(1)), m.group(2)
+        if unit == "%":
+            value, unit = value / 100.0, ""
+        if unit == "":
+            if not 0.0 < value <= 1.0:
+                raise EdgedynError(f"budget {part!r}: a fraction of the full model must be in (0, 1]; "
+                                   f"for an absolute budget add the unit, e.g. '{part}{cost_unit}'")
+            budgets.append(Budget(value, "fraction", part))
+        elif unit.lower() == cost_unit.lower():
+            if value <= 0:
+                raise EdgedynError(f"budget {part!r} must be positive")
+            budgets.append(Budget(value, cost_unit, part))
+        else:
+            raise EdgedynError(f"budget {part!r} is in {unit!r} but the cost model measures {cost_unit!r}")
+    if not budgets:
+        raise EdgedynError("no budgets given; use e.g. '0.25,0.5,0.75,1.0' or '3ms,5ms'")
+    units = {b.unit for b in budgets}
+    if len(units) > 1:
+        raise EdgedynError("budgets mix fractions and absolute costs; use one kind")
+    return sorted(budgets, key=lambda b: b.value)
+
+
+def pareto(points: Sequence[P]) -> list[P]:
+    """The points no other point beats on both cost and accuracy, by ascending cost.
+
+    A point is dropped when another costs no more and is at least as accurate, and is
+    strictly better in one of the two. Of exact duplicates the first is kept.
+    """
+    ordered = sorted(enumerate(points), key=lambda t: (t[1].cost, -t[1].accuracy, t[0]))
+    front: list[P] = []
+    best = float("-inf")
+    for _, p in ordered:
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def pick(points: Sequence[P], budgets: Sequence[Budget], full_cost: float, unit: str,
+         prefer: str = "accuracy") -> list[tuple[Budget, P]]:
+    """For each budget, the most accurate point (``prefer="cost"``: the most costly one)
+    whose cost fits. An unreachable budget raises one line naming the smallest feasible cost."""
+    if not points:
+        raise EdgedynError("no candidate sub-nets to choose from")
+    cheapest = min(points, key=lambda p: p.cost)
+    out = []
+    for b in budgets:
+        limit = b.limit(full_cost)
+        fits = [p for p in points if p.cost <= limit + 1e-9 * max(1.0, abs(limit))]
+        if not fits:
+            frac = cheapest.cost / full_cost if full_cost > 0 else float("nan")
+            raise EdgedynError(
+                f"budget {b.text} ({limit:.4g} {unit}) is unreachable: the smallest feasible cost is "
+                f"{cheapest.cost:.4g} {unit} ({frac:.3g} of the full model)")
+        if prefer == "cost":
+            best = max(fits, key=lambda p: (p.cost, p.accuracy))
+        else:
+            best = max(fits, key=lambda p: (p.accuracy, -p.cost))
+        out.append((b, best))
+    return out

@@ -1,0 +1,580 @@
+"""``run_search``: the whole pipeline, checkpointed and resumable.
+
+Phases, in order (``usnet`` skips ranking and search):
+
+1. ``pretrain``  train the full model when no weights are given;
+2. ``rank``      trainable-noise (or L1) channel ranking, then the channel permutation;
+3. ``search``    the progressive search (:mod:`edgedyn.search.progressive`), one step at a time;
+4. ``train``     joint sandwich training of the chosen sub-nets (or US-Nets uniform widths);
+5. ``final``     per-sub-net BN recalibration, holdout and test accuracy, outputs.
+
+A checkpoint is written atomically after every epoch and every search step. Every
+random stream is re-seeded from (seed, phase, index) at the start of each unit, so a
+resumed run gives the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..artifacts import atomic_write_bytes, atomic_write_json, load_json
+from ..cost import CostModel
+from ..dynamic import DynamicNet, SubnetSpec
+from ..errors import ArtifactError, EdgedynError
+from . import train as T
+from .dist import Dist, current
+from .progressive import PathPoint, Step, Threshold, progressive_search
+from .ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
+from .reselect import Budget, parse_budgets, pareto, pick
+
+RESULT_SCHEMA = "edgedyn.search_result/1"
+CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/1"
+METHODS = ("progressive", "usnet")
+PHASES = ("pretrain", "rank", "search", "train", "final")
+log = logging.getLogger("edgedyn.search")
+
+
+@dataclass
+class SearchConfig:
+    """Everything a search run depends on (recorded in ``subnets.json``)."""
+
+    model: str = "resnet20"
+    data: str = "digits"
+    input_size: int | None = None
+    budgets: str = "0.25,0.5,0.75,1.0"
+    method: str = "progressive"
+    ranking: str = "noise"
+    channel_groups: int = 8
+    group_size: int | None = None
+    min_groups: int = 1
+    threshold: str = "drop:5"
+    pretrain_epochs: int = 5
+    rank_epochs: int = 1
+    train_epochs: int = 5
+    finetune_batches: int = 50  # cap per fine-tuning
+    finetune_check: int = 10  # holdout check every this many batches
+    lr: float = 0.05
+    rank_lr: float = 0.01
+    finetune_lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    batches_per_epoch: int | None = None  # cap (quick runs, tests)
+    search_calib_batches: int = 4  # BN recalibration per candidate (0: shared statistics)
+    calib_batches: int = 200  # final per-sub-net BN recalibration
+    max_steps: int | None = None
+    data_limit: int | None = None
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    weights: str | None = None
+    out: str = "runs/search"
+    resume: bool = False
+    table: str | None = None  # latency table path (recorded only)
+    table_measured: bool | None = None
+    compare: tuple[str, ...] = ()  # sibling run dirs drawn in the plot
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise EdgedynError(f"method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.ranking not in RANKINGS:
+            raise EdgedynError(f"ranking {self.ranking!r} is unknown; use one of {', '.join(RANKINGS)}")
+        if self.device not in ("cpu", "cuda"):
+            raise EdgedynError(f"device {self.device!r} is unknown; use cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise EdgedynError("device cuda was asked for but torch sees no CUDA device")
+        for name in ("pretrain_epochs", "rank_epochs", "train_epochs", "finetune_batches", "calib_batches"):
+            if getattr(self, name) < 0:
+                raise EdgedynError(f"{name} must be >= 0")
+        if self.batch_size < 1 or self.finetune_check < 1:
+            raise EdgedynError("batch_size and finetune_check must be >= 1")
+        Threshold.parse(self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["compare"] = list(self.compare)
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with the interrupted one."""
+        d = self.to_dict()
+        for k in ("resume", "out", "compare", "table_measured"):
+            d.pop(k)
+        return d
+
+
+@dataclass(frozen=True)
+class ChosenSubnet:
+    budget: Budget
+    spec: SubnetSpec
+    cost: float
+    macs: int
+    params: int
+    holdout_accuracy: float
+    test_accuracy: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget.to_dict(), "widths": list(self.spec.widths), "cost": self.cost,
+                "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
+                "test_accuracy": self.test_accuracy}
+
+
+@dataclass
+class SearchResult:
+    config: SearchConfig
+    net: DynamicNet
+    cost_name: str
+    cost_unit: str
+    full_cost: float
+    subnets: list[ChosenSubnet]
+    path: list[PathPoint]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "schema": RESULT_SCHEMA,
+            "config": c.to_dict(),
+            "net": self.net.config(),
+            "signature": self.net.signature(),
+            "cost": {"name": self.cost_name, "unit": self.cost_unit, "full": self.full_cost},
+            "table": {"path": c.table, "measured": c.table_measured},
+            "subnets": [s.to_dict() for s in self.subnets],
+            "average_test_accuracy": (sum(s.test_accuracy for s in self.subnets) / len(self.subnets)
+                                      if self.subnets else None),
+            "path": [p.to_dict() for p in self.path],
+            "steps": self.steps,
+        }
+
+
+Hook = Callable[[str, int], None]
+
+
+# -- the run ---------------------------------------------------------------------------
+class _Run:
+    """One search run's state; each phase method skips what the checkpoint already holds."""
+
+    def __init__(self, config: SearchConfig, cost_model: CostModel, dist: Dist, hook: Hook | None) -> None:
+        from ..data import load_data, make_loader
+        from ..models import get_entry
+
+        config.validate()
+        self.c, self.cost_model, self.dist, self.hook = config, cost_model, dist, hook
+        self.out = Path(config.out)
+        self.device = config.device
+        self.make_loader = make_loader
+        self.budgets = parse_budgets(config.budgets, cost_model.unit)
+        self.threshold = Threshold.parse(config.threshold)
+        size = config.input_size or get_entry(config.model).default_input_size
+        self.data = load_data(config.data, size, seed=config.seed, holdout_fraction=config.holdout_fraction,
+                              limit=config.data_limit)
+        torch.manual_seed(config.seed)  # the initial weights
+        self.net = DynamicNet.from_name(config.model, num_classes=self.data.num_classes, input_size=size,
+                                        channel_groups=config.channel_groups, group_size=config.group_size,
+                                        min_groups=config.min_groups).to(self.device)
+        check = getattr(cost_model, "check", None)
+        if callable(check):
+            check(self.net)
+        self.holdout = list(make_loader(self.data.holdout, config.batch_size, shuffle=False))
+        self.test = list(make_loader(self.data.test, config.batch_size, shuffle=False))
+        calib = make_loader(self.data.train, config.batch_size, shuffle=False)
+        self.search_calib = T.take_batches(calib, config.search_calib_batches) if config.search_calib_batches else []
+        if not self.holdout:
+            raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
+        self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
+                                      "path": [], "steps": []}
+        self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
+        self.check_budgets()
+
+    def check_budgets(self) -> None:
+        """Fail before any training when a budget is below the cheapest sub-net the method can reach."""
+        if self.c.method == "usnet":
+            floor = min(uniform_points(self.net, self.cost_model), key=lambda p: p.cost)
+        else:
+            spec = self.net.min_spec()
+            floor = PathPoint(spec, float(self.cost_model.cost(self.net, spec)), 0.0)
+        pick([floor], self.budgets, self.full_cost, self.cost_model.unit)
+
+    # ---- checkpoints ----
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save(self, phase: str, index: int, optimizer: torch.optim.Optimizer | None = None,
+             alphas: list[torch.Tensor] | None = None) -> None:
+        self.state.update(phase=phase, index=index,
+                          optimizer=optimizer.state_dict() if optimizer is not None else None,
+                          alphas=[a.detach().cpu() for a in alphas] if alphas is not None else None)
+        if self.dist.is_main:
+            blob = {"schema": CHECKPOINT_SCHEMA, "config": self.c.identity(),
+                    "state_dict": {k: v.detach().cpu() for k, v in self.net.model.state_dict().items()},
+                    **{k: v for k, v in self.state.items()}}
+            buf = io.BytesIO()
+            torch.save(blob, buf)
+            atomic_write_bytes(self.ckpt_path, buf.getvalue())
+        self.dist.barrier()
+        if self.hook is not None:
+            self.hook(phase, index)
+
+    def load(self) -> bool:
+        if not self.ckpt_path.is_file():
+            return False
+        try:
+            blob = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a torn or foreign file
+            raise ArtifactError(f"{self.ckpt_path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+        if not isinstance(blob, dict) or blob.get("schema") != CHECKPOINT_SCHEMA:
+            raise ArtifactError(f"{self.ckpt_path}: field 'schema' is not {CHECKPOINT_SCHEMA!r}")
+        if blob.get("config") != self.c.identity():
+            theirs = blob.get("config") or {}
+            diff = sorted(k for k in set(theirs) | set(self.c.identity()) if theirs.get(k) != self.c.identity().get(k))
+            raise EdgedynError(f"{self.ckpt_path}: cannot resume, the run's settings differ ({', '.join(diff)})")
+        self.net.model.load_state_dict(blob["state_dict"])
+        for k in self.state:
+            self.state[k] = blob.get(k, self.state[k])
+        log.info("resumed at phase %s, unit %d", self.state["phase"], self.state["index"])
+        return True
+
+    def reached(self, phase: str) -> tuple[bool, int]:
+        """(phase already finished, units of it already done)."""
+        here = PHASES.index(self.state["phase"])
+        target = PHASES.index(phase)
+        if here > target:
+            return True, 0
+        return False, self.state["index"] if here == target else 0
+
+    def seed(self, phase: str, index: int) -> int:
+        s = (self.c.seed * 1_000_003 + PHASES.index(phase) * 10_007 + index) % (2**31 - 1)
+        torch.manual_seed(s)
+        random.seed(s)
+        return s
+
+    def train_loader(self, phase: str, index: int):
+        seed = self.seed(phase, index)
+        drop = len(self.data.train) >= self.c.batch_size
+        return self.make_loader(self.data.train, self.c.batch_size, shuffle=True, seed=seed, drop_last=drop)
+
+    # ---- phases ----
+    def epochs(self, phase: str, epochs: int, step_fn: Callable[[torch.Generator], T.StepFn], lr: float,
+               extra: list[torch.nn.Parameter] | None = None) -> None:
+        done, start = self.reached(phase)
+        if done or epochs == 0:
+            return
+        opt = T.make_sgd(self.net, lr, weight_decay=self.c.weight_decay, extra=extra or [])
+        if start and self.state["optimizer"] is not None:
+            opt.load_state_dict(self.state["optimizer"])
+        for epoch in range(start, epochs):
+            loader = self.train_loader(phase, epoch)
+            gen = torch.Generator().manual_seed(self.seed(phase, epoch))
+            loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
+                               dist=self.dist, device=self.device, max_batches=self.c.batches_per_epoch,
+                               desc=phase, extra_params=extra or [])
+            log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, epochs, loss)
+            alphas = [p for p in extra] if extra else None
+            self.save(phase, epoch + 1, opt, alphas)
+
+    def pretrain(self) -> None:
+        full = self.net.full_spec()
+        self.epochs("pretrain", self.c.pretrain_epochs, lambda gen: T.ce_step(self.net, full), self.c.lr)
+        self.advance("pretrain")
+
+    def rank(self) -> None:
+        done, start = self.reached("rank")
+        if done:
+            return
+        if self.c.ranking == "l1":
+            orders = l1_orders(self.net)
+        else:
+            with NoiseInjection(self.net) as noise:
+                if self.state["alphas"] is not None and start:
+                    with torch.no_grad():
+                        for a, saved in zip(noise.alphas, self.state["alphas"]):
+                            a.copy_(saved)
+                full = self.net.full_spec()
+                self.epochs("rank", self.c.rank_epochs, lambda gen: T.ce_step(self.net, full), self.c.rank_lr,
+                            extra=list(noise.parameters()))
+                orders = noise.orders()
+        apply_order(self.net, orders)
+        log.info("ranked channels by %s", self.c.ranking)
+        self.advance("rank")
+
+    def evaluate(self, spec: SubnetSpec) -> float:
+        return T.calibrated_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
+
+    def search(self) -> None:
+        from tqdm import tqdm
+
+        done, start = self.reached("search")
+        if done:
+            return
+        path = [PathPoint.from_dict(d) for d in self.state["path"]]
+        if not path:
+            full = self.net.full_spec()
+            path = [PathPoint(full, self.full_cost, self.evaluate(full), 0)]
+            self.state["path"] = [path[0].to_dict()]
+        target = self.threshold.target(path[0].accuracy)
+        total = sum(len(g.widths_from()) - 1 for g in self.net.groups)
+        if self.c.max_steps is not None:
+            total = min(total, self.c.max_steps)
+
+        def finetune(spec: SubnetSpec, goal: float) -> tuple[float, int]:
+            loader = self.train_loader("search", 100_000 + len(path))
+            return T.finetune(self.net, spec, loader, self.evaluate, goal, lr=self.c.finetune_lr,
+                              max_batches=self.c.finetune_batches, check_every=self.c.finetune_check,
+                              dist=self.dist, device=self.device)
+
+        remaining = None if self.c.max_steps is None else max(0, self.c.max_steps - path[-1].step)
+        bar = tqdm(total=total, initial=path[-1].step, desc="search", leave=False,
+                   disable=not self.dist.is_main or not T.is_tty())
+        self.seed("search", path[-1].step)
+        for step in progressive_search(self.net, self.cost_model, self.evaluate, path[-1], target=target,
+                                       finetune=finetune if self.threshold.kind != "none" else None,
+                                       dist=self.dist, max_steps=remaining):
+            path.append(step.point)
+            self.state["path"].append(step.point.to_dict())
+            self.state["steps"].append(step.to_dict())
+            self._log_step(step)
+            bar.update(1)
+            self.save("search", step.index)
+            self.seed("search", step.index)
+        bar.close()
+        self.advance("search")
+
+    def _log_step(self, step: Step) -> None:
+        p, unit = step.point, self.cost_model.unit
+        ft = f", fine-tuned {p.finetune_batches} batches" if p.finetune_batches else ""
+        log.info("step %d: group %d -> %d ch, cost %.4g %s, holdout %.4f (%d candidates%s)", step.index,
+                 step.chosen.group, p.spec[step.chosen.group], p.cost, unit, p.accuracy, len(step.candidates), ft)
+
+    def select(self) -> list[tuple[Budget, PathPoint]]:
+        if self.c.method == "usnet":
+            points = uniform_points(self.net, self.cost_model)
+            return pick(points, self.budgets, self.full_cost, self.cost_model.unit, prefer="cost")
+        path = [PathPoint.from_dict(d) for d in self.state["path"]]
+        front = pareto(path)
+        log.info("re-selection: %d path points, %d on the Pareto front", len(path), len(front))
+        return pick(front, self.budgets, self.full_cost, self.cost_model.unit)
+
+    def joint(self, chosen: list[SubnetSpec]) -> None:
+        if self.c.method == "usnet":
+            make = lambda gen: T.sandwich_step(self.net, T.uniform_students(self.net, gen))  # noqa: E731
+        else:
+            make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))  # noqa: E731
+        self.epochs("train", self.c.train_epochs, make, self.c.lr)
+        self.advance("train")
+
+    def advance(self, phase: str) -> None:
+        nxt = PHASES[PHASES.index(phase) + 1]
+        if PHASES.index(self.state["phase"]) < PHASES.index(nxt):
+            self.save(nxt, 0)
+
+    def final(self, picks: list[tuple[Budget, PathPoint]]) -> SearchResult:
+        self.seed("final", 0)
+        calib = T.take_batches(self.train_loader("final", 0), self.c.calib_batches)
+        measured: dict[SubnetSpec, tuple[float, float]] = {}
+        subnets = []
+        for budget, point in picks:
+            spec = point.spec
+            if spec not in measured:
+                self.net.calibrate_bn(spec, calib, self.c.calib_batches)
+                measured[spec] = (T.accuracy(self.net, spec, self.holdout, self.device),
+                                  T.accuracy(self.net, spec, self.test, self.device))
+            hold, test = measured[spec]
+            subnets.append(ChosenSubnet(budget, spec, point.cost, self.net.macs(spec), self.net.params(spec),
+                                        hold, test))
+            log.info("budget %s: %s cost %.4g %s, holdout %.4f, test %.4f", budget.text, spec, point.cost,
+                     self.cost_model.unit, hold, test)
+        self.net.set_subnet(self.net.full_spec())
+        path = [PathPoint.from_dict(d) for d in self.state["path"]]
+        return SearchResult(self.c, self.net, self.cost_model.name, self.cost_model.unit, self.full_cost,
+                            subnets, path, list(self.state["steps"]), self.out)
+
+    def run(self) -> SearchResult:
+        if self.c.resume:
+            self.load()
+        elif self.ckpt_path.exists() and self.dist.is_main:
+            self.ckpt_path.unlink()
+        self.dist.barrier()
+        if self.c.weights and self.state["phase"] == "pretrain" and self.state["index"] == 0:
+            load_weights_into(self.net, self.c.weights)
+            self.save("rank" if self.c.method == "progressive" else "train", 0)
+        if self.c.method == "progressive":
+            self.pretrain()
+            self.rank()
+            self.search()
+        elif PHASES.index(self.state["phase"]) < PHASES.index("train"):
+            self.pretrain_usnet()
+        picks = self.select()
+        chosen = sorted({p.spec for _, p in picks}, key=lambda s: sum(s.widths))
+        self.joint(chosen)
+        result = self.final(picks)
+        if self.dist.is_main:
+            write_outputs(result)
+        self.dist.barrier()
+        return result
+
+    def pretrain_usnet(self) -> None:
+        full = self.net.full_spec()
+        self.epochs("pretrain", self.c.pretrain_epochs, lambda gen: T.ce_step(self.net, full), self.c.lr)
+        if PHASES.index(self.state["phase"]) < PHASES.index("train"):
+            self.save("train", 0)
+
+
+def uniform_points(net: DynamicNet, cost_model: CostModel, low: float = 0.25) -> list[PathPoint]:
+    """The distinct US-Nets sub-nets (uniform width ratios in [low, 1]) with their cost.
+
+    Accuracy is the width ratio, so re-selection's "most accurate that fits" becomes the
+    largest uniform width that fits, as US-Nets deploys.
+    """
+    ratios = sorted({w / g.channels for g in net.groups for w in g.widths_from() if w / g.channels >= low} | {low, 1.0})
+    points: dict[SubnetSpec, PathPoint] = {}
+    for r in ratios:
+        spec = net.uniform_spec(r)
+        if spec not in points:
+            points[spec] = PathPoint(spec, float(cost_model.cost(net, spec)), r, 0)
+    return list(points.values())
+
+
+def load_weights_into(net: DynamicNet, path: str | Path) -> None:
+    """Load an edgedyn weights file, or a plain state dict of the same model (one-line errors)."""
+    from ..dynamic.net import WEIGHTS_SCHEMA, load_weights_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: weights file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "weights only load failed" in msg.lower():
+            msg = "corrupt, not written by torch.save, or holding objects weights_only loading refuses"
+        raise ArtifactError(f"{path}: not a readable weights file ({msg[:160]})") from None
+    if isinstance(blob, dict) and "schema" in blob:
+        blob = load_weights_file(path)
+        if blob["schema"] == WEIGHTS_SCHEMA and blob["config"].get("model") != net.name:
+            raise ArtifactError(f"{path}: field 'config.model' is {blob['config'].get('model')!r}, "
+                                f"expected {net.name!r}")
+        net.load_weights(blob, path)
+        net.bn_stats.clear()
+    elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        net.load_weights({"state_dict": blob}, path)
+    else:
+        raise ArtifactError(f"{path}: neither an edgedyn weights file nor a state dict")
+    net.set_subnet(net.full_spec())
+
+
+def run_search(config: SearchConfig, cost_model: CostModel, *, dist: Dist | None = None,
+               hook: Hook | None = None) -> SearchResult:
+    """Run (or resume) a search and write its outputs to ``config.out``.
+
+    Args:
+        config: the run's settings.
+        cost_model: prices sub-nets (:class:`~edgedyn.cost.LatencyCost`, :class:`~edgedyn.cost.FlopsCost`).
+        dist: the data-parallel job (default: the initialised process group, if any).
+        hook: called as ``hook(phase, index)`` after every checkpoint (tests interrupt here).
+    """
+    dist = dist or current()
+    out = Path(config.out)
+    handler = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "search.log", mode="a" if config.resume else "w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+    try:
+        if dist.is_main:
+            log.debug("search: %s", config.to_dict())
+        return _Run(config, cost_model, dist, hook).run()
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def pretrain_only(config: SearchConfig, path: str | Path) -> Path:
+    """Pre-train the full model as ``run_search`` would and save it (shared start for comparisons)."""
+    from ..cost import FlopsCost
+
+    cfg = SearchConfig(**{**config.to_dict(), "budgets": "1.0", "resume": False, "weights": None,
+                          "compare": tuple(config.compare)})
+    run = _Run(cfg, FlopsCost(), current(), None)
+    run.pretrain()
+    run.net.set_subnet(run.net.full_spec())
+    return run.net.save(path)
+
+
+# -- outputs ---------------------------------------------------------------------------
+def write_outputs(result: SearchResult) -> None:
+    """``subnets.json``, ``weights.pt`` and ``accuracy_latency.png`` in the run directory."""
+    out = Path(result.out_dir or result.config.out)
+    doc = result.to_dict()
+    result.net.save(out / "weights.pt", extra={"search_result": RESULT_SCHEMA,
+                                               "subnets": [s.to_dict()["widths"] for s in result.subnets]})
+    atomic_write_json(out / "subnets.json", doc)
+    try:
+        plot(doc, out / "accuracy_latency.png", [Path(p) for p in result.config.compare])
+    except ImportError:
+        log.warning("matplotlib is not installed; no plot")
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Load a ``subnets.json`` (or a run directory holding one), checking its schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "subnets.json"
+    doc = load_json(path, RESULT_SCHEMA)
+    if not isinstance(doc.get("subnets"), list):
+        raise ArtifactError(f"{path}: field 'subnets' must be a list")
+    return doc
+
+
+def plot(doc: dict[str, Any], path: Path, others: list[Path] = ()) -> Path:
+    """Accuracy against cost: the search path (holdout) and the chosen sub-nets (test)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unit = doc["cost"]["unit"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if doc["path"]:
+        ax.plot([p["cost"] for p in doc["path"]], [100 * p["holdout_accuracy"] for p in doc["path"]],
+                ".", color="0.7", label="search path (holdout)")
+    label = f"{doc['config']['method']}/{doc['cost']['name']}"
+    for name, d in [(label, doc)] + [(_label(o), _maybe(o)) for o in others]:
+        if d is None or d["cost"]["unit"] != unit:
+            continue
+        pts = sorted((s["cost"], 100 * s["test_accuracy"]) for s in d["subnets"])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{name} (test)")
+    ax.set_xlabel(f"cost ({unit})")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _maybe(path: Path) -> dict[str, Any] | None:
+    try:
+        return load_result(path)
+    except ArtifactError as err:
+        log.warning("plot: skipping %s", err)
+        return None
+
+
+def _label(path: Path) -> str:
+    d = _maybe(path)
+    return path.name if d is None else f"{path.name}: {d['config']['method']}/{d['cost']['name']}"

@@ -1,0 +1,214 @@
+"""Training loops: pre-training, the noise-ranking run, selective fine-tuning, and the
+joint sandwich training of the chosen sub-nets (ours) or of uniform widths (US-Nets).
+
+One epoch loop (:func:`run_epoch`) serves every phase; a phase differs only in its
+*step* (what one batch does). SGD with Nesterov momentum 0.9, weight decay on conv /
+linear weights only, cosine decay per iteration, as in the authors' scripts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..dynamic import DynamicNet, SubnetSpec
+from ..dynamic.layers import DynamicConv2d, DynamicLinear
+from .dist import Dist
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# -- optimisation --------------------------------------------------------------------
+def make_sgd(net: DynamicNet, lr: float, *, weight_decay: float = 5e-4, momentum: float = 0.9,
+             nesterov: bool = True, extra: Iterable[nn.Parameter] = ()) -> torch.optim.SGD:
+    """SGD over ``net`` (+ ``extra``, no decay); weight decay only on conv / linear weights."""
+    decay, no_decay = [], []
+    for mod in net.model.modules():
+        for pname, p in mod.named_parameters(recurse=False):
+            is_weight = pname == "weight" and isinstance(mod, (DynamicConv2d, DynamicLinear, nn.Conv2d, nn.Linear))
+            (decay if is_weight else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay + list(extra), "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def cosine_lr(base: float, done: int, total: int) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` iterations."""
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(done, total) / max(total, 1)))
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+    """Inplace distillation loss: cross-entropy against the teacher's (detached) softmax."""
+    return -(F.softmax(target_logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+# -- steps ---------------------------------------------------------------------------
+def ce_step(net: DynamicNet, spec: SubnetSpec) -> StepFn:
+    """Plain cross-entropy on one sub-net."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        net.set_subnet(spec)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def sandwich_step(net: DynamicNet, students: Callable[[], Sequence[SubnetSpec]]) -> StepFn:
+    """Sandwich rule with inplace distillation: full net on the labels, then each spec in
+    ``students()`` on the full net's detached output; gradients accumulate (one step)."""
+    full = net.full_spec()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        net.set_subnet(full)
+        out = net(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        teacher = out.detach()
+        total = loss.detach()
+        for spec in students():
+            net.set_subnet(spec)
+            kd = soft_cross_entropy(net(x), teacher)
+            kd.backward()
+            total = total + kd.detach()
+        net.set_subnet(full)
+        return total
+
+    return step
+
+
+def chosen_students(chosen: Sequence[SubnetSpec], gen: torch.Generator, randoms: int = 2) -> Callable[[], list[SubnetSpec]]:
+    """The smallest chosen sub-net and ``randoms`` random chosen ones (never the full net)."""
+    ordered = sorted(set(chosen), key=lambda s: sum(s.widths))
+    full = ordered[-1]
+    pool = [s for s in ordered if s != full] or [full]
+
+    def students() -> list[SubnetSpec]:
+        picks = [pool[int(torch.randint(len(pool), (1,), generator=gen))] for _ in range(randoms)]
+        return [pool[0], *picks]
+
+    return students
+
+
+def uniform_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25, randoms: int = 2) -> Callable[[], list[SubnetSpec]]:
+    """US-Nets: the smallest width ratio and ``randoms`` ratios drawn from U(low, 1)."""
+
+    def students() -> list[SubnetSpec]:
+        ratios = [low] + [low + (1 - low) * float(torch.rand((), generator=gen)) for _ in range(randoms)]
+        return [net.uniform_spec(r) for r in ratios]
+
+    return students
+
+
+# -- loops ---------------------------------------------------------------------------
+def run_epoch(net: DynamicNet, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, step: StepFn, *,
+              base_lr: float, epoch: int, epochs: int, dist: Dist, device: str = "cpu",
+              max_batches: int | None = None, desc: str = "train", extra_params: Sequence[nn.Parameter] = ()) -> float:
+    """One epoch of ``step`` with per-iteration cosine decay; returns the mean loss."""
+    from tqdm import tqdm
+
+    batches = list(loader) if max_batches is None else take_batches(loader, max_batches)
+    per_epoch = len(batches)
+    net.train()
+    total, seen = 0.0, 0
+    bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+               disable=not dist.is_main or not is_tty())
+    params = [p for p in net.parameters()] + list(extra_params)
+    for i, (x, y) in enumerate(bar):
+        lr = cosine_lr(base_lr, epoch * per_epoch + i, epochs * per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = dist.shard((x.to(device), y.to(device)))
+        optimizer.zero_grad(set_to_none=True)
+        loss = step(x, y)
+        dist.sync_grads(params)
+        optimizer.step()
+        total += float(loss)
+        seen += 1
+    net.eval()
+    return total / max(seen, 1)
+
+
+def finetune(net: DynamicNet, spec: SubnetSpec, loader: Iterable[Batch], evaluate: Callable[[SubnetSpec], float],
+             target: float, *, lr: float, max_batches: int, check_every: int, dist: Dist,
+             device: str = "cpu") -> tuple[float, int]:
+    """Selective fine-tuning of one sub-net until ``evaluate(spec) >= target`` or the cap.
+
+    Plain SGD (no momentum, no weight decay) on the active slices only: set_subnet makes
+    the pruned channels receive zero gradient, so they stay exactly as they were.
+    Returns (holdout accuracy after, batches trained).
+    """
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
+    step = ce_step(net, spec)
+    params = list(net.parameters())
+    used = 0
+    acc = evaluate(spec)
+    it = iter(loader)
+    while acc < target and used < max_batches:
+        net.train()
+        for _ in range(min(check_every, max_batches - used)):
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(loader)
+                x, y = next(it)
+            x, y = dist.shard((x.to(device), y.to(device)))
+            optimizer.zero_grad(set_to_none=True)
+            step(x, y)
+            dist.sync_grads(params)
+            optimizer.step()
+            used += 1
+        net.eval()
+        acc = evaluate(spec)
+    return acc, used
+
+
+# -- evaluation ----------------------------------------------------------------------
+@torch.no_grad()
+def accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch], device: str = "cpu") -> float:
+    """Top-1 accuracy of sub-net ``spec`` in eval mode (its own BN statistics if it has any)."""
+    net.set_subnet(spec)
+    net.eval()
+    correct = count = 0
+    for x, y in batches:
+        pred = net(x.to(device)).argmax(1)
+        correct += int((pred == y.to(device)).sum())
+        count += int(y.numel())
+    return correct / max(count, 1)
+
+
+def calibrated_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch], calib: Sequence[Batch],
+                        device: str = "cpu") -> float:
+    """Accuracy after a temporary BN recalibration on ``calib`` (none when it is empty)."""
+    if not calib:
+        return accuracy(net, spec, holdout, device)
+    kept = net.bn_stats.pop(spec, None)
+    net.calibrate_bn(spec, calib, len(calib))
+    try:
+        return accuracy(net, spec, holdout, device)
+    finally:
+        net.bn_stats.pop(spec, None)
+        if kept is not None:
+            net.bn_stats[spec] = kept
+        net.set_subnet(spec)
+
+
+def take_batches(loader: Iterable[Batch], n: int) -> list[Batch]:
+    out = []
+    for b in loader:
+        if len(out) >= n:
+            break
+        out.append(b)
+    return out
+
+
+def is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

@@ -1,0 +1,356 @@
+"""edgedyn.deploy: run dir -> bundle (ONNX Runtime fp32/int8; TensorRT 10/11 with the strict stand-in)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgedyn.export as export_mod
+from edgedyn.artifacts import atomic_write_json
+from edgedyn.backends.onnxruntime import OrtRunner
+from edgedyn.backends.base import BackendOptions
+from edgedyn.deploy import BUNDLE_SCHEMA, Manifest, deploy, load_run, verify_files
+from edgedyn.deploy import build as build_mod
+from edgedyn.device import device_fingerprint, device_info
+from edgedyn.dynamic import DynamicNet
+from edgedyn.errors import ArtifactError, EdgedynError
+
+RATIOS = (0.25, 0.5, 1.0)
+_EXPORTS: dict[str, bytes] = {}
+FAST = {"measure_iters": 15, "test_limit": 48, "check_samples": 4, "calib_limit": 24}
+
+
+def make_run_dir(path: Path, ratios=RATIOS, seed: int = 0) -> Path:
+    """A search run dir as edgedyn.search writes it: weights.pt with per-sub-net BN stats + subnets.json."""
+    from helpers import settle_bn
+
+    torch.manual_seed(seed)
+    net = settle_bn(DynamicNet.from_name("resnet20", num_classes=10, input_size=32), 32, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    batches = [torch.randn(16, 3, 32, 32, generator=gen) for _ in range(2)]
+    subnets = []
+    for i, r in enumerate(ratios):
+        spec = net.uniform_spec(r)
+        net.calibrate_bn(spec, batches)
+        subnets.append({"budget": {"text": str(r), "value": r, "unit": "fraction"}, "widths": list(spec.widths),
+                        "cost": net.macs(spec) / 1e6, "macs": net.macs(spec), "params": net.params(spec),
+                        "holdout_accuracy": 0.5 + 0.1 * i, "test_accuracy": 0.5 + 0.1 * i})
+    path.mkdir(parents=True, exist_ok=True)
+    net.save(path / "weights.pt")
+    atomic_write_json(path / "subnets.json", {
+        "schema": "edgedyn.search_result/1",
+        "config": {"model": "resnet20", "data": "digits", "seed": 0, "holdout_fraction": 0.1, "data_limit": None},
+        "net": net.config(), "signature": net.signature(),
+        "cost": {"name": "flops", "unit": "MMAC", "full": net.macs(net.full_spec()) / 1e6},
+        "table": {"path": None, "measured": None}, "subnets": subnets})
+    return path
+
+
+def _cached_export(real):
+    """torch's exporter takes seconds per sub-net on 2 shared cores; export each distinct model once."""
+
+    def export(module, example, path, *args, **kwargs):
+        h = hashlib.sha256()
+        for k, v in module.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+        key = h.hexdigest()
+        if key not in _EXPORTS:
+            _EXPORTS[key] = Path(real(module, example, path, *args, **kwargs)).read_bytes()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(_EXPORTS[key])
+        return Path(path)
+
+    return export
+
+
+def _cached_splits(real):
+    """Loading digits (resize and normalise) takes seconds; load each data setting once per session."""
+    cache: dict = {}
+
+    def load(run):
+        key = tuple(sorted(run.data.items()))
+        if key not in cache:
+            cache[key] = real(run)
+        return cache[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def fast_export():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(export_mod, "export_onnx", _cached_export(export_mod.export_onnx))
+        mp.setattr(build_mod, "_load_splits", _cached_splits(build_mod._load_splits))
+        yield
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, fast_export) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "fp32"
+    deploy(run_dir, out=out, threads=1, **FAST)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "int8"
+    deploy(run_dir, precision="int8", calib="calib/digits_32.npy", out=out, threads=1, **FAST)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def digits_test():
+    from edgedyn.data import load_data
+
+    return load_data("digits", 32, seed=0).test
+
+
+def _test_inputs(n: int = 6) -> np.ndarray:
+    test = digits_test()
+    return np.stack([test[i][0].numpy() for i in range(n)]).astype(np.float32)
+
+
+# -- fp32 -------------------------------------------------------------------------------
+def test_fp32_bundle_matches_pytorch(fp32_bundle: Path, run_dir: Path) -> None:
+    m = Manifest.load(fp32_bundle)
+    run = load_run(run_dir)
+    x = _test_inputs()
+    assert len(m.subnets) == len(RATIOS)
+    for rec, sub in zip(m.subnets, run.subnets):
+        assert rec.spec == sub.spec
+        model = run.net.extract(sub.spec)
+        runner = OrtRunner(str(fp32_bundle / rec.model_file), BackendOptions(threads=1))
+        for i in range(len(x)):
+            ref = model(torch.from_numpy(x[i:i + 1])).detach().numpy()
+            assert np.max(np.abs(runner.infer(x[i:i + 1]) - ref)) <= 1e-4
+        assert rec.accuracy["max_abs_diff"] <= 1e-4 and rec.accuracy["agreement"] == 1.0
+        assert rec.accuracy["test"] == pytest.approx(rec.accuracy["test_fp32"])
+
+
+def test_manifest_records_device_backend_files_and_latency(fp32_bundle: Path) -> None:
+    doc = json.loads((fp32_bundle / "manifest.json").read_text())
+    assert doc["schema"] == BUNDLE_SCHEMA
+    assert doc["fingerprint"] == device_fingerprint(device_info("cpu"))
+    assert doc["backend"]["name"] == "onnxruntime" and doc["backend"]["version"]
+    assert doc["precision"] == "fp32" and doc["threads"] == 1
+    assert doc["input"] == {"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32"}
+    for s in doc["subnets"]:
+        for rec in s["files"].values():
+            data = (fp32_bundle / rec["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == rec["sha256"] and rec["bytes"] == len(data)
+        meas = s["measured"]
+        assert 0 < meas["median"] <= meas["p90"] <= meas["p99"] and meas["n"] == FAST["measure_iters"]
+        assert s["predicted_ms"] is None  # the run's cost is MMAC and no table was given
+        assert s["macs"] > 0 and s["params"] > 0
+    macs = [s["macs"] for s in doc["subnets"]]
+    assert macs == sorted(macs)
+    assert not list(fp32_bundle.parent.glob(".fp32.*"))  # no temp dir left
+
+
+def test_manifest_round_trip_and_schema_errors(fp32_bundle: Path, tmp_path: Path) -> None:
+    m = Manifest.load(fp32_bundle)
+    copy = tmp_path / "manifest.json"
+    m2 = Manifest.from_dict(m.to_dict(), copy)
+    m2.save(copy)
+    assert json.loads(copy.read_text()) == json.loads((fp32_bundle / "manifest.json").read_text())
+    verify_files(m)
+
+    def broken(edit) -> str:
+        doc = json.loads((fp32_bundle / "manifest.json").read_text())
+        edit(doc)
+        p = tmp_path / "bad" / "manifest.json"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(json.dumps(doc))
+        with pytest.raises(ArtifactError) as err:
+            Manifest.load(p.parent)
+        assert "\n" not in str(err.value) and str(p) in str(err.value)
+        return str(err.value)
+
+    assert "field 'schema'" in broken(lambda d: d.update(schema="edgedyn.bundle/0"))
+    assert "field 'subnets'" in broken(lambda d: d.pop("subnets"))
+    assert "input.shape" in broken(lambda d: d["input"].update(shape=[1, -3]))
+    assert "field 'sha256'" in broken(lambda d: d["subnets"][0]["files"]["model"].pop("sha256"))
+    assert "must be relative" in broken(lambda d: d["subnets"][1]["files"]["model"].update(path="/etc/passwd"))
+    assert "measured: field 'p99'" in broken(lambda d: d["subnets"][0]["measured"].pop("p99"))
+    with pytest.raises(ArtifactError, match="file not found"):
+        Manifest.load(tmp_path / "nothing")
+
+
+# -- int8 -------------------------------------------------------------------------------
+def test_int8_bundle_is_symmetric_qdq_and_agrees(int8_bundle: Path) -> None:
+    from edgedyn.backends.tensorrt import check_qdq
+
+    m = Manifest.load(int8_bundle)
+    assert m.precision == "int8" and m.calibration["samples"] == FAST["calib_limit"]
+    assert "calib_cache" in m.files and (int8_bundle / "calib_cache.json").is_file()
+    for rec in m.subnets:
+        qdq = int8_bundle / rec.files["qdq"]["path"]
+        ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        check_qdq(qdq)  # symmetric int8, float bias: what TensorRT builds
+        assert (int8_bundle / rec.files["calib_ranges"]["path"]).is_file()
+        acc = rec.accuracy
+        assert acc["agreement"] >= 0.9, acc
+        assert acc["delta"] == pytest.approx(acc["test"] - acc["test_fp32"])
+        assert rec.measured["median"] > 0
+
+
+def test_int8_redeploy_reuses_calibration_ranges(int8_bundle: Path, run_dir: Path) -> None:
+    before = {p.name: p.read_bytes() for p in (int8_bundle / "calib").iterdir()}
+    deploy(run_dir, precision="int8", calib="calib/digits_32.npy", out=int8_bundle, threads=1, **FAST)
+    cache = json.loads((int8_bundle / "calib_cache.json").read_text())
+    assert all(e["reused"] for e in cache["subnets"].values())
+    after = {p.name: p.read_bytes() for p in (int8_bundle / "calib").iterdir()}
+    assert set(after) == set(before)
+    verify_files(Manifest.load(int8_bundle))
+
+
+# -- errors and atomicity ------------------------------------------------------------------
+def test_unsupported_precision_and_backend(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(EdgedynError, match="precision 'fp16' is not supported by backend 'onnxruntime'"):
+        deploy(run_dir, precision="fp16", out=tmp_path / "b")
+    with pytest.raises(EdgedynError, match="backend 'torch' cannot deploy"):
+        deploy(run_dir, backend="torch", out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_load_run_errors(run_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "run"
+    shutil.copytree(run_dir, bad)
+    doc = json.loads((bad / "subnets.json").read_text())
+    doc["signature"] = "0" * 16
+    (bad / "subnets.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="field 'signature'"):
+        load_run(bad)
+    doc = json.loads((run_dir / "subnets.json").read_text())
+    doc["subnets"][0]["widths"] = [3] * len(doc["subnets"][0]["widths"])
+    (bad / "subnets.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match=r"subnets\[0\]"):
+        load_run(bad)
+    (bad / "weights.pt").unlink()
+    with pytest.raises(ArtifactError, match="weights file not found"):
+        load_run(bad)
+
+
+def test_failed_deploy_keeps_the_old_bundle(run_dir: Path, fp32_bundle: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bundle"
+    shutil.copytree(fp32_bundle, out)
+    before = (out / "manifest.json").read_bytes()
+    real = export_mod.export_onnx
+    calls = []
+
+    def flaky(module, example, path, *a, **k):  # the second sub-net's export fails
+        calls.append(path)
+        if len(calls) == 2:
+            raise EdgedynError("export exploded")
+        return real(module, example, path, *a, **k)
+
+    monkeypatch.setattr(export_mod, "export_onnx", flaky)
+    with pytest.raises(EdgedynError, match="export exploded"):
+        deploy(run_dir, out=out, threads=1, **FAST)
+    assert (out / "manifest.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # temp dir removed
+
+
+def test_export_mismatch_is_one_line(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = export_mod.export_onnx
+
+    def perturbed(module, example, path, *a, **k):
+        with torch.no_grad():
+            next(module.parameters()).add_(0.5)
+        out = real(module, example, path, *a, **k)
+        with torch.no_grad():
+            next(module.parameters()).sub_(0.5)
+        return out
+
+    monkeypatch.setattr(export_mod, "export_onnx", perturbed)
+    with pytest.raises(EdgedynError, match=r"sub-net 0 \[.*\]: exported ONNX differs from PyTorch by .* > 0.0001") as err:
+        deploy(run_dir, out=tmp_path / "b", **FAST)
+    assert "\n" not in str(err.value)
+
+
+# -- TensorRT (strict stand-in) ---------------------------------------------------------------
+def _install_trt(monkeypatch: pytest.MonkeyPatch, version: str):
+    import edgedyn.backends.tensorrt as trt_backend
+
+    try:
+        from standins.tensorrt_standin import make_standin
+    except ImportError:  # pragma: no cover
+        from tests.standins.tensorrt_standin import make_standin
+    trt = make_standin(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_backend, "cuda_available", lambda: True)  # builds need a GPU; torch stays CPU
+    monkeypatch.setattr(build_mod, "_device_info", lambda backend: {"kind": "cuda", "name": "Stand-in GPU"})
+    return trt
+
+
+@pytest.mark.parametrize("version,precision", [("10.3.0", "fp16"), ("11.0.0", "int8")])
+def test_tensorrt_deploy_builds_engines_with_shared_timing_cache(run_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 version: str, precision: str) -> None:
+    from edgedyn.runtime import Selector
+
+    try:
+        from standins.tensorrt_standin import calls, engine_info
+    except ImportError:  # pragma: no cover
+        from tests.standins.tensorrt_standin import calls, engine_info
+    trt = _install_trt(monkeypatch, version)
+    out = tmp_path / f"trt{version}"
+    m = deploy(run_dir, backend="tensorrt", precision=precision, out=out, **FAST)
+    assert m.backend == {"name": "tensorrt", "version": version} and m.precision == precision
+    assert m.fingerprint == "cuda:Stand-in GPU" and m.threads is None
+    log = calls(trt)
+    assert len(log.builds) == len(RATIOS)
+    assert log.timing_cache_inputs[0] == 0 and all(n > 0 for n in log.timing_cache_inputs[1:])  # one cache, reused
+    assert "timing_cache" in m.files and (out / "timing.cache").is_file()
+    for rec in m.subnets:
+        engine = out / rec.model_file
+        assert engine.suffix == ".engine" and engine_info(engine.read_bytes())["precision"] == precision
+        assert rec.measured is None and rec.accuracy["test"] is None  # not executed without CUDA
+        assert rec.accuracy["max_abs_diff_onnx"] <= 1e-4
+        if precision == "int8":  # the QDQ graph the engine was built from, run on ONNX Runtime
+            assert rec.accuracy["qdq_onnxruntime_agreement"] >= 0.9
+    assert m.notes and "not executed" in m.notes[0]
+    doc = json.loads((out / "manifest.json").read_text())
+    assert doc["backend"]["name"] == "tensorrt"
+    # the selector verifies and loads every engine once onto one shared activation buffer
+    sel = Selector.load(out, "fixed", allow_other_device=True, trt_memory_device="cpu")
+    assert sel.shared_memory.size == max(r.device_memory_size for r in sel.runners)
+    assert calls(trt).contexts[-len(RATIOS):] == ["USER_MANAGED"] * len(RATIOS)
+    with pytest.raises(EdgedynError, match="field 'backend.name' is 'tensorrt'"):
+        Selector.load(out, backend="onnxruntime", allow_other_device=True)
+    with pytest.raises(EdgedynError, match="no cuda device|fingerprint"):
+        Selector.load(out)
+
+
+def test_cli_deploy(run_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgedyn.cli import _Group
+    from edgedyn.deploy.cli_cmd import deploy as deploy_cmd
+
+    group = _Group(name="edgedyn", commands={"deploy": deploy_cmd})
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(group, ["deploy", "--run", str(run_dir), "--out", str(out), "--threads", "1",
+                                     "--measure-iters", "5"])
+    assert res.exit_code == 0, res.output
+    assert "p99 ms" in res.output and len(res.output.strip().splitlines()) == 2 + len(RATIOS)
+    verify_files(Manifest.load(out))
+    res = CliRunner().invoke(group, ["deploy", "--run", str(tmp_path / "nope"), "--out", str(out)])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1

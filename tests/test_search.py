@@ -1,0 +1,349 @@
+"""The progressive sub-net search: ranking, search, re-selection, training, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgedyn.cost import FlopsCost
+from edgedyn.dynamic import DynamicNet, SubnetSpec
+from edgedyn.errors import ArtifactError, EdgedynError
+from edgedyn.profile.blocks import subnet_keys
+from edgedyn.search import (PathPoint, SearchConfig, Threshold, load_result, pareto, parse_budgets, pick,
+                            progressive_search, run_search)
+from edgedyn.search import train as T
+from edgedyn.search.progressive import next_removals
+from edgedyn.search.ranking import NoiseInjection, apply_order, l1_orders
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these tiny convs run faster without OpenMP hand-offs on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class MockLatency:
+    """A deterministic stand-in latency table: per fused block, a cost that steps at
+    multiples of 8 channels and grows sub-linearly with the feature-map area, so it
+    ranks removals differently from MACs."""
+
+    name = "latency"
+    unit = "ms"
+
+    def cost(self, net: DynamicNet, spec: SubnetSpec) -> float:
+        total = 0.0
+        for k in subnet_keys(net, spec):
+            ci, co = math.ceil(k.c_in / 8), math.ceil(k.c_out / 8)
+            area = (k.in_h * k.in_w) ** 0.5
+            if k.op == "conv":
+                total += 0.02 + 0.004 * ci * co * k.kernel * area ** 0.5 / (2.0 if k.stride > 1 else 1.0)
+            else:
+                total += 0.01 + 0.001 * ci * area
+        return round(total, 6)
+
+    def check(self, net: DynamicNet) -> None:
+        subnet_keys(net, net.full_spec())
+
+
+def small_config(out: Path, **kw) -> SearchConfig:
+    base = dict(model="resnet20", data="digits", data_limit=200, input_size=8, channel_groups=2,
+                budgets="0.4,0.7,1.0", threshold="drop:10", pretrain_epochs=1, rank_epochs=1, train_epochs=1,
+                batches_per_epoch=3, batch_size=32, finetune_batches=2, finetune_check=2, calib_batches=2,
+                search_calib_batches=1, lr=0.05, seed=3, out=str(out))
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def strip(doc: dict) -> dict:
+    """A result without the fields that name its own directory."""
+    doc = json.loads(json.dumps(doc))
+    for k in ("out", "resume", "compare"):
+        doc["config"].pop(k)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    result = run_search(small_config(out), MockLatency())
+    return out, result
+
+
+# -- units -----------------------------------------------------------------------------
+def test_threshold_parse():
+    assert Threshold.parse("50%") == Threshold("abs", 0.5)
+    assert Threshold.parse("0.4").target(0.9) == pytest.approx(0.4)
+    assert Threshold.parse("drop:5").target(0.9) == pytest.approx(0.85)
+    assert Threshold.parse("none").target(0.9) == -math.inf
+    with pytest.raises(EdgedynError, match="not understood"):
+        Threshold.parse("fifty")
+
+
+def test_parse_budgets_fractions_and_ms():
+    assert [b.value for b in parse_budgets("1.0,0.25,50%", "ms")] == [0.25, 0.5, 1.0]
+    ms = parse_budgets("5ms,3ms", "ms")
+    assert [(b.value, b.unit) for b in ms] == [(3.0, "ms"), (5.0, "ms")]
+    assert ms[0].limit(100.0) == 3.0
+    with pytest.raises(EdgedynError, match="cost model measures 'MMAC'"):
+        parse_budgets("3ms", "MMAC")
+    with pytest.raises(EdgedynError, match=r"in \(0, 1\]"):
+        parse_budgets("2", "ms")
+
+
+def test_pareto_keeps_only_undominated_points():
+    pts = [PathPoint(SubnetSpec((i + 1,)), c, a) for i, (c, a) in
+           enumerate([(1, 0.5), (2, 0.4), (2, 0.6), (3, 0.6), (4, 0.9), (5, 0.8), (0.5, 0.1)])]
+    front = pareto(pts)
+    assert [(p.cost, p.accuracy) for p in front] == [(0.5, 0.1), (1, 0.5), (2, 0.6), (4, 0.9)]
+    for p in pts:  # every dropped point is beaten on both axes by a kept one
+        if p not in front:
+            assert any(q.cost <= p.cost and q.accuracy >= p.accuracy for q in front)
+
+
+def test_pick_per_budget_and_unreachable_message():
+    pts = [PathPoint(SubnetSpec((i + 1,)), c, a) for i, (c, a) in enumerate([(2, 0.5), (5, 0.7), (10, 0.9)])]
+    picks = pick(pts, parse_budgets("0.5,1.0", "ms"), 10.0, "ms")
+    assert [(b.value, p.cost) for b, p in picks] == [(0.5, 5), (1.0, 10)]
+    with pytest.raises(EdgedynError) as err:
+        pick(pts, parse_budgets("1ms", "ms"), 10.0, "ms")
+    assert "smallest feasible cost is 2 ms" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_noise_injection_only_in_training_and_removable():
+    from helpers import settle_bn
+
+    net = settle_bn(DynamicNet.from_name("resnet20", num_classes=10, input_size=8), 8)
+    x = torch.randn(4, 3, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        ref = net(x)
+    with NoiseInjection(net) as noise:
+        with torch.no_grad():
+            noise.alphas[0].fill_(0.5)
+            assert torch.equal(net(x), ref)  # eval: no noise
+            net.train()
+            torch.manual_seed(0)
+            a = net(x)
+            torch.manual_seed(1)
+            b = net(x)
+            net.eval()
+        assert not torch.allclose(a, b)  # fresh noise each forward in training
+        net.train()
+        loss = net(x).square().mean()
+        loss.backward()
+        net.eval()
+        assert noise.alphas[0].grad is not None and noise.alphas[0].grad.abs().sum() > 0
+        assert len(noise.orders()) == len(net.groups)
+    net.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        net.train()
+        c = net(x)
+        net.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        net.train()
+        d = net(x)
+        net.eval()
+    assert torch.equal(c, d)  # hooks gone: training forward is deterministic again
+    net.eval()
+
+
+def test_l1_order_puts_largest_filters_first():
+    net = DynamicNet.from_name("resnet20", num_classes=10, input_size=8, channel_groups=2)
+    g = net.groups[1]
+    conv = dict(net.model.named_modules())[next(m.layer for m in g.members if m.side == "out")]
+    with torch.no_grad():
+        conv.weight[3].mul_(100.0)
+    x = torch.randn(2, 3, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        before = net(x)
+    orders = l1_orders(net)
+    assert int(orders[1][0]) == 3
+    apply_order(net, orders)
+    with torch.no_grad():
+        assert torch.allclose(net(x), before, atol=1e-4)  # permutation keeps the function
+    assert conv.weight[0].abs().sum() > conv.weight[1:].abs().flatten(1).sum(1).max()
+
+
+def _search_steps(cost_model, net, holdout):
+    def evaluate(spec):
+        return T.accuracy(net, spec, holdout)
+
+    start = PathPoint(net.full_spec(), cost_model.cost(net, net.full_spec()), evaluate(net.full_spec()))
+    return list(progressive_search(net, cost_model, evaluate, start))
+
+
+def test_cost_model_steers_the_search():
+    from helpers import settle_bn
+
+    net = settle_bn(DynamicNet.from_name("resnet20", num_classes=10, input_size=8, channel_groups=4), 8)
+    gen = torch.Generator().manual_seed(0)
+    holdout = [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen))]
+    lat = _search_steps(MockLatency(), net, holdout)
+    flops = _search_steps(FlopsCost(), net, holdout)
+    assert [s.chosen.group for s in lat] != [s.chosen.group for s in flops]
+    for steps, cm in ((lat, MockLatency()), (flops, FlopsCost())):
+        prev = net.full_spec()
+        for s in steps:
+            assert prev.contains(s.point.spec) and prev != s.point.spec  # one removal, nested
+            assert s.point.cost == pytest.approx(cm.cost(net, s.point.spec))
+            best = min(s.candidates, key=lambda c: c.rank_key())
+            assert best == s.chosen
+            prev = s.point.spec
+        assert prev == net.min_spec()  # the search runs down to every floor
+        assert not next_removals(net, prev)
+
+
+# -- whole runs --------------------------------------------------------------------------
+def test_run_outputs_nested_and_within_budget(base_run):
+    out, result = base_run
+    doc = load_result(out)
+    assert doc["cost"] == {"name": "latency", "unit": "ms", "full": result.full_cost}
+    specs = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
+    for small, big in zip(specs, specs[1:]):
+        assert big.contains(small)
+    cm = MockLatency()
+    for s, spec in zip(doc["subnets"], specs):
+        limit = s["budget"]["value"] * result.full_cost
+        assert s["cost"] == pytest.approx(cm.cost(result.net, spec)) and s["cost"] <= limit + 1e-9
+        assert s["macs"] == result.net.macs(spec) and 0.0 <= s["test_accuracy"] <= 1.0
+    path = [SubnetSpec.of(p["widths"]) for p in doc["path"]]
+    assert path[0] == result.net.full_spec() and path[-1] == result.net.min_spec()
+    assert all(a.contains(b) and a != b for a, b in zip(path, path[1:]))
+    for name in ("weights.pt", "search.log", "accuracy_latency.png", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    blob = torch.load(out / "weights.pt", weights_only=True)
+    assert set(SubnetSpec.from_json(k) for k in blob["bn_stats"]) == set(specs)
+    reloaded = DynamicNet.load(out / "weights.pt")
+    assert set(reloaded.bn_stats) == set(specs)
+
+
+def test_resume_after_interruption_matches_uninterrupted(base_run, tmp_path):
+    out, _ = base_run
+    expected = strip(load_result(out))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(where):
+        def hook(phase, index):
+            if (phase, index) == where:
+                raise Stop
+
+        return hook
+
+    cfg = small_config(tmp_path / "r")
+    for where in (("rank", 1), ("search", 4), ("train", 1)):
+        with pytest.raises(Stop):
+            run_search(replace(cfg, resume=where != ("rank", 1)), MockLatency(), hook=stop_at(where))
+    run_search(replace(cfg, resume=True), MockLatency())
+    assert strip(load_result(tmp_path / "r")) == expected
+
+
+def test_same_seed_same_result(base_run, tmp_path):
+    out, _ = base_run
+    run_search(small_config(tmp_path / "again"), MockLatency())
+    assert strip(load_result(tmp_path / "again")) == strip(load_result(out))
+
+
+def test_usnet_baseline_picks_largest_uniform_width_that_fits(base_run, tmp_path):
+    out, base = base_run
+    cfg = small_config(tmp_path / "us", method="usnet", weights=str(out / "weights.pt"), pretrain_epochs=0)
+    result = run_search(cfg, MockLatency())
+    net = result.net
+    uniform = {net.uniform_spec(r) for r in [i / 64 for i in range(16, 65)]}
+    for s in result.subnets:
+        assert s.spec in uniform and s.cost <= s.budget.limit(result.full_cost) + 1e-9
+        bigger = [u for u in uniform if u.contains(s.spec) and u != s.spec]
+        assert all(MockLatency().cost(net, u) > s.budget.limit(result.full_cost) for u in bigger)
+    assert result.subnets[-1].spec == net.full_spec()
+    assert load_result(tmp_path / "us")["config"]["method"] == "usnet"
+
+
+def test_unreachable_budget_names_smallest_feasible_cost(tmp_path):
+    with pytest.raises(EdgedynError) as err:
+        run_search(small_config(tmp_path, budgets="0.01,0.5"), MockLatency())
+    msg = str(err.value)
+    assert "smallest feasible cost is" in msg and "ms" in msg and "\n" not in msg
+    assert not (tmp_path / "checkpoint.pt").exists()  # failed before any training
+
+
+def test_missing_dataset_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(EdgedynError) as err:
+        run_search(small_config(tmp_path / "o", data=f"cifar10:{missing}"), FlopsCost())
+    assert str(missing) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_corrupt_weights_file(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a torch file" * 10)
+    with pytest.raises(ArtifactError) as err:
+        run_search(small_config(tmp_path / "o", weights=str(bad)), FlopsCost())
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgedyn.cli import cli
+    from edgedyn.search.cli_cmd import search
+
+    if "search" not in cli.commands:
+        cli.add_command(search)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["search", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--budget-table" in res.output
+    res = runner.invoke(cli, ["search", "--cost", "flops", "--data", f"imagefolder:{tmp_path / 'none'}",
+                              "--out", str(tmp_path / "o")])
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and str(tmp_path / "none") in errors[0]
+    assert "Traceback" not in res.output
+
+
+# -- distributed ---------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dist_worker(rank: int, world: int, port: int, cfg: SearchConfig, queue) -> None:
+    import torch.distributed as tdist
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = run_search(cfg, MockLatency())
+        queue.put((rank, [list(s.spec.widths) for s in result.subnets], [p.to_dict() for p in result.path]))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_distributed_two_ranks_choose_the_same_subnets(base_run, tmp_path):
+    out, _ = base_run
+    cfg = small_config(tmp_path / "one", weights=str(out / "weights.pt"), ranking="l1", threshold="none",
+                       train_epochs=1)
+    single = run_search(cfg, MockLatency())
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    cfg2 = replace(cfg, out=str(tmp_path / "two"))
+    procs = torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), cfg2, queue), nprocs=2, join=False)
+    procs.join(timeout=240)
+    got = sorted(queue.get(timeout=10) for _ in range(2))
+    assert [g[0] for g in got] == [0, 1]
+    for _, widths, path in got:
+        assert widths == [list(s.spec.widths) for s in single.subnets]
+        assert path == [p.to_dict() for p in single.path]
+    doc = load_result(tmp_path / "two")  # rank 0 wrote the same result format
+    assert [s["widths"] for s in doc["subnets"]] == [list(s.spec.widths) for s in single.subnets]
