@@ -111,12 +111,12 @@ def test_block_key_round_trip_and_identical_blocks_measured_once(fake, tmp_path)
 def test_calibration_fit_and_validation(fake, tmp_path):
     table = Profiler(cfg(tmp_path), log=lambda m: None, progress=False).run()
     net = DynamicNet.from_name("resnet20", input_size=16)
-    cal = table.calibration[net.signature()]
+    cal = table.calibration[net.arch_signature()]
     assert cal.scale == pytest.approx(SCALE, rel=1e-6) and cal.offset_ms == pytest.approx(OFFSET, abs=1e-6)
     spec = net.random_spec(123)
     truth = SCALE * sum(fake_ms(k) for k in subnet_keys(net, spec)) + OFFSET
     assert table.predict(net, spec) == pytest.approx(truth, rel=1e-6)
-    val = table.validation[net.signature()]
+    val = table.validation[net.arch_signature()]
     assert val["k"] == 6 and val["mape"] < 1e-3 and val["within_10pct"] == 100.0
     assert val["spearman_table"] == pytest.approx(1.0)
     reloaded = LatencyTable.load(tmp_path / "t.json")

@@ -21,11 +21,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="resnet20@32,resnet18@224")
     ap.add_argument("--validate", type=int, default=30)
-    ap.add_argument("--calibrate", type=int, default=8)
+    ap.add_argument("--calibrate", type=int, default=12)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default=None)
     ap.add_argument("--precision", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--group-size", type=int, default=None, help="hardware-aligned channel step (e.g. 8)")
     ap.add_argument("--tables", type=Path, default=Path("results/tables"),
                     help="where the tables are written (one per model)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_profile.json"))
@@ -35,11 +36,13 @@ def main() -> None:
         name, _, size = item.partition("@")
         cfg = ProfileConfig(model=name, input_size=int(size) if size else None, device=args.device,
                             backend=args.backend, precision=args.precision, threads=args.threads,
+                            group_size=args.group_size,
                             calibrate=args.calibrate, validate=args.validate,
-                            out=args.tables / f"{args.device}-{name}-{size or 'default'}.json")
+                            out=args.tables / f"{args.device}-{name}-{size or 'default'}"
+                                            f"{f'-g{args.group_size}' if args.group_size else ''}.json")
         table = profile(cfg, progress=False)
         val = next(v for v in table.validation.values() if v["model"] == f"{name}@{size}" or not size)
-        rows.append({"model": val["model"], "backend": table.backend["name"], "backend_version": table.backend["version"],
+        rows.append({"model": val["model"], "group_size": args.group_size, "backend": table.backend["name"], "backend_version": table.backend["version"],
                      "threads": table.backend.get("threads"), "precision": table.precision, "batch": table.batch,
                      "profile_seconds": table.backend["profile_seconds"], "blocks": len(table.entries),
                      **{k: val[k] for k in ("k", "mape", "within_10pct", "spearman_table", "spearman_flops")},

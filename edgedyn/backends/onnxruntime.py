@@ -22,9 +22,17 @@ def default_threads() -> int:
 
 
 def session_options(threads: int | None):
+    """Session settings shared by profiling and deployment (so the table predicts deploy).
+
+    Intra-op threads are pinned and do not spin-wait: edgedyn keeps several sessions in
+    one process (one per sub-net; many blocks while profiling), and threads spinning after
+    one session's run would steal the cores from the next session's run.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -94,6 +94,18 @@ class DynamicNet(nn.Module):
         blob = json.dumps([self.name, self.input_shape, self.num_classes, desc]).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def arch_signature(self) -> str:
+        """A short hash of the architecture and input shape only (not the channel grid).
+
+        Whole-network calibrations depend on the layers, not on which widths a search may
+        choose, so latency tables key them by this.
+        """
+        layers = sorted((i.name, i.kind, i.in_channels, i.out_channels, i.in_hw, i.out_hw, i.in_group is None,
+                         i.out_group is None) for i in self.layers.values())
+        coupling = sorted(tuple(sorted((m.layer, m.side) for m in g.members)) for g in self.groups)
+        blob = json.dumps([self.name, self.input_shape, layers, coupling]).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     # -- specs ------------------------------------------------------------------------
     def full_spec(self) -> SubnetSpec:
         return SubnetSpec(tuple(g.channels for g in self.groups))

@@ -334,3 +334,29 @@ class _Fixed:
         if g == self.t.in_group and (g != self.t.out_group or self.t.op != "conv" or self.t.depthwise):
             return self.ci
         return self.co if g == self.t.out_group else self.ci
+
+
+def layout_transitions(net: "DynamicNet", spec: "SubnetSpec", block: int) -> float:
+    """Elements reordered between layouts when a sub-net runs (a calibration feature).
+
+    CPU runtimes (ONNX Runtime's NCHWc, oneDNN) run a conv in a blocked layout only when
+    its input channels are a multiple of the vector block (``block``: 16 with AVX-512, 8
+    with AVX2); elsewhere the graph falls back to plain NCHW and inserts reorders. Those
+    reorders exist only between blocks, so no isolated block measurement can see them.
+    This counts the elements crossing every change of layout along the execution order.
+    ``block <= 1`` means the backend has no such layouts (returns 0).
+    """
+    if block <= 1:
+        return 0.0
+    total, prev = 0.0, None
+    for key in subnet_keys(net, spec):
+        if key.op == "conv":
+            blocked = key.c_in % block == 0 or key.c_in < 4  # the stem reads the image directly
+        elif key.op == "linear":
+            blocked = False
+        else:
+            blocked = prev if prev is not None else False  # pools and adds follow their input
+        if prev is not None and blocked != prev:
+            total += key.c_in * key.in_h * key.in_w * key.batch
+        prev = blocked
+    return total

@@ -1,7 +1,8 @@
 """The measurement protocol: warm up, repeat, interleave, report median and spread.
 
 Configurations compared with each other are timed round-robin ("interleaved"), so drift
-(thermal, frequency, other load) hits all of them alike. Each runner provides
+(thermal, frequency, other load) hits all of them alike; each visit starts with one
+untimed call, so every sample is a warm-cache latency, as in deployment. Each runner provides
 ``timed_call() -> ms`` using its proper clock (host clock after a synchronous call on
 CPU, CUDA events on GPUs).
 """
@@ -19,7 +20,12 @@ class Timed(Protocol):
 
 
 def _sample(r: Timed, inner: int) -> float:
-    """One sample: the mean of ``inner`` back-to-back timed calls (ms)."""
+    """One sample: an untimed call to warm caches, then the mean of ``inner`` timed calls (ms).
+
+    Round-robin visits over many models would otherwise time every call with caches full
+    of the previous model's weights (cold latency); a deployed sub-net runs warm.
+    """
+    r.timed_call()
     if inner == 1:
         return r.timed_call()
     return sum(r.timed_call() for _ in range(inner)) / inner

@@ -23,7 +23,7 @@ import numpy as np
 from ..artifacts import atomic_write_json, load_json
 from ..backends.base import BackendOptions
 from ..errors import ArtifactError, EdgedynError
-from .blocks import BlockKey, all_keys
+from .blocks import BlockKey, all_keys, layout_transitions
 from .measure import DEFAULT, WHOLE_NET, Stats, measure_interleaved
 from .table import Calibration, Entry, LatencyTable
 
@@ -48,7 +48,7 @@ class ProfileConfig:
     group_size: int | None = None
     min_groups: int = 1
     subsample: int | None = None  # measure every N-th width per axis; default 1, tensorrt 2
-    calibrate: int = 8
+    calibrate: int = 12
     validate: int = 0
     roofline_device: Path | None = None
     resume: bool = False
@@ -207,6 +207,10 @@ class Profiler:
         try:
             self._blocks(table, whole)
             if table.measured:
+                if c.validate and c.calibrate >= 2:
+                    # one interleaved batch: calibration and validation see the same drift
+                    self._measure_specs(self._calibration_specs() + self._validation_specs(), whole, table,
+                                        "calibration + validation")
                 self._calibrate(table, whole)
                 if c.validate:
                     self._validate(table, whole)
@@ -311,26 +315,50 @@ class Profiler:
         specs = self._calibration_specs()
         measured = np.array(self._measure_specs(specs, whole, table, "calibration"))
         raw = np.array([table.raw_sum(self.net, s) for s in specs])
+        block = self._layout_block()
+        trans = np.array([layout_transitions(self.net, s, block) for s in specs])
         scale, offset = np.polyfit(raw, measured, 1)
+        per_t = 0.0
+        if block and np.ptp(trans) > 0 and len(specs) >= 5:
+            coef, *_ = np.linalg.lstsq(np.stack([raw, trans, np.ones_like(raw)], 1), measured, rcond=None)
+            if coef[0] > 0 and coef[1] > 0:
+                scale, per_t, offset = (float(c) for c in coef)
         if scale <= 0:
             raise EdgedynError(f"calibration failed: fitted scale {scale:.3f} <= 0 (measurements too noisy?)")
-        points = [{"widths": list(s.widths), "sum_ms": round(float(r), 4), "measured_ms": round(float(m), 4)}
-                  for s, r, m in zip(specs, raw, measured)]
-        table.calibration[self.net.signature()] = Calibration(
-            f"{self.net.name}@{self.net.input_shape[-1]}", float(scale), float(offset), len(specs), points)
-        self.log(f"calibration on {len(specs)} sub-nets: measured = {scale:.4f} x sum + {offset:.4f} ms")
+        points = [{"widths": list(s.widths), "sum_ms": round(float(r), 4), "transitions": float(t),
+                   "measured_ms": round(float(m), 4)} for s, r, t, m in zip(specs, raw, trans, measured)]
+        table.calibration[self.net.arch_signature()] = Calibration(
+            f"{self.net.name}@{self.net.input_shape[-1]}", float(scale), float(offset), len(specs), points,
+            per_t, block if per_t else 0)
+        self.log(f"calibration on {len(specs)} sub-nets: measured = {scale:.4f} x sum "
+                 f"+ {per_t * 1e6:.4f} ns x reordered elements + {offset:.4f} ms (layout block {block})")
+
+    def _layout_block(self) -> int:
+        """The CPU vector block of blocked conv layouts (ONNX Runtime NCHWc); 0 elsewhere."""
+        if self.cfg.backend != "onnxruntime" or self.cfg.device != "cpu":
+            return 0
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return 0
+        return 16 if " avx512f" in flags else 8 if " avx2" in flags else 0
+
+    def _validation_specs(self):
+        """K random sub-nets, none of them used for calibration."""
+        cal = set(self._calibration_specs())
+        specs, i = [], 0
+        while len(specs) < self.cfg.validate:
+            s = self.net.random_spec(VALIDATION_SEED + i)
+            i += 1
+            if s not in cal and s not in specs:
+                specs.append(s)
+        return specs
 
     def _validate(self, table: LatencyTable, whole: dict) -> None:
         from scipy.stats import spearmanr
 
         net = self.net
-        cal = set(self._calibration_specs())
-        specs, i = [], 0
-        while len(specs) < self.cfg.validate:
-            s = net.random_spec(VALIDATION_SEED + i)
-            i += 1
-            if s not in cal and s not in specs:
-                specs.append(s)
+        specs = self._validation_specs()
         measured = np.array(self._measure_specs(specs, whole, table, "validation"))
         pred = np.array([table.predict(net, s) for s in specs])
         macs = np.array([net.macs(s) for s in specs], float)
@@ -346,7 +374,7 @@ class Profiler:
                         "measured_ms": round(float(m), 4), "mmacs": round(float(a) / 1e6, 3)}
                        for s, p, m, a in zip(specs, pred, measured, macs)],
         }
-        table.validation[net.signature()] = result
+        table.validation[net.arch_signature()] = result
         self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
                  f"within 10%: {result['within_10pct']:.1f}%  Spearman table {result['spearman_table']:.4f}  "
                  f"Spearman FLOPs {result['spearman_flops']:.4f}")

@@ -6,8 +6,9 @@ File format (JSON, ``schema: "edgedyn.latency_table/1"``)::
      "device": {...device_info...}, "backend": {"name", "version", "threads"},
      "precision": "fp32", "batch": 1, "sources": [...],
      "entries": {"<BlockKey.to_str()>": {"ms", "p10", "p90", "iqr", "n", "source"}},
-     "calibration": {"<model signature>": {"model", "scale", "offset_ms", "n", "points"}},
-     "validation": {"<model signature>": {"k", "mape", "within_10pct", "spearman_table",
+     "calibration": {"<architecture signature>": {"model", "scale", "per_transition_ms",
+                                                    "offset_ms", "layout_block", "n", "points"}},
+     "validation": {"<architecture signature>": {"k", "mape", "within_10pct", "spearman_table",
                                            "spearman_flops", "points"}}}
 
 ``source`` is ``measured``, ``interpolated`` or ``roofline``. A prediction is
@@ -54,14 +55,22 @@ class Entry:
 
 @dataclass
 class Calibration:
+    """``measured = scale * sum(blocks) + per_transition_ms * transitions + offset_ms``.
+
+    ``transitions`` is :func:`~edgedyn.profile.blocks.layout_transitions` with the table's
+    ``layout_block`` (0 where the backend has no blocked layouts, or the fit did not need it).
+    """
+
     model: str
     scale: float
     offset_ms: float
     n: int
     points: list[dict[str, Any]] = field(default_factory=list)  # spec widths, sum, measured
+    per_transition_ms: float = 0.0
+    layout_block: int = 0
 
-    def apply(self, raw_ms: float) -> float:
-        return self.scale * raw_ms + self.offset_ms
+    def apply(self, raw_ms: float, transitions: float = 0.0) -> float:
+        return self.scale * raw_ms + self.per_transition_ms * transitions + self.offset_ms
 
 
 @dataclass
@@ -98,8 +107,14 @@ class LatencyTable:
     def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
         """Predicted end-to-end latency of ``spec`` in ms."""
         raw = self.raw_sum(net, spec)
-        cal = self.calibration.get(net.signature())
-        return cal.apply(raw) if cal is not None else raw
+        cal = self.calibration.get(net.arch_signature())
+        if cal is None:
+            return raw
+        if cal.per_transition_ms:
+            from .blocks import layout_transitions
+
+            return cal.apply(raw, layout_transitions(net, spec, cal.layout_block))
+        return cal.apply(raw)
 
     def check_model(self, net: "DynamicNet") -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""
@@ -143,8 +158,9 @@ class LatencyTable:
             "batch": self.batch,
             "sources": self.sources,
             "counts": {s: sum(1 for e in self.entries.values() if e.source == s) for s in SOURCES},
-            "calibration": {sig: {"model": c.model, "scale": c.scale, "offset_ms": c.offset_ms, "n": c.n,
-                                  "points": c.points} for sig, c in self.calibration.items()},
+            "calibration": {sig: {"model": c.model, "scale": c.scale, "offset_ms": c.offset_ms,
+                                  "per_transition_ms": c.per_transition_ms, "layout_block": c.layout_block,
+                                  "n": c.n, "points": c.points} for sig, c in self.calibration.items()},
             "validation": self.validation,
             "entries": {k.to_str(): e.to_dict() for k, e in sorted(self.entries.items())},
         }
@@ -196,7 +212,8 @@ class LatencyTable:
             where = f"{w}: calibration[{sig}]"
             calibration[sig] = Calibration(str(c.get("model", "?")), float(require(c, "scale", (int, float), where)),
                                            float(require(c, "offset_ms", (int, float), where)),
-                                           int(c.get("n", 0)), list(c.get("points", [])))
+                                           int(c.get("n", 0)), list(c.get("points", [])),
+                                           float(c.get("per_transition_ms", 0.0)), int(c.get("layout_block", 0)))
         return cls(device=device, backend=backend, precision=precision, batch=batch, measured=measured,
                    entries=entries, calibration=calibration, validation=dict(obj.get("validation", {})),
                    sources=list(obj.get("sources", [])), created=str(obj.get("created", "")), path=path)
