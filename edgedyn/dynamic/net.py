@@ -350,16 +350,24 @@ class DynamicNet(nn.Module):
         self.set_subnet(self._active)
 
 
-def load_weights_file(path: str | os.PathLike) -> dict:
-    """Load a weights file safely (``weights_only=True``); one-line ArtifactError if bad."""
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` with a one-line ArtifactError for a bad file."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: weights file not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "weights only load failed" in msg.lower():
+            msg = "corrupt, not written by torch.save, or holding objects weights_only loading refuses"
         raise ArtifactError(f"{path}: not a readable weights file ({msg[:160]})") from None
+
+
+def load_weights_file(path: str | os.PathLike) -> dict:
+    """Load an edgedyn weights file safely (``weights_only=True``); one-line ArtifactError if bad."""
+    path = Path(path)
+    blob = read_torch_file(path)
     if not isinstance(blob, dict):
         raise ArtifactError(f"{path}: not an edgedyn weights file")
     if blob.get("schema") != WEIGHTS_SCHEMA:

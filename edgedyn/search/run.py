@@ -444,18 +444,10 @@ def uniform_points(net: DynamicNet, cost_model: CostModel, low: float = 0.25) ->
 
 def load_weights_into(net: DynamicNet, path: str | Path) -> None:
     """Load an edgedyn weights file, or a plain state dict of the same model (one-line errors)."""
-    from ..dynamic.net import WEIGHTS_SCHEMA, load_weights_file
+    from ..dynamic.net import WEIGHTS_SCHEMA, load_weights_file, read_torch_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: weights file not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "weights only load failed" in msg.lower():
-            msg = "corrupt, not written by torch.save, or holding objects weights_only loading refuses"
-        raise ArtifactError(f"{path}: not a readable weights file ({msg[:160]})") from None
+    blob = read_torch_file(path)
     if isinstance(blob, dict) and "schema" in blob:
         blob = load_weights_file(path)
         if blob["schema"] == WEIGHTS_SCHEMA and blob["config"].get("model") != net.name:
