@@ -40,10 +40,27 @@ def _table_step(out: Path, model: str, size: int, validate: int, log: Log):
     return path, table
 
 
+def budgets_from_table(table, model: str, size: int, points: tuple[float, ...] = (0.1, 0.4, 0.7, 1.0)) -> str:
+    """Budgets in ms spread between this device's smallest and full sub-net (always feasible).
+
+    A fixed fraction such as 0.25 of the full model is not: on a CPU, fixed per-layer costs
+    can make the smallest sub-net more than a quarter of the full one.
+    """
+    from .dynamic import DynamicNet
+
+    net = DynamicNet.from_name(model, input_size=size)
+    lo, hi = table.predict(net, net.min_spec()), table.predict(net, net.full_spec())
+    return ",".join(f"{lo + q * (hi - lo):.4f}ms" for q in points)
+
+
 def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: str = "digits",
-             budgets: str = "0.25,0.5,0.75,1.0", epochs: int = 8, validate: int = 10, requests: int = 3000,
+             budgets: str | None = None, epochs: int = 8, validate: int = 10, requests: int = 3000,
              log: Log = print) -> dict[str, Any]:
-    """Run the demo and return a summary (also written to ``out/summary.json``)."""
+    """Run the demo and return a summary (also written to ``out/summary.json``).
+
+    ``budgets`` defaults to four latencies spread between the smallest and the full sub-net
+    as the freshly measured table predicts them.
+    """
     from .artifacts import atomic_write_json
     from .cost import LatencyCost
     from .deploy.build import deploy
@@ -57,6 +74,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
     val = next(iter(table.validation.values()), None)
 
     run_dir = out / "search"
+    budgets = budgets or budgets_from_table(table, model, 32)
     log(f"[2/4] search: progressive, latency-steered, {model} on {data}, budgets {budgets}")
     cfg = SearchConfig(model=model, data=data, budgets=budgets, method="progressive", pretrain_epochs=epochs,
                        rank_epochs=2, train_epochs=epochs, out=str(run_dir), resume=True, table=str(table_path))
