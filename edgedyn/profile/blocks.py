@@ -122,7 +122,11 @@ class BlockTemplate:
     def key(self, spec: "SubnetSpec", batch: int = 1, precision: str = "fp32") -> BlockKey:
         c_in = spec[self.in_group] if self.in_group is not None else self.c_in_fixed
         c_out = spec[self.out_group] if self.out_group is not None else self.c_out_fixed
-        if self.op not in ("conv", "linear"):
+        return self.key_for(c_in, c_out, batch, precision)
+
+    def key_for(self, c_in: int, c_out: int, batch: int = 1, precision: str = "fp32") -> BlockKey:
+        """The key at given channel counts (one-axis blocks take ``c_in`` for both)."""
+        if self.op not in ("conv", "linear") or self.depthwise:
             c_out = c_in
         return BlockKey(self.op, c_in * self.expand, c_out, self.in_h, self.in_w, self.kernel, self.stride,
                         self.padding, self.depthwise, self.residual, self.act, batch, precision)
@@ -316,24 +320,10 @@ def all_keys(net: "DynamicNet", batch: int = 1, precision: str = "fp32") -> list
     for t in model_blocks(net):
         ins = net.groups[t.in_group].widths_from() if t.in_group is not None else (t.c_in_fixed,)
         outs = net.groups[t.out_group].widths_from() if t.out_group is not None else (t.c_out_fixed,)
-        if t.op not in ("conv", "linear") or (t.depthwise and t.in_group == t.out_group):
-            outs = None
         for ci in ins:
-            for co in (outs or (ci,)):
-                keys[BlockTemplate.key(t, _Fixed(t, ci, co), batch, precision)] = None
+            for co in outs:
+                keys[t.key_for(ci, co, batch, precision)] = None
     return list(keys)
-
-
-class _Fixed:
-    """A stand-in spec that returns the given widths for a template's two groups."""
-
-    def __init__(self, t: BlockTemplate, ci: int, co: int) -> None:
-        self.t, self.ci, self.co = t, ci, co
-
-    def __getitem__(self, g: int) -> int:
-        if g == self.t.in_group and (g != self.t.out_group or self.t.op != "conv" or self.t.depthwise):
-            return self.ci
-        return self.co if g == self.t.out_group else self.ci
 
 
 def layout_transitions(net: "DynamicNet", spec: "SubnetSpec", block: int) -> float:
