@@ -171,11 +171,10 @@ class Profiler:
 
     def _start(self) -> tuple[LatencyTable, dict[str, dict]]:
         c = self.cfg
-        whole: dict[str, dict] = {}
+        fresh = self._new_table()
         if c.resume and self.partial_path.is_file():
             obj = load_json(self.partial_path, PARTIAL_SCHEMA)
             table = LatencyTable.load_partial(obj["table"], self.partial_path)
-            fresh = self._new_table()
             table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
                                 fingerprint=fresh.device.get("fingerprint"))
             if table.backend.get("name") != c.backend:
@@ -188,11 +187,10 @@ class Profiler:
             self.log(f"nothing to resume at {self.partial_path}; starting afresh")
         if c.merge and c.out.is_file():
             table = LatencyTable.load(c.out)
-            fresh = self._new_table()
             table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
                                 fingerprint=fresh.device.get("fingerprint"))
-            return table, whole
-        return self._new_table(), whole
+            return table, {}
+        return fresh, {}
 
     def _checkpoint(self, table: LatencyTable, whole: dict[str, dict]) -> None:
         atomic_write_json(self.partial_path, {"schema": PARTIAL_SCHEMA, "config": {k: str(v) for k, v in
@@ -240,21 +238,23 @@ class Profiler:
         todo = [k for k in measure if table.entries.get(k, Entry(0, "interpolated")).source != "measured"]
         self.log(f"{self.net.name}: {len(keys)} distinct blocks; measuring {len(todo)} "
                  f"({len(measure) - len(todo)} already in the table), interpolating {len(interp)}")
-        make = self._block_runner_factory()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="blocks", unit="blk", disable=not self.progress, dynamic_ncols=True)
         last_ckpt = time.monotonic()
-        for i in range(0, len(todo), c.chunk):
-            chunk = todo[i:i + c.chunk]
-            runners = [make(k) for k in chunk]
-            for k, st in zip(chunk, measure_interleaved(runners, DEFAULT, seed=i)):
-                table.entries[k] = Entry(st.median, "measured", st.p10, st.p90, st.iqr, st.n)
-            del runners
-            bar.update(len(chunk))
-            if time.monotonic() - last_ckpt > 10:
-                self._checkpoint(table, whole)
-                last_ckpt = time.monotonic()
+        # a build directory for backends that compile blocks to files (TensorRT); removed after
+        with tempfile.TemporaryDirectory(prefix="edgedyn-blocks-") as tmp:
+            make = self._block_runner_factory(Path(tmp))
+            for i in range(0, len(todo), c.chunk):
+                chunk = todo[i:i + c.chunk]
+                runners = [make(k) for k in chunk]
+                for k, st in zip(chunk, measure_interleaved(runners, DEFAULT, seed=i)):
+                    table.entries[k] = Entry(st.median, "measured", st.p10, st.p90, st.iqr, st.n)
+                del runners
+                bar.update(len(chunk))
+                if time.monotonic() - last_ckpt > 10:
+                    self._checkpoint(table, whole)
+                    last_ckpt = time.monotonic()
         bar.close()
         if interp:
             table.entries.update(interpolate(table.entries, [k for k in interp
@@ -267,9 +267,8 @@ class Profiler:
 
         return get_backend(self.cfg.backend, self.options)
 
-    def _block_runner_factory(self):
+    def _block_runner_factory(self, workdir: Path):
         backend = self._backend()
-        workdir = Path(tempfile.mkdtemp(prefix="edgedyn-blocks-"))
         return lambda k: backend.block_runner(k, workdir)
 
     def _measure_specs(self, specs, whole: dict, table: LatencyTable, label: str) -> list[float]:
