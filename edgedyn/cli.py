@@ -92,7 +92,7 @@ def _model_options(f):
 @click.option("--threads", type=int, default=None, help="Pinned CPU threads (default: all available cores).")
 @click.option("--subsample", type=int, default=None,
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
-@click.option("--calibrate", type=int, default=12, show_default=True, help="Whole sub-nets for the calibration fit.")
+@click.option("--calibrate", type=int, default=24, show_default=True, help="Whole sub-nets for the calibration fit.")
 @click.option("--validate", type=int, default=0, show_default=True,
               help="Measure K other random sub-nets end to end and report the table's accuracy.")
 @click.option("--roofline-device", type=click.Path(path_type=Path), default=None,

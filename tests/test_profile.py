@@ -137,7 +137,7 @@ def test_interpolation_fills_the_grid(fake, tmp_path):
 def test_interrupted_profile_resumes(fake, tmp_path):
     fake.fail_after = 100
     with pytest.raises(EdgedynError, match="--resume"):
-        Profiler(cfg(tmp_path, validate=0), log=lambda m: None, progress=False).run()
+        Profiler(cfg(tmp_path, validate=0, chunk=16), log=lambda m: None, progress=False).run()
     partial = tmp_path / "t.json.partial.json"
     assert partial.is_file() and not (tmp_path / "t.json").exists()
     kept = len(json.loads(partial.read_text())["table"]["entries"])
@@ -239,3 +239,16 @@ def test_cli_profile_bad_input(tmp_path):
                                    "--roofline-device", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "nope.json" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_call_overhead_is_measured_and_subtracted(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeBackend, "overhead_runner", lambda self: FakeRunner(0.0005), raising=False)
+    table = Profiler(cfg(tmp_path), log=lambda m: None, progress=False).run()
+    assert table.call_overhead_ms == pytest.approx(0.0005)
+    assert LatencyTable.load(tmp_path / "t.json").call_overhead_ms == pytest.approx(0.0005)
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    spec = net.random_spec(7)
+    keys = subnet_keys(net, spec)
+    assert table.raw_sum(net, spec) == pytest.approx(sum(fake_ms(k) - 0.0005 for k in keys))
+    truth = SCALE * sum(fake_ms(k) for k in keys) + OFFSET  # every sub-net has the same block count
+    assert table.predict(net, spec) == pytest.approx(truth, rel=1e-6)

@@ -164,6 +164,17 @@ class Backend(abc.ABC):
         artifact = self.build(onnx_path, workdir / f"block{self.artifact_suffix}")
         return self.load(artifact, None)
 
+    def layout(self) -> Any:
+        """How this backend lays activations out between blocks (:class:`~edgedyn.profile.layout.Layout`)."""
+        from ..profile.layout import PLAIN
+
+        return PLAIN
+
+    def overhead_runner(self) -> Runner | None:
+        """A runner for a model that does (almost) nothing: the fixed cost of one call, which
+        every block measurement includes once and a whole sub-net pays once. None: not measured."""
+        return None
+
     def device_info(self) -> dict[str, Any]:
         """Facts about the device this backend runs on (CPU model, GPU name, driver, ...)."""
         from ..device import device_info

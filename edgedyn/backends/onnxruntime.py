@@ -102,6 +102,44 @@ class OrtRunner(Runner):
         return (time.perf_counter() - t0) * 1e3
 
 
+_NCHWC_BLOCK: dict[int | None, int] = {}
+
+
+def nchwc_block(threads: int | None = None) -> int:
+    """The channel block of ONNX Runtime's NCHWc convolutions on this CPU (0: it uses none).
+
+    Asked of ONNX Runtime itself: a 3 -> 1 channel conv is optimized, and the padded
+    output channels of the NCHWc conv it becomes are the block (16 with AVX-512, 8 with
+    AVX2; ARM CPUs get no NCHWc transform).
+    """
+    if threads in _NCHWC_BLOCK:
+        return _NCHWC_BLOCK[threads]
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["output"], pads=[1, 1, 1, 1])], "probe",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    block = 0
+    with tempfile.TemporaryDirectory(prefix="edgedyn-nchwc-") as tmp:
+        so = session_options(threads)
+        so.optimized_model_filepath = str(Path(tmp) / "probe.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath)
+        inits = {i.name: list(i.dims) for i in opt.graph.initializer}
+        for node in opt.graph.node:
+            if node.domain == "com.microsoft.nchwc" and node.op_type == "Conv" and node.input[1] in inits:
+                block = int(inits[node.input[1]][0])
+    _NCHWC_BLOCK[threads] = block
+    return block
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     artifact_suffix = ".onnx"
@@ -124,6 +162,25 @@ class OnnxRuntimeBackend(Backend):
 
         path = export_onnx(module, example, Path(workdir) / "model.onnx")
         return OrtRunner(str(path), self.options, name=str(path))
+
+    def layout(self) -> Any:
+        """NCHWc with the block size ONNX Runtime picks on this CPU (plain where it blocks nothing)."""
+        from ..profile.layout import PLAIN, Layout
+
+        if self.options.device != "cpu":
+            return PLAIN
+        block = nchwc_block(self.options.threads)
+        return Layout("nchwc", block) if block > 1 else PLAIN
+
+    def overhead_runner(self) -> OrtRunner:
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "empty",
+                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1])],
+                                  [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 9
+        return OrtRunner(model.SerializeToString(), self.options, name="call overhead")
 
     def block_runner(self, key: Any, workdir: Path | None = None) -> OrtRunner:
         """The block's ONNX goes straight from memory into a session (no files)."""

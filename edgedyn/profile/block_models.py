@@ -17,6 +17,8 @@ OPSET = 18
 
 def block_onnx(key: BlockKey):
     """An ONNX ModelProto computing ``key``'s block (input ``input``, output ``output``)."""
+    if key.nchwc_block:
+        return _nchwc_onnx(key)
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -75,6 +77,69 @@ def block_onnx(key: BlockKey):
     graph = helper.make_graph(nodes, "block", inputs,
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgedyn")
+    model.ir_version = 9
+    return model
+
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+def _nchwc_onnx(key: BlockKey):
+    """``key`` as ONNX Runtime runs it inside a network: its own NCHWc kernels, blocked tensors in and out.
+
+    This is what ONNX Runtime's CPU graph optimizer turns the block into (see
+    :mod:`edgedyn.profile.layout`); building it directly keeps the input and output
+    reorders that an isolated plain block would pay out of the measurement.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    if key.op not in ("conv", "maxpool", "reorder", "reorder_in") or key.depthwise:
+        raise ValueError(f"no NCHWc form for block {key.to_str()}")
+    blk = key.nchwc_block
+    rng = np.random.default_rng(0)
+    b, (oh, ow) = key.batch, key.out_hw
+
+    def padded(c: int) -> int:
+        return -(-c // blk) * blk
+
+    def value(name: str, shape: list[int]):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    inits = []
+    if key.op == "conv":
+        c_in = key.c_in if key.c_in < blk else padded(key.c_in)  # narrow inputs are read as plain NCHW
+        c_out = padded(key.c_out)
+        w = rng.standard_normal((c_out, c_in, key.kernel, key.kernel)).astype(np.float32) * 0.05
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(c_out, np.float32), "b")]
+        inputs = [value("input", [b, c_in, key.in_h, key.in_w])]
+        names = ["input", "w", "b"]
+        if key.residual:
+            inputs.append(value("residual", [b, c_out, oh, ow]))
+            names.append("residual")
+        act = {"relu": {"activation": "Relu"},
+               "relu6": {"activation": "Clip", "activation_params": [0.0, 6.0]}}.get(key.act, {})
+        node = helper.make_node("Conv", names, ["output"], domain=NCHWC_DOMAIN, kernel_shape=[key.kernel] * 2,
+                                strides=[key.stride] * 2, pads=[key.padding] * 4, dilations=[1, 1], group=1, **act)
+        out = value("output", [b, c_out, oh, ow])
+    elif key.op == "maxpool":
+        if key.act != "none":
+            raise ValueError(f"no NCHWc form for block {key.to_str()}")
+        c = padded(key.c_in)
+        inputs = [value("input", [b, c, key.in_h, key.in_w])]
+        node = helper.make_node("MaxPool", ["input"], ["output"], domain=NCHWC_DOMAIN, kernel_shape=[key.kernel] * 2,
+                                strides=[key.stride] * 2, pads=[key.padding] * 4)
+        out = value("output", [b, c, oh, ow])
+    elif key.op == "reorder_in":  # plain NCHW -> blocked (padded)
+        inputs = [value("input", [b, key.c_in, key.in_h, key.in_w])]
+        node = helper.make_node("ReorderInput", ["input"], ["output"], domain=NCHWC_DOMAIN)
+        out = value("output", [b, padded(key.c_in), key.in_h, key.in_w])
+    else:  # reorder: blocked (padded) -> plain NCHW
+        inputs = [value("input", [b, padded(key.c_in), key.in_h, key.in_w])]
+        node = helper.make_node("ReorderOutput", ["input"], ["output"], domain=NCHWC_DOMAIN, channels=key.c_in)
+        out = value("output", [b, key.c_in, key.in_h, key.in_w])
+    graph = helper.make_graph([node], "block", inputs, [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid(NCHWC_DOMAIN, 1)], producer_name="edgedyn")
     model.ir_version = 9
     return model
 

@@ -6,7 +6,10 @@ A model is cut into blocks as inference runtimes fuse it (ONNX Runtime, TensorRT
   activation that follow it when they are its only consumer;
 - ``add``: a residual add (and activation) not fused into a conv;
 - ``maxpool`` / ``avgpool`` / ``gap`` (global average pool);
-- ``linear``: a fully connected layer (and its activation).
+- ``linear``: a fully connected layer (and its activation);
+- ``reorder`` / ``reorder_in``: a change of activation layout between blocks (ONNX
+  Runtime's NCHWc ``ReorderOutput`` / ``ReorderInput``); only a
+  :class:`~edgedyn.profile.layout.Layout` adds these.
 
 Flatten, dropout (eval) and identity are free. Each block's channel counts follow the
 coupling groups of a :class:`~edgedyn.dynamic.DynamicNet`, so a :class:`BlockTemplate`
@@ -16,6 +19,7 @@ measured once, and one table serves every model whose blocks it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
@@ -28,8 +32,9 @@ from ..errors import ModelError
 
 if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
+    from .layout import Layout
 
-OPS = ("conv", "add", "maxpool", "avgpool", "gap", "linear")
+OPS = ("conv", "add", "maxpool", "avgpool", "gap", "linear", "reorder", "reorder_in")
 ACTS = ("none", "relu", "relu6")
 
 
@@ -50,12 +55,18 @@ class BlockKey:
     act: str = "none"
     batch: int = 1
     precision: str = "fp32"
+    layout: str = "plain"  # the activation layout the kernel runs in: "plain" (NCHW) or "nchwc<block>"
+
+    @property
+    def nchwc_block(self) -> int:
+        """The channel block of an NCHWc key (0 for plain keys)."""
+        return int(self.layout[5:]) if self.layout.startswith("nchwc") else 0
 
     @property
     def out_hw(self) -> tuple[int, int]:
         if self.op in ("gap", "linear"):
             return (1, 1)
-        if self.op == "add":
+        if self.op in ("add", "reorder", "reorder_in"):
             return (self.in_h, self.in_w)
         return (
             (self.in_h + 2 * self.padding - self.kernel) // self.stride + 1,
@@ -87,6 +98,8 @@ class BlockKey:
         key = cls(**typed)
         if key.op not in OPS or key.act not in ACTS:
             raise ValueError(f"block key {text!r} has an unknown op or activation")
+        if key.layout != "plain" and not (key.layout.startswith("nchwc") and key.layout[5:].isdigit()):
+            raise ValueError(f"block key {text!r} has an unknown layout")
         return key
 
     def with_channels(self, c_in: int, c_out: int) -> "BlockKey":
@@ -118,18 +131,31 @@ class BlockTemplate:
     residual: bool = False
     act: str = "none"
     expand: int = 1  # linear after flatten: input features per channel
+    src: int = -1  # index of the block whose output this block reads (-1: the model input)
+    res_src: int = -1  # a fused residual add: index of the block that computed the other operand
 
-    def key(self, spec: "SubnetSpec", batch: int = 1, precision: str = "fp32") -> BlockKey:
+    def channels(self, spec: "SubnetSpec") -> tuple[int, int]:
+        """(c_in, c_out) of this block in ``spec`` (before ``expand``)."""
         c_in = spec[self.in_group] if self.in_group is not None else self.c_in_fixed
         c_out = spec[self.out_group] if self.out_group is not None else self.c_out_fixed
-        return self.key_for(c_in, c_out, batch, precision)
+        return c_in, c_out
 
-    def key_for(self, c_in: int, c_out: int, batch: int = 1, precision: str = "fp32") -> BlockKey:
+    def key(self, spec: "SubnetSpec", batch: int = 1, precision: str = "fp32", layout: str = "plain") -> BlockKey:
+        return self.key_for(*self.channels(spec), batch, precision, layout)
+
+    def key_for(self, c_in: int, c_out: int, batch: int = 1, precision: str = "fp32",
+                layout: str = "plain") -> BlockKey:
         """The key at given channel counts (one-axis blocks take ``c_in`` for both)."""
         if self.op not in ("conv", "linear") or self.depthwise:
             c_out = c_in
         return BlockKey(self.op, c_in * self.expand, c_out, self.in_h, self.in_w, self.kernel, self.stride,
-                        self.padding, self.depthwise, self.residual, self.act, batch, precision)
+                        self.padding, self.depthwise, self.residual, self.act, batch, precision, layout)
+
+    def in_widths(self, net: "DynamicNet") -> tuple[int, ...]:
+        return net.groups[self.in_group].widths_from() if self.in_group is not None else (self.c_in_fixed,)
+
+    def out_widths(self, net: "DynamicNet") -> tuple[int, ...]:
+        return net.groups[self.out_group].widths_from() if self.out_group is not None else (self.c_out_fixed,)
 
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
@@ -206,6 +232,13 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
     channels: dict[fx.Node, int] = {}
     consumed: set[fx.Node] = set()
     blocks: list[BlockTemplate] = []
+    producer: dict[fx.Node, int] = {}  # index of the block that computed each tensor (-1: the input)
+
+    def add_block(tpl: BlockTemplate, src_node, *outs, res_node=None) -> None:
+        blocks.append(dataclasses.replace(tpl, src=producer.get(src_node, -1),
+                                          res_src=producer.get(res_node, -1) if res_node is not None else -1))
+        for n in outs:
+            producer[n] = len(blocks) - 1
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
 
     def single_user(node, pred):
@@ -215,6 +248,7 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             group[node], channels[node] = None, shape(node)[1]
+            producer[node] = -1
             continue
         if node.op == "output" or node in consumed:
             continue
@@ -224,25 +258,25 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
 
         if info is not None and info.kind == "conv":
             in_shape = shape(src)
-            tail, fused_add, act = node, False, "none"
+            tail, fused_add, act, other = node, False, "none", None
             bn = single_user(tail, lambda u: isinstance(mod_of(u), nn.BatchNorm2d))
             if bn is not None:
                 consumed.add(bn)
                 tail = bn
             add = single_user(tail, is_add)
             if add is not None:
-                other = add.args[0] if add.args[1] is tail else add.args[1]
-                if order.get(other, 1 << 30) < order[tail]:  # the other operand is ready: fuse
+                operand = add.args[0] if add.args[1] is tail else add.args[1]
+                if order.get(operand, 1 << 30) < order[tail]:  # the other operand is ready: fuse
                     consumed.add(add)
-                    tail, fused_add = add, True
+                    tail, fused_add, other = add, True, operand
             a = single_user(tail, lambda u: act_of(u) is not None)
             if a is not None:
                 consumed.add(a)
                 tail, act = a, act_of(a)
-            blocks.append(BlockTemplate(
+            add_block(BlockTemplate(
                 node.target, "conv", info.in_group, info.out_group, info.in_channels, info.out_channels,
                 in_shape[2], in_shape[3], _pair(m.kernel_size), _pair(m.stride), _pair(m.padding),
-                info.depthwise, fused_add, act))
+                info.depthwise, fused_add, act), src, node, tail, res_node=other)
             for n in (node, tail):
                 group[n], channels[n] = info.out_group, info.out_channels
             continue
@@ -253,9 +287,9 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
             if a is not None:
                 consumed.add(a)
                 tail, act = a, act_of(a)
-            blocks.append(BlockTemplate(node.target, "linear", info.in_group, info.out_group,
-                                        info.in_channels // info.expand, info.out_channels, 1, 1,
-                                        act=act, expand=info.expand))
+            add_block(BlockTemplate(node.target, "linear", info.in_group, info.out_group,
+                                    info.in_channels // info.expand, info.out_channels, 1, 1,
+                                    act=act, expand=info.expand), src, node, tail)
             group[node] = group[tail] = info.out_group
             channels[node] = channels[tail] = info.out_channels
             continue
@@ -269,7 +303,7 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
             if a is not None:
                 consumed.add(a)
                 tail, act = a, act_of(a)
-            blocks.append(BlockTemplate(node.name, "add", g, g, s[1], s[1], s[2], s[3], act=act))
+            add_block(BlockTemplate(node.name, "add", g, g, s[1], s[1], s[2], s[3], act=act), a_, node, tail)
             group[node] = group[tail] = g
             channels[node] = channels[tail] = s[1]
             continue
@@ -277,23 +311,24 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
         # pass-through ops keep the channel group of their input
         if src is not None:
             group[node], channels[node] = group.get(src), channels.get(src, 0)
+            producer[node] = producer.get(src, -1)
         in_shape = shape(src) if src is not None and "tensor_meta" in src.meta else None
         g = group.get(src)
         if isinstance(m, nn.MaxPool2d):
-            blocks.append(BlockTemplate(node.target, "maxpool", g, g, in_shape[1], in_shape[1], in_shape[2],
-                                        in_shape[3], _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)))
+            add_block(BlockTemplate(node.target, "maxpool", g, g, in_shape[1], in_shape[1], in_shape[2],
+                                    in_shape[3], _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)), src, node)
         elif isinstance(m, nn.AdaptiveAvgPool2d) or (node.op == "call_function" and node.target is F.adaptive_avg_pool2d):
             out = shape(node)
             if out[2:] == (1, 1):
-                blocks.append(BlockTemplate(str(node.target) if m else node.name, "gap", g, g, in_shape[1],
-                                            in_shape[1], in_shape[2], in_shape[3]))
+                add_block(BlockTemplate(str(node.target) if m else node.name, "gap", g, g, in_shape[1],
+                                        in_shape[1], in_shape[2], in_shape[3]), src, node)
             elif out[2:] != in_shape[2:]:
                 if in_shape[2] % out[2] or in_shape[3] % out[3] or in_shape[2] // out[2] != in_shape[3] // out[3]:
                     raise ModelError(f"layer '{node.target}': adaptive pooling {in_shape[2:]} -> {out[2:]} is not "
                                      "a plain average pool; profile at an input size where it is")
                 k = in_shape[2] // out[2]
-                blocks.append(BlockTemplate(node.target, "avgpool", g, g, in_shape[1], in_shape[1], in_shape[2],
-                                            in_shape[3], k, k, 0))
+                add_block(BlockTemplate(node.target, "avgpool", g, g, in_shape[1], in_shape[1], in_shape[2],
+                                        in_shape[3], k, k, 0), src, node)
         elif m is not None and (type(m) in _ACT_MODULES or isinstance(m, _FREE_MODULES)):
             pass
         elif node.op == "call_function" and (node.target in _FREE_FUNCS or node.target in _ACT_FUNCS):
@@ -308,45 +343,18 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
     return blocks
 
 
-def subnet_keys(net: "DynamicNet", spec: "SubnetSpec", batch: int = 1, precision: str = "fp32") -> list[BlockKey]:
-    """The block keys of one sub-net, in execution order."""
+def subnet_keys(net: "DynamicNet", spec: "SubnetSpec", batch: int = 1, precision: str = "fp32",
+                layout: "Layout | None" = None) -> list[BlockKey]:
+    """The block keys of one sub-net in execution order (with ``layout``'s reorders)."""
+    if layout is not None and layout.kind != "plain":
+        return layout.subnet_keys(net, spec, batch, precision)
     net.check_spec(spec)
     return [t.key(spec, batch, precision) for t in model_blocks(net)]
 
 
-def all_keys(net: "DynamicNet", batch: int = 1, precision: str = "fp32") -> list[BlockKey]:
+def all_keys(net: "DynamicNet", batch: int = 1, precision: str = "fp32",
+             layout: "Layout | None" = None) -> list[BlockKey]:
     """Every distinct block key any valid sub-net of ``net`` can use (the profiling grid)."""
-    keys: dict[BlockKey, None] = {}
-    for t in model_blocks(net):
-        ins = net.groups[t.in_group].widths_from() if t.in_group is not None else (t.c_in_fixed,)
-        outs = net.groups[t.out_group].widths_from() if t.out_group is not None else (t.c_out_fixed,)
-        for ci in ins:
-            for co in outs:
-                keys[t.key_for(ci, co, batch, precision)] = None
-    return list(keys)
+    from .layout import PLAIN
 
-
-def layout_transitions(net: "DynamicNet", spec: "SubnetSpec", block: int) -> float:
-    """Elements reordered between layouts when a sub-net runs (a calibration feature).
-
-    CPU runtimes (ONNX Runtime's NCHWc, oneDNN) run a conv in a blocked layout only when
-    its input channels are a multiple of the vector block (``block``: 16 with AVX-512, 8
-    with AVX2); elsewhere the graph falls back to plain NCHW and inserts reorders. Those
-    reorders exist only between blocks, so no isolated block measurement can see them.
-    This counts the elements crossing every change of layout along the execution order.
-    ``block <= 1`` means the backend has no such layouts (returns 0).
-    """
-    if block <= 1:
-        return 0.0
-    total, prev = 0.0, None
-    for key in subnet_keys(net, spec):
-        if key.op == "conv":
-            blocked = key.c_in % block == 0 or key.c_in < 4  # the stem reads the image directly
-        elif key.op == "linear":
-            blocked = False
-        else:
-            blocked = prev if prev is not None else False  # pools and adds follow their input
-        if prev is not None and blocked != prev:
-            total += key.c_in * key.in_h * key.in_w * key.batch
-        prev = blocked
-    return total
+    return (layout or PLAIN).all_keys(net, batch, precision)

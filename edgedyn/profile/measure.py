@@ -1,10 +1,20 @@
 """The measurement protocol: warm up, repeat, interleave, report median and spread.
 
 Configurations compared with each other are timed round-robin ("interleaved"), so drift
-(thermal, frequency, other load) hits all of them alike; each visit starts with one
-untimed call, so every sample is a warm-cache latency, as in deployment. Each runner provides
+(thermal, frequency, other load) hits all of them alike. Each runner provides
 ``timed_call() -> ms`` using its proper clock (host clock after a synchronous call on
 CPU, CUDA events on GPUs).
+
+Two protocols:
+
+- ``WHOLE_NET`` (whole sub-nets, as a deployed sub-net runs, request after request): each
+  visit starts with one untimed call, and a sample averages enough back-to-back calls to
+  last ``min_sample_ms``.
+- ``BLOCKS`` (latency-table blocks): every sample is ONE call, and the call before it was
+  another block. Inside a network a block runs once, after a different block; timed
+  back to back instead, a block of a few microseconds looks several times cheaper than
+  it is in the network (a ``ReorderOutput`` three times, on this project's CPU). The fixed
+  cost of one call is measured the same way and subtracted by the table.
 """
 
 from __future__ import annotations
@@ -19,13 +29,10 @@ class Timed(Protocol):
     def timed_call(self) -> float: ...
 
 
-def _sample(r: Timed, inner: int) -> float:
-    """One sample: an untimed call to warm caches, then the mean of ``inner`` timed calls (ms).
-
-    Round-robin visits over many models would otherwise time every call with caches full
-    of the previous model's weights (cold latency); a deployed sub-net runs warm.
-    """
-    r.timed_call()
+def _sample(r: Timed, inner: int, warm: bool = True) -> float:
+    """One sample: (``warm``) an untimed call first, then the mean of ``inner`` timed calls (ms)."""
+    if warm:
+        r.timed_call()
     if inner == 1:
         return r.timed_call()
     return sum(r.timed_call() for _ in range(inner)) / inner
@@ -64,10 +71,12 @@ class Protocol_:
     max_reps: int = 41
     target_ms: float = 60.0
     min_sample_ms: float = 0.3
+    warm: bool = True  # an untimed call before each sample
 
 
 DEFAULT = Protocol_()
 WHOLE_NET = Protocol_(warmup=5, min_reps=21, max_reps=101, target_ms=1500.0, min_sample_ms=1.0)
+BLOCKS = Protocol_(warmup=3, min_reps=100, max_reps=400, target_ms=60.0, min_sample_ms=0.0, warm=False)
 
 
 def measure_interleaved(runners: Sequence[Timed], protocol: Protocol_ = DEFAULT, seed: int = 0) -> list[Stats]:
@@ -86,5 +95,5 @@ def measure_interleaved(runners: Sequence[Timed], protocol: Protocol_ = DEFAULT,
     samples: list[list[float]] = [[] for _ in runners]
     for _ in range(reps):
         for i in rng.permutation(len(runners)):
-            samples[i].append(_sample(runners[i], inner[i]))
+            samples[i].append(_sample(runners[i], inner[i], protocol.warm))
     return [Stats.of(s) for s in samples]

@@ -1,9 +1,11 @@
 """``edgedyn profile``: measure a model's blocks on this device and build a LatencyTable.
 
 Phases: (1) block grid, measured interleaved in chunks (a subset when ``subsample > 1``,
-the rest interpolated); (2) whole-network calibration on a few sub-nets, fitting
-``measured = scale * sum(blocks) + offset``; (3) optional validation on K other random
-sub-nets (MAPE, share within 10%, Spearman of the table and of FLOPs).
+the rest interpolated), each block in the layout the backend runs it in inside a network
+(:mod:`~edgedyn.profile.layout`), plus the fixed cost of one backend call; (2)
+whole-network calibration on a few sub-nets, fitting ``measured = scale * block sum +
+offset``; (3) optional validation on K other random sub-nets (MAPE, share within 10%,
+Spearman of the table and of FLOPs).
 
 Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it.
 """
@@ -23,8 +25,8 @@ import numpy as np
 from ..artifacts import atomic_write_json, load_json
 from ..backends.base import BackendOptions
 from ..errors import ArtifactError, EdgedynError
-from .blocks import BlockKey, all_keys, layout_transitions
-from .measure import DEFAULT, WHOLE_NET, Stats, measure_interleaved
+from .blocks import BlockKey, all_keys
+from .measure import BLOCKS, WHOLE_NET, Stats, measure_interleaved
 from .table import Calibration, Entry, LatencyTable
 
 PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
@@ -48,12 +50,12 @@ class ProfileConfig:
     group_size: int | None = None
     min_groups: int = 1
     subsample: int | None = None  # measure every N-th width per axis; default 1, tensorrt 2
-    calibrate: int = 12
+    calibrate: int = 24
     validate: int = 0
     roofline_device: Path | None = None
     resume: bool = False
     merge: bool = False
-    chunk: int = 16
+    chunk: int = 128  # blocks timed together: a large pool keeps each block as cold as in a network
 
     def resolved(self) -> "ProfileConfig":
         backend, precision = DEVICE_BACKEND_DEFAULTS.get(self.device, ("onnxruntime", "fp32"))
@@ -162,7 +164,8 @@ class Profiler:
             threads = default_threads()
         return LatencyTable(device=info, backend={"name": c.backend, "version": backend.version(),
                                                   "threads": threads},
-                            precision=c.precision, batch=c.batch, measured=True, created=_now())
+                            precision=c.precision, batch=c.batch, measured=True, created=_now(),
+                            layout=backend.layout())
 
     def _roofline_path(self) -> Path:
         if self.cfg.roofline_device is not None:
@@ -177,6 +180,7 @@ class Profiler:
             table = LatencyTable.load_partial(obj["table"], self.partial_path)
             table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
                                 fingerprint=fresh.device.get("fingerprint"))
+            _check_layout(table, fresh, self.partial_path)
             if table.backend.get("name") != c.backend:
                 raise ArtifactError(f"{self.partial_path}: field 'backend.name' is {table.backend.get('name')!r}, "
                                     f"asked for {c.backend!r}")
@@ -189,6 +193,7 @@ class Profiler:
             table = LatencyTable.load(c.out)
             table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
                                 fingerprint=fresh.device.get("fingerprint"))
+            _check_layout(table, fresh, c.out)
             return table, {}
         return fresh, {}
 
@@ -225,7 +230,7 @@ class Profiler:
 
     def _blocks(self, table: LatencyTable, whole: dict) -> None:
         c = self.cfg
-        keys = all_keys(self.net, c.batch, c.precision)
+        keys = all_keys(self.net, c.batch, c.precision, table.layout)
         if c.backend == "roofline":
             from ..backends.roofline import RooflineDevice, block_latency_ms
 
@@ -234,8 +239,14 @@ class Profiler:
                 table.entries.setdefault(k, Entry(block_latency_ms(dev, k), "roofline"))
             self.log(f"roofline: {len(keys)} block entries from {dev.name}")
             return
+        if table.layout.kind != "plain":
+            self.log(f"layout {table.layout.tag}: blocks timed in the layout they run in inside the network"
+                     + ("" if table.layout.applies(self.net) else
+                        f" (not modelled for {self.net.name}: its blocks stay plain)"))
         measure, interp = _subsample_keys(keys, c.subsample)
         todo = [k for k in measure if table.entries.get(k, Entry(0, "interpolated")).source != "measured"]
+        # chunks mix all kinds of blocks, so every block is timed among the same cache traffic
+        todo = [todo[i] for i in np.random.default_rng(0).permutation(len(todo))]
         self.log(f"{self.net.name}: {len(keys)} distinct blocks; measuring {len(todo)} "
                  f"({len(measure) - len(todo)} already in the table), interpolating {len(interp)}")
         from tqdm.auto import tqdm
@@ -245,17 +256,26 @@ class Profiler:
         # a build directory for backends that compile blocks to files (TensorRT); removed after
         with tempfile.TemporaryDirectory(prefix="edgedyn-blocks-") as tmp:
             make = self._block_runner_factory(Path(tmp))
+            empty = self._backend().overhead_runner()
+            overheads = []
             for i in range(0, len(todo), c.chunk):
                 chunk = todo[i:i + c.chunk]
-                runners = [make(k) for k in chunk]
-                for k, st in zip(chunk, measure_interleaved(runners, DEFAULT, seed=i)):
+                runners = [make(k) for k in chunk] + ([empty] if empty is not None else [])
+                stats = measure_interleaved(runners, BLOCKS, seed=i)
+                for k, st in zip(chunk, stats):
                     table.entries[k] = Entry(st.median, "measured", st.p10, st.p90, st.iqr, st.n)
+                if empty is not None:
+                    overheads.append(stats[-1].median)
                 del runners
                 bar.update(len(chunk))
                 if time.monotonic() - last_ckpt > 10:
                     self._checkpoint(table, whole)
                     last_ckpt = time.monotonic()
         bar.close()
+        if overheads:  # measured alongside every chunk; a resumed or merged run keeps the old one
+            table.call_overhead_ms = float(np.median(overheads))
+            self.log(f"fixed cost of one {c.backend} call: {table.call_overhead_ms * 1e3:.1f} us "
+                     "(in every block entry; paid once per sub-net)")
         if interp:
             table.entries.update(interpolate(table.entries, [k for k in interp
                                                              if table.entries.get(k) is None
@@ -313,34 +333,15 @@ class Profiler:
             return
         specs = self._calibration_specs()
         measured = np.array(self._measure_specs(specs, whole, table, "calibration"))
-        raw = np.array([table.raw_sum(self.net, s) for s in specs])
-        block = self._layout_block()
-        trans = np.array([layout_transitions(self.net, s, block) for s in specs])
-        scale, offset = np.polyfit(raw, measured, 1)
-        per_t = 0.0
-        if block and np.ptp(trans) > 0 and len(specs) >= 5:
-            coef, *_ = np.linalg.lstsq(np.stack([raw, trans, np.ones_like(raw)], 1), measured, rcond=None)
-            if coef[0] > 0 and coef[1] > 0:
-                scale, per_t, offset = (float(c) for c in coef)
-        if scale <= 0:
-            raise EdgedynError(f"calibration failed: fitted scale {scale:.3f} <= 0 (measurements too noisy?)")
-        points = [{"widths": list(s.widths), "sum_ms": round(float(r), 4), "transitions": float(t),
-                   "measured_ms": round(float(m), 4)} for s, r, t, m in zip(specs, raw, trans, measured)]
+        feats = [table.features(self.net, s) for s in specs]
+        coef, offset, cv = fit_calibration(feats, measured)
+        points = [{"widths": list(s.widths), **{k: round(float(v), 5) for k, v in f.items()},
+                   "measured_ms": round(float(m), 4)} for s, f, m in zip(specs, feats, measured)]
         table.calibration[self.net.arch_signature()] = Calibration(
-            f"{self.net.name}@{self.net.input_shape[-1]}", float(scale), float(offset), len(specs), points,
-            per_t, block if per_t else 0)
-        self.log(f"calibration on {len(specs)} sub-nets: measured = {scale:.4f} x sum "
-                 f"+ {per_t * 1e6:.4f} ns x reordered elements + {offset:.4f} ms (layout block {block})")
-
-    def _layout_block(self) -> int:
-        """The CPU vector block of blocked conv layouts (ONNX Runtime NCHWc); 0 elsewhere."""
-        if self.cfg.backend != "onnxruntime" or self.cfg.device != "cpu":
-            return 0
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return 0
-        return 16 if " avx512f" in flags else 8 if " avx2" in flags else 0
+            f"{self.net.name}@{self.net.input_shape[-1]}", coef, offset, len(specs), points, cv)
+        terms = " + ".join(f"{v:.4g} x {k}" for k, v in coef.items())
+        self.log(f"calibration on {len(specs)} sub-nets: measured = {terms} + {offset:.4f} ms "
+                 f"(leave-one-out MAPE {cv:.2f}%)")
 
     def _validation_specs(self):
         """K random sub-nets, none of them used for calibration."""
@@ -377,6 +378,40 @@ class Profiler:
         self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
                  f"within 10%: {result['within_10pct']:.1f}%  Spearman table {result['spearman_table']:.4f}  "
                  f"Spearman FLOPs {result['spearman_flops']:.4f}")
+
+
+def fit_calibration(feats: list[dict[str, float]], measured: np.ndarray) -> tuple[dict[str, float], float, float]:
+    """Least-squares linear model of whole-sub-net latency; returns (coef, offset_ms, cv MAPE %).
+
+    Two candidate models, chosen by leave-one-out MAPE over the calibration sub-nets:
+    ``scale * block_sum + offset``, and the same plus the weight and activation elements
+    (the part of a block's cost that depends on what the network leaves in cache, which a
+    block timed alone cannot see). The memory terms need at least 8 sub-nets.
+    """
+    measured = np.asarray(measured, float)
+    candidates = [("block_sum",)]
+    if len(measured) >= 8:
+        candidates.append(("block_sum", "weight_melems", "act_melems"))
+    best = None
+    for names in candidates:
+        x = np.array([[f[n] for n in names] + [1.0] for f in feats])
+        errs = []
+        for i in range(len(measured)):
+            keep = np.arange(len(measured)) != i
+            c, *_ = np.linalg.lstsq(x[keep], measured[keep], rcond=None)
+            errs.append(abs(x[i] @ c - measured[i]) / measured[i])
+        c, *_ = np.linalg.lstsq(x, measured, rcond=None)
+        cv = float(np.mean(errs) * 100)
+        if c[0] > 0 and (best is None or cv < best[2]):
+            best = (dict(zip(names, (float(v) for v in c[:-1]))), float(c[-1]), cv)
+    if best is None:
+        raise EdgedynError("calibration failed: the fitted block-sum scale is <= 0 (measurements too noisy?)")
+    return best
+
+
+def _check_layout(table: LatencyTable, fresh: LatencyTable, path: Path) -> None:
+    if table.layout != fresh.layout:
+        raise ArtifactError(f"{path}: field 'layout' is {table.layout.tag!r}, this backend runs {fresh.layout.tag!r}")
 
 
 def _now() -> str:

@@ -1,19 +1,27 @@
 """LatencyTable: per-block latencies of one device, with whole-network calibration.
 
-File format (JSON, ``schema: "edgedyn.latency_table/1"``)::
+File format (JSON, ``schema: "edgedyn.latency_table/2"``)::
 
     {"schema": ..., "measured": true, "created": ISO date,
      "device": {...device_info...}, "backend": {"name", "version", "threads"},
      "precision": "fp32", "batch": 1, "sources": [...],
+     "layout": {"kind": "plain" | "nchwc", "block": 0 | 8 | 16},
+     "call_overhead_ms": fixed cost of one backend call, included in every entry,
      "entries": {"<BlockKey.to_str()>": {"ms", "p10", "p90", "iqr", "n", "source"}},
-     "calibration": {"<architecture signature>": {"model", "scale", "per_transition_ms",
-                                                    "offset_ms", "layout_block", "n", "points"}},
+     "calibration": {"<architecture signature>": {"model", "coef": {feature: value}, "offset_ms",
+                                                    "n", "cv_mape", "points"}},
      "validation": {"<architecture signature>": {"k", "mape", "within_10pct", "spearman_table",
                                            "spearman_flops", "points"}}}
 
-``source`` is ``measured``, ``interpolated`` or ``roofline``. A prediction is
-``scale * sum(block ms) + offset_ms`` with the calibration fitted for that model, or the
-plain sum where the model has none.
+``source`` is ``measured``, ``interpolated`` or ``roofline``. A sub-net's *block sum* is
+the sum over its keys under the table's ``layout`` (reorders included, see
+:mod:`~edgedyn.profile.layout`) of ``ms - call_overhead_ms``: each entry was timed as one
+backend call, the whole sub-net is one call. A prediction is the calibration's linear
+model over the sub-net's features (:data:`FEATURES`: the block sum, and the weight and
+activation elements its blocks touch, which a block timed alone holds in cache
+differently than the network does), fitted for that model on whole sub-nets; or the
+plain block sum where the model has none. Version 1 tables (no layout, blocks timed warm
+in isolation) must be re-profiled.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 from ..artifacts import atomic_write_json, load_json, require
 from ..errors import ArtifactError
 from .blocks import BlockKey, all_keys, subnet_keys
+from .layout import PLAIN, Layout
 
 if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
 
-TABLE_SCHEMA = "edgedyn.latency_table/1"
+TABLE_SCHEMA = "edgedyn.latency_table/2"
 SOURCES = ("measured", "interpolated", "roofline")
 
 
@@ -53,24 +62,50 @@ class Entry:
         return d
 
 
+FEATURES = ("block_sum", "weight_melems", "act_melems")
+
+
+def key_features(keys: list[BlockKey]) -> tuple[float, float]:
+    """(weight, output activation) elements, in millions, of conv and linear blocks, as laid out."""
+    w = a = 0.0
+    for k in keys:
+        blk = k.nchwc_block
+
+        def pad(c: int) -> int:
+            return -(-c // blk) * blk if blk else c
+
+        if k.op == "conv":
+            c_in = 1 if k.depthwise else (k.c_in if (not blk or k.c_in < blk) else pad(k.c_in))
+            oh, ow = k.out_hw
+            w += pad(k.c_out) * c_in * k.kernel * k.kernel
+            a += k.batch * pad(k.c_out) * oh * ow
+        elif k.op == "linear":
+            w += k.c_in * k.c_out
+            a += k.batch * k.c_out
+    return w / 1e6, a / 1e6
+
+
 @dataclass
 class Calibration:
-    """``measured = scale * sum(blocks) + per_transition_ms * transitions + offset_ms``.
+    """``measured = sum(coef[f] * feature f) + offset_ms``, fitted on whole sub-nets of one model.
 
-    ``transitions`` is :func:`~edgedyn.profile.blocks.layout_transitions` with the table's
-    ``layout_block`` (0 where the backend has no blocked layouts, or the fit did not need it).
+    ``coef`` always has ``block_sum``; the profiler adds the memory features only where
+    they lower the leave-one-out error on the calibration sub-nets (``cv_mape``, %).
     """
 
     model: str
-    scale: float
+    coef: dict[str, float]
     offset_ms: float
     n: int
-    points: list[dict[str, Any]] = field(default_factory=list)  # spec widths, sum, measured
-    per_transition_ms: float = 0.0
-    layout_block: int = 0
+    points: list[dict[str, Any]] = field(default_factory=list)  # spec widths, features, measured
+    cv_mape: float | None = None
 
-    def apply(self, raw_ms: float, transitions: float = 0.0) -> float:
-        return self.scale * raw_ms + self.per_transition_ms * transitions + self.offset_ms
+    @property
+    def scale(self) -> float:
+        return self.coef["block_sum"]
+
+    def apply(self, features: dict[str, float]) -> float:
+        return sum(c * features[f] for f, c in self.coef.items()) + self.offset_ms
 
 
 @dataclass
@@ -88,37 +123,45 @@ class LatencyTable:
     sources: list[str] = field(default_factory=list)
     created: str = ""
     path: Path | None = None
+    layout: Layout = PLAIN
+    call_overhead_ms: float = 0.0
 
     # -- prediction -------------------------------------------------------------------
     def _where(self) -> str:
         return str(self.path) if self.path else "latency table"
 
+    def keys(self, net: "DynamicNet", spec: "SubnetSpec") -> list[BlockKey]:
+        """The keys a sub-net's latency is made of in this table (its layout's reorders included)."""
+        return subnet_keys(net, spec, self.batch, self.precision, self.layout)
+
     def raw_sum(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
-        """Sum of the sub-net's block latencies (ms), before calibration."""
+        """The sub-net's block sum (ms), before calibration; see the module docstring."""
         total = 0.0
-        for key in subnet_keys(net, spec, self.batch, self.precision):
+        for key in self.keys(net, spec):
             entry = self.entries.get(key)
             if entry is None:
                 raise ArtifactError(f"{self._where()}: no entry for block {key.to_str()} of model {net.name!r} "
                                     f"(profile it: edgedyn profile --model {net.name} ...)")
-            total += entry.ms
+            total += max(entry.ms - self.call_overhead_ms, 0.0)
         return total
+
+    def features(self, net: "DynamicNet", spec: "SubnetSpec") -> dict[str, float]:
+        """The calibration features of a sub-net (:data:`FEATURES`)."""
+        w, a = key_features(self.keys(net, spec))
+        return {"block_sum": self.raw_sum(net, spec), "weight_melems": w, "act_melems": a}
 
     def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
         """Predicted end-to-end latency of ``spec`` in ms."""
-        raw = self.raw_sum(net, spec)
         cal = self.calibration.get(net.arch_signature())
         if cal is None:
-            return raw
-        if cal.per_transition_ms:
-            from .blocks import layout_transitions
-
-            return cal.apply(raw, layout_transitions(net, spec, cal.layout_block))
-        return cal.apply(raw)
+            return self.raw_sum(net, spec)
+        if set(cal.coef) == {"block_sum"}:
+            return cal.apply({"block_sum": self.raw_sum(net, spec)})
+        return cal.apply(self.features(net, spec))
 
     def check_model(self, net: "DynamicNet") -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""
-        missing = [k for k in all_keys(net, self.batch, self.precision) if k not in self.entries]
+        missing = [k for k in all_keys(net, self.batch, self.precision, self.layout) if k not in self.entries]
         if missing:
             raise ArtifactError(f"{self._where()}: {len(missing)} blocks of model {net.name!r} at input "
                                 f"{net.input_shape[-1]} are missing (first: {missing[0].to_str()}); "
@@ -157,10 +200,11 @@ class LatencyTable:
             "precision": self.precision,
             "batch": self.batch,
             "sources": self.sources,
+            "layout": self.layout.to_json(),
+            "call_overhead_ms": round(self.call_overhead_ms, 6),
             "counts": {s: sum(1 for e in self.entries.values() if e.source == s) for s in SOURCES},
-            "calibration": {sig: {"model": c.model, "scale": c.scale, "offset_ms": c.offset_ms,
-                                  "per_transition_ms": c.per_transition_ms, "layout_block": c.layout_block,
-                                  "n": c.n, "points": c.points} for sig, c in self.calibration.items()},
+            "calibration": {sig: {"model": c.model, "coef": c.coef, "offset_ms": c.offset_ms, "n": c.n,
+                                  "cv_mape": c.cv_mape, "points": c.points} for sig, c in self.calibration.items()},
             "validation": self.validation,
             "entries": {k.to_str(): e.to_dict() for k, e in sorted(self.entries.items())},
         }
@@ -210,10 +254,27 @@ class LatencyTable:
         calibration = {}
         for sig, c in require(obj, "calibration", dict, w).items():
             where = f"{w}: calibration[{sig}]"
-            calibration[sig] = Calibration(str(c.get("model", "?")), float(require(c, "scale", (int, float), where)),
+            coef = require(c, "coef", dict, where)
+            if "block_sum" not in coef or any(f not in FEATURES or not isinstance(v, (int, float))
+                                              for f, v in coef.items()):
+                raise ArtifactError(f"{where}: field 'coef' must map features {FEATURES} (with 'block_sum') "
+                                    "to numbers")
+            calibration[sig] = Calibration(str(c.get("model", "?")), {f: float(v) for f, v in coef.items()},
                                            float(require(c, "offset_ms", (int, float), where)),
-                                           int(c.get("n", 0)), list(c.get("points", [])),
-                                           float(c.get("per_transition_ms", 0.0)), int(c.get("layout_block", 0)))
+                                           int(c.get("n", 0)), list(c.get("points", [])), c.get("cv_mape"))
+        lay = require(obj, "layout", dict, w)
+        try:
+            layout = Layout.from_json(lay)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{w}: field 'layout' is invalid ({err})") from None
+        overhead = require(obj, "call_overhead_ms", (int, float), w)
+        if not overhead >= 0:
+            raise ArtifactError(f"{w}: field 'call_overhead_ms' must be >= 0")
+        bad = next((k for k in entries if k.layout not in ("plain", layout.tag)), None)
+        if bad is not None:
+            raise ArtifactError(f"{w}: entries[{bad.to_str()[:60]}...]: layout {bad.layout!r} does not match "
+                                f"field 'layout' ({layout.tag!r})")
         return cls(device=device, backend=backend, precision=precision, batch=batch, measured=measured,
                    entries=entries, calibration=calibration, validation=dict(obj.get("validation", {})),
-                   sources=list(obj.get("sources", [])), created=str(obj.get("created", "")), path=path)
+                   sources=list(obj.get("sources", [])), created=str(obj.get("created", "")), path=path,
+                   layout=layout, call_overhead_ms=float(overhead))

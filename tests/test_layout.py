@@ -1,0 +1,146 @@
+"""Blocked layouts: edgedyn's NCHWc rules against ONNX Runtime's own optimized graphs."""
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgedyn.dynamic import DynamicNet
+from edgedyn.errors import ArtifactError
+from edgedyn.profile import BlockKey, LatencyTable
+from edgedyn.profile.layout import PLAIN, Layout
+from edgedyn.profile.profiler import fit_calibration
+from edgedyn.profile.table import key_features
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _block() -> int:
+    from edgedyn.backends.onnxruntime import nchwc_block
+
+    return nchwc_block(1)
+
+
+needs_nchwc = pytest.mark.skipif(_block() == 0, reason="ONNX Runtime uses no NCHWc layout on this CPU")
+
+
+def _optimized_graph(net: DynamicNet, spec, tmp: Path):
+    import onnx
+
+    from edgedyn.backends.onnxruntime import session_options
+
+    path = net.export_onnx(spec, tmp / "m.onnx")
+    so = session_options(1)
+    so.optimized_model_filepath = str(tmp / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp / "opt.onnx")).graph
+
+
+def _pad(c: int, b: int) -> int:
+    return -(-c // b) * b
+
+
+@needs_nchwc
+@pytest.mark.parametrize("model,size,seeds", [("resnet20", 32, (0, 1, 2, 3)), ("resnet18", 64, (0, 1, 2, 3))])
+def test_nchwc_rules_match_onnxruntime(model, size, seeds):
+    """Every reorder and every blocked conv edgedyn predicts is what ONNX Runtime builds, and nothing else."""
+    b = _block()
+    layout = Layout("nchwc", b)
+    net = DynamicNet.from_name(model, input_size=size, num_classes=10)
+    assert layout.applies(net)
+    specs = [net.min_spec(), net.full_spec()] + [net.random_spec(s) for s in seeds]
+    for spec in specs:
+        keys = layout.subnet_keys(net, spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = _optimized_graph(net, spec, Path(tmp))
+        inits = {i.name: tuple(i.dims) for i in graph.initializer}
+        nodes = [n for n in graph.node if n.domain == "com.microsoft.nchwc"]
+        reorders = Counter(next(a.i for a in n.attribute if a.name == "channels")
+                           for n in nodes if n.op_type == "ReorderOutput")
+        assert reorders == Counter(k.c_in for k in keys if k.op == "reorder"), spec
+        reorders_in = Counter(n.input[0] for n in nodes if n.op_type == "ReorderInput")
+        assert sum(reorders_in.values()) == sum(k.op == "reorder_in" for k in keys), spec
+        plain_adds = sum(n.op_type == "Add" and not n.domain for n in graph.node)
+        assert plain_adds == sum(k.op == "add" for k in keys), spec
+        convs = Counter(inits[n.input[1]][:2] for n in nodes if n.op_type == "Conv")
+        expected = Counter((_pad(k.c_out, b), k.c_in if k.c_in < b else _pad(k.c_in, b))
+                           for k in keys if k.op == "conv")
+        assert convs == expected, spec
+        pools = sum(n.op_type == "MaxPool" for n in nodes)
+        assert pools == sum(k.op == "maxpool" and k.layout != "plain" for k in keys)
+
+
+@needs_nchwc
+def test_nchwc_block_models_run_as_built():
+    from edgedyn.backends import BackendOptions
+    from edgedyn.backends.onnxruntime import OnnxRuntimeBackend
+
+    b = _block()
+    tag = f"nchwc{b}"
+    backend = OnnxRuntimeBackend(BackendOptions(threads=1))
+    cases = [BlockKey("conv", 3, 8, 8, 8, 3, 1, 1, act="relu", layout=tag),  # narrow plain input
+             BlockKey("conv", b + 4, b + 2, 8, 8, 3, 2, 1, residual=True, act="relu", layout=tag),
+             BlockKey("conv", 2 * b, b, 8, 8, 1, 1, 0, layout=tag),
+             BlockKey("maxpool", b, b, 8, 8, 3, 2, 1, layout=tag),
+             BlockKey("reorder", 5, 5, 8, 8, layout=tag)]
+    for key in cases:
+        runner = backend.block_runner(key)
+        out = runner.infer(runner._x)
+        c = key.c_out if key.op == "reorder" else _pad(key.c_out, b)
+        assert out.shape == (1, c, *key.out_hw)
+        assert np.isfinite(out).all()
+
+
+def test_plain_layout_keeps_isolated_blocks_and_unmodelled_nets_stay_plain():
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    spec = net.random_spec(0)
+    assert all(k.layout == "plain" and k.op != "reorder" for k in PLAIN.subnet_keys(net, spec))
+    mobile = DynamicNet.from_name("mobilenet_v2", input_size=32, num_classes=10)
+    layout = Layout("nchwc", 16)
+    assert not layout.applies(mobile)  # depthwise convs: not modelled
+    assert all(k.layout == "plain" for k in layout.all_keys(mobile))
+    grid = set(layout.all_keys(net))
+    for s in [net.min_spec(), net.full_spec(), spec]:
+        assert set(layout.subnet_keys(net, s)) <= grid  # the profiling grid covers every sub-net
+
+
+def test_fit_calibration_picks_memory_terms_only_when_they_help():
+    rng = np.random.default_rng(0)
+    feats = [{"block_sum": float(s), "weight_melems": float(w), "act_melems": float(a)}
+             for s, w, a in rng.uniform([0.2, 0.01, 0.05], [1.0, 0.3, 0.4], size=(20, 3))]
+    plain = np.array([1.2 * f["block_sum"] + 0.05 for f in feats])
+    coef, offset, cv = fit_calibration(feats, plain)
+    assert set(coef) == {"block_sum"} and coef["block_sum"] == pytest.approx(1.2) and cv < 1e-6
+    memory = np.array([0.9 * f["block_sum"] - 0.4 * f["weight_melems"] + 0.3 * f["act_melems"] + 0.1
+                       for f in feats])
+    coef, offset, cv = fit_calibration(feats, memory)
+    assert coef == pytest.approx({"block_sum": 0.9, "weight_melems": -0.4, "act_melems": 0.3})
+    assert offset == pytest.approx(0.1) and cv < 1e-6
+    coef, _, _ = fit_calibration(feats[:6], memory[:6])  # too few sub-nets for three terms
+    assert set(coef) == {"block_sum"}
+
+
+def test_key_features_count_padded_channels():
+    plain = BlockKey("conv", 20, 28, 8, 8, 3, 1, 1)
+    blocked = BlockKey("conv", 20, 28, 8, 8, 3, 1, 1, layout="nchwc16")
+    assert key_features([plain]) == pytest.approx((28 * 20 * 9 / 1e6, 28 * 64 / 1e6))
+    assert key_features([blocked]) == pytest.approx((32 * 32 * 9 / 1e6, 32 * 64 / 1e6))
+
+
+def test_table_rejects_entries_of_another_layout(tmp_path):
+    from edgedyn.profile.table import Entry
+
+    table = LatencyTable(device={"kind": "cpu"}, backend={"name": "onnxruntime"}, layout=PLAIN)
+    table.entries[BlockKey("reorder", 4, 4, 8, 8, layout="nchwc16")] = Entry(0.01)
+    table.save(tmp_path / "t.json")
+    with pytest.raises(ArtifactError, match="t.json: .*layout 'nchwc16' does not match field 'layout'"):
+        LatencyTable.load(tmp_path / "t.json")
+    d = json.loads((tmp_path / "t.json").read_text())
+    d["layout"] = {"kind": "nchwc", "block": 0}
+    (tmp_path / "t.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="field 'layout' is invalid"):
+        LatencyTable.load(tmp_path / "t.json")
