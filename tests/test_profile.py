@@ -89,7 +89,7 @@ def fake(monkeypatch):
 
 
 def cfg(tmp_path, **kw):
-    base = dict(model="resnet20", input_size=16, out=tmp_path / "t.json", calibrate=4, validate=6)
+    base = dict(model="resnet20", input_size=16, out=tmp_path / "t.json", calibrate=4, validate=6, passes=1)
     base.update(kw)
     return ProfileConfig(**base)
 
@@ -135,21 +135,25 @@ def test_interpolation_fills_the_grid(fake, tmp_path):
 
 
 def test_interrupted_profile_resumes(fake, tmp_path):
-    fake.fail_after = 100
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    n_keys = len(all_keys(net))
+    fake.fail_after = n_keys + 40  # in the second of two passes
     with pytest.raises(EdgedynError, match="--resume"):
-        Profiler(cfg(tmp_path, validate=0, chunk=16), log=lambda m: None, progress=False).run()
+        Profiler(cfg(tmp_path, validate=0, chunk=16, passes=2), log=lambda m: None, progress=False).run()
     partial = tmp_path / "t.json.partial.json"
     assert partial.is_file() and not (tmp_path / "t.json").exists()
-    kept = len(json.loads(partial.read_text())["table"]["entries"])
-    assert 0 < kept <= 100
+    passes = json.loads(partial.read_text())["block_passes"]
+    kept = sum(len(v) for v in passes.values())
+    assert n_keys <= kept < n_keys + 40 and len(passes) == n_keys
     fake.fail_after, fake.block_calls = None, 0
-    resumed = Profiler(cfg(tmp_path, validate=0, resume=True), log=lambda m: None, progress=False).run()
-    net = DynamicNet.from_name("resnet20", input_size=16)
-    assert fake.block_calls == len(all_keys(net)) - kept  # nothing measured twice
+    resumed = Profiler(cfg(tmp_path, validate=0, passes=2, resume=True), log=lambda m: None, progress=False).run()
+    assert fake.block_calls == 2 * n_keys - kept  # nothing measured twice
     assert not partial.exists()
+    assert all(e.n == 2 for e in resumed.entries.values())
     fake.block_calls = 0
-    clean = Profiler(cfg(tmp_path, validate=0, out=tmp_path / "clean.json"), log=lambda m: None,
+    clean = Profiler(cfg(tmp_path, validate=0, passes=2, out=tmp_path / "clean.json"), log=lambda m: None,
                      progress=False).run()
+    assert fake.block_calls == 2 * n_keys
     assert resumed.entries.keys() == clean.entries.keys()
     for k, e in clean.entries.items():  # the checkpoint stores ms to 6 decimals (1 ns)
         assert resumed.entries[k].ms == pytest.approx(e.ms, abs=1e-6)

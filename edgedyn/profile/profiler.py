@@ -12,6 +12,7 @@ Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues fr
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import tempfile
@@ -55,7 +56,8 @@ class ProfileConfig:
     roofline_device: Path | None = None
     resume: bool = False
     merge: bool = False
-    chunk: int = 128  # blocks timed together: a large pool keeps each block as cold as in a network
+    chunk: int = 512  # blocks timed together: a large pool leaves each block as cold as in a network
+    passes: int = 3  # each block is timed in this many differently shuffled pools
 
     def resolved(self) -> "ProfileConfig":
         backend, precision = DEVICE_BACKEND_DEFAULTS.get(self.device, ("onnxruntime", "fp32"))
@@ -66,8 +68,8 @@ class ProfileConfig:
             cfg.subsample = 2 if cfg.backend == "tensorrt" else 1
         if cfg.device not in DEVICE_BACKEND_DEFAULTS:
             raise EdgedynError(f"unknown device {cfg.device!r}; choose cpu, cuda or jetson")
-        if cfg.batch < 1 or cfg.subsample < 1 or cfg.calibrate < 0 or cfg.validate < 0:
-            raise EdgedynError("batch and subsample must be >= 1; calibrate and validate >= 0")
+        if cfg.batch < 1 or cfg.subsample < 1 or cfg.calibrate < 0 or cfg.validate < 0 or cfg.passes < 1:
+            raise EdgedynError("batch, subsample and passes must be >= 1; calibrate and validate >= 0")
         return cfg
 
 
@@ -138,6 +140,7 @@ class Profiler:
                                         min_groups=c.min_groups)
         self.partial_path = c.out.with_name(c.out.name + ".partial.json")
         self.options = BackendOptions(device=c.device, precision=c.precision, threads=c.threads)
+        self.block_passes: dict[str, list[float]] = {}  # key -> median of each pass so far (resume)
 
     # -- setup ------------------------------------------------------------------------
     def _new_table(self) -> LatencyTable:
@@ -185,6 +188,7 @@ class Profiler:
                 raise ArtifactError(f"{self.partial_path}: field 'backend.name' is {table.backend.get('name')!r}, "
                                     f"asked for {c.backend!r}")
             whole = obj.get("whole", {})
+            self.block_passes = {k: list(v) for k, v in obj.get("block_passes", {}).items()}
             self.log(f"resuming: {len(table.entries)} blocks and {len(whole)} sub-nets already measured")
             return table, whole
         if c.resume:
@@ -200,7 +204,8 @@ class Profiler:
     def _checkpoint(self, table: LatencyTable, whole: dict[str, dict]) -> None:
         atomic_write_json(self.partial_path, {"schema": PARTIAL_SCHEMA, "config": {k: str(v) for k, v in
                                                                                 asdict(self.cfg).items()},
-                                              "table": table.to_dict(), "whole": whole})
+                                              "table": table.to_dict(), "whole": whole,
+                                              "block_passes": self.block_passes})
 
     # -- phases -----------------------------------------------------------------------
     def run(self) -> LatencyTable:
@@ -245,32 +250,44 @@ class Profiler:
                         f" (not modelled for {self.net.name}: its blocks stay plain)"))
         measure, interp = _subsample_keys(keys, c.subsample)
         todo = [k for k in measure if table.entries.get(k, Entry(0, "interpolated")).source != "measured"]
-        # chunks mix all kinds of blocks, so every block is timed among the same cache traffic
-        todo = [todo[i] for i in np.random.default_rng(0).permutation(len(todo))]
-        self.log(f"{self.net.name}: {len(keys)} distinct blocks; measuring {len(todo)} "
+        self.log(f"{self.net.name}: {len(keys)} distinct blocks; measuring {len(todo)} in {c.passes} passes "
                  f"({len(measure) - len(todo)} already in the table), interpolating {len(interp)}")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="blocks", unit="blk", disable=not self.progress, dynamic_ncols=True)
+        done = self.block_passes
+        bar = tqdm(total=len(todo) * c.passes, initial=sum(min(len(done.get(k.to_str(), [])), c.passes) for k in todo),
+                   desc="blocks", unit="blk", disable=not self.progress, dynamic_ncols=True)
+        protocol = dataclasses.replace(BLOCKS, min_reps=-(-BLOCKS.min_reps // c.passes),
+                                       max_reps=-(-BLOCKS.max_reps // c.passes), target_ms=BLOCKS.target_ms / c.passes)
         last_ckpt = time.monotonic()
+        overheads = []
         # a build directory for backends that compile blocks to files (TensorRT); removed after
         with tempfile.TemporaryDirectory(prefix="edgedyn-blocks-") as tmp:
             make = self._block_runner_factory(Path(tmp))
             empty = self._backend().overhead_runner()
-            overheads = []
-            for i in range(0, len(todo), c.chunk):
-                chunk = todo[i:i + c.chunk]
-                runners = [make(k) for k in chunk] + ([empty] if empty is not None else [])
-                stats = measure_interleaved(runners, BLOCKS, seed=i)
-                for k, st in zip(chunk, stats):
-                    table.entries[k] = Entry(st.median, "measured", st.p10, st.p90, st.iqr, st.n)
-                if empty is not None:
-                    overheads.append(stats[-1].median)
-                del runners
-                bar.update(len(chunk))
-                if time.monotonic() - last_ckpt > 10:
-                    self._checkpoint(table, whole)
-                    last_ckpt = time.monotonic()
+            for p in range(c.passes):
+                # every pass mixes all kinds of blocks in new pools: each block is timed among
+                # several different cache neighbours, and at several moments (drift)
+                left = [k for k in todo if len(done.get(k.to_str(), [])) <= p]
+                left = [left[i] for i in np.random.default_rng(p).permutation(len(left))]
+                for i in range(0, len(left), c.chunk):
+                    chunk = left[i:i + c.chunk]
+                    runners = [make(k) for k in chunk] + ([empty] if empty is not None else [])
+                    stats = measure_interleaved(runners, protocol, seed=p * 100_003 + i)
+                    for k, st in zip(chunk, stats):
+                        done.setdefault(k.to_str(), []).append(st.median)
+                    if empty is not None:
+                        overheads.append(stats[-1].median)
+                    del runners
+                    bar.update(len(chunk))
+                    if time.monotonic() - last_ckpt > 10:
+                        self._checkpoint(table, whole)
+                        last_ckpt = time.monotonic()
+        for k in todo:
+            per_pass = np.array(done.pop(k.to_str()))
+            # the median over passes; p10 / p90 hold the lowest and highest pass (spread across pools)
+            table.entries[k] = Entry(float(np.median(per_pass)), "measured", float(per_pass.min()),
+                                     float(per_pass.max()), None, len(per_pass))
         bar.close()
         if overheads:  # measured alongside every chunk; a resumed or merged run keeps the old one
             table.call_overhead_ms = float(np.median(overheads))
