@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -37,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="digits")
     p.add_argument("--data-limit", type=int, default=None)
     p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--budgets", default="0.25,0.5,0.75,1.0")
+    p.add_argument("--budgets", default="0.3,0.5,0.75,1.0",
+                   help="fractions of the full model's predicted latency (0.25 is below US-Nets' "
+                        "smallest uniform width on CPU tables: fixed overheads)")
     p.add_argument("--channel-groups", type=int, default=4)
     p.add_argument("--group-size", type=int, default=None)
     p.add_argument("--threshold", default="drop:5")
@@ -49,42 +50,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="progressive+latency,progressive+flops,usnet")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (pinned)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="onnxruntime intra-op threads (default: the table's, else all cores)")
     p.add_argument("--cores", default=None, help="CPU cores to pin the timing to, e.g. '0' or '0,1'")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
-    p.add_argument("--iters", type=int, default=30, help="timed runs per sub-net per round")
-    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", default="runs/bench_search")
     return p.parse_args(argv)
 
 
-def measure(onnx_paths: list[Path], input_shape: tuple[int, ...], threads: int, repeats: int, iters: int,
-            warmup: int) -> list[float]:
-    """Median latency (ms) of each model: onnxruntime CPU, fixed threads, interleaved rounds."""
-    import onnxruntime as ort
+def measure(onnx_paths: list[Path], threads: int) -> list[dict]:
+    """Latency of each model as deploy runs it: edgedyn's ONNX Runtime session settings (pinned
+    threads, no spinning, full graph optimization) and the profiler's whole-sub-net protocol
+    (warm-up, interleaved rounds, median, p10 / p90)."""
+    from edgedyn.backends import BackendOptions
+    from edgedyn.backends.onnxruntime import OrtRunner
+    from edgedyn.profile.measure import WHOLE_NET, measure_interleaved
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in onnx_paths]
-    x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
-    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for s, f in zip(sessions, feeds):
-        for _ in range(warmup):
-            s.run(None, f)
-    rounds: list[list[float]] = [[] for _ in sessions]
-    for r in range(repeats):
-        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
-        for i in order:
-            times = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                sessions[i].run(None, feeds[i])
-                times.append(time.perf_counter() - t)
-            rounds[i].append(statistics.median(times) * 1e3)
-    return [statistics.median(r) for r in rounds]
+    opts = BackendOptions(device="cpu", threads=threads)
+    runners = [OrtRunner(str(p), opts) for p in onnx_paths]
+    return [st.to_dict() for st in measure_interleaved(runners, WHOLE_NET, seed=0)]
+
+
+def at_equal_latency(rows: list[dict], a: str, b: str) -> list[dict]:
+    """For each pick of method ``b``: the best test accuracy method ``a`` reaches within the same
+    MEASURED latency, beside ``b``'s. A positive ``gain`` means ``a`` is more accurate there."""
+    out = []
+    pa = [r for r in rows if r["method"] == a]
+    for r in (r for r in rows if r["method"] == b):
+        fit = [q for q in pa if q["measured_ms"] <= r["measured_ms"] * 1.02]  # 2%: timing noise
+        if not fit:
+            out.append({"budget": r["budget"], "measured_ms": r["measured_ms"], b: r["test_accuracy"], a: None,
+                        "gain": None})
+            continue
+        best = max(fit, key=lambda q: q["test_accuracy"])
+        out.append({"budget": r["budget"], "measured_ms": r["measured_ms"], b: r["test_accuracy"],
+                    a: best["test_accuracy"], f"{a}_measured_ms": best["measured_ms"],
+                    "gain": best["test_accuracy"] - r["test_accuracy"]})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,11 +153,20 @@ def main(argv: list[str] | None = None) -> int:
                          "params": s.params,
                          "predicted_ms": predictor.cost(res.net, s.spec) if predictor is not None else None,
                          "test_accuracy": s.test_accuracy, "holdout_accuracy": s.holdout_accuracy})
-    shape = (1, *next(iter(runs.values())).net.input_shape[1:])
-    torch.set_num_threads(max(1, args.threads))
-    measured = measure(paths, shape, args.threads, args.repeats, args.iters, args.warmup)
-    for row, ms in zip(rows, measured):
-        row["measured_ms"] = ms
+    threads = args.threads or (table.backend.get("threads") if table is not None else None)
+    if threads is None:
+        from edgedyn.backends.onnxruntime import default_threads
+
+        threads = default_threads()
+    torch.set_num_threads(max(1, threads))
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        if load > 0.5 * (os.cpu_count() or 1):
+            print(f"warning: load average {load:.2f} while timing; measured latencies are disturbed",
+                  file=sys.stderr)
+    print(f"timing {len(paths)} sub-nets (onnxruntime CPU, {threads} threads, interleaved)", file=sys.stderr)
+    for row, st in zip(rows, measure(paths, threads)):
+        row["measured_ms"], row["measured_p10_ms"], row["measured_p90_ms"] = st["ms"], st["p10"], st["p90"]
 
     summary = {m: sum(r["test_accuracy"] for r in rows if r["method"] == m) / max(1, sum(r["method"] == m for r in rows))
                for m in runs}
@@ -168,11 +178,22 @@ def main(argv: list[str] | None = None) -> int:
     print("average test accuracy over budgets:")
     for m, acc in summary.items():
         print(f"  {m:<22}{100 * acc:6.2f}%")
+    equal = {}
+    if "progressive+latency" in runs and "progressive+flops" in runs:
+        equal = {"progressive+latency_vs_flops": at_equal_latency(rows, "progressive+latency", "progressive+flops")}
+        print("at equal measured latency (best latency-steered pick within each FLOPs-steered pick's latency):")
+        for e in equal["progressive+latency_vs_flops"]:
+            if e["gain"] is None:
+                print(f"  {e['measured_ms']:.3f} ms: no latency-steered pick that fast")
+            else:
+                print(f"  {e['measured_ms']:.3f} ms: flops {100 * e['progressive+flops']:.2f}%  latency "
+                      f"{100 * e['progressive+latency']:.2f}%  gain {100 * e['gain']:+.2f}")
     doc = {"schema": "edgedyn.bench_search/1", "args": vars(args), "table": args.table,
            "table_measured": table.measured if table is not None else None,
-           "timing": {"backend": "onnxruntime-cpu", "threads": args.threads, "cores": args.cores,
-                      "repeats": args.repeats, "iters": args.iters, "warmup": args.warmup, "stat": "median"},
-           "rows": rows, "average_test_accuracy": summary,
+           "timing": {"backend": "onnxruntime-cpu", "threads": threads, "cores": args.cores,
+                      "protocol": "edgedyn.profile.measure.WHOLE_NET", "stat": "median",
+                      "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+           "device": _device(), "rows": rows, "average_test_accuracy": summary, "equal_latency": equal,
            "runs": {m: str(r.out_dir) for m, r in runs.items()}}
     from edgedyn.artifacts import atomic_write_json
 
@@ -183,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
          [Path(r.out_dir) for r in list(runs.values())[1:]])
     print(f"wrote {out / 'bench_search.json'} and {out / 'bench_search.png'}")
     return 0
+
+
+def _device() -> dict:
+    from edgedyn.device import device_fingerprint, device_info
+
+    info = device_info("cpu")
+    info["fingerprint"] = device_fingerprint(info)
+    return info
 
 
 def _plot(rows: list[dict], path: Path) -> None:

@@ -227,8 +227,15 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     suffix = ".opt.onnx" if backend == "onnxruntime" else be.artifact_suffix
     records: list[SubnetRecord] = []
     runners: list[Any] = []
+    by_spec: dict[Any, SubnetRecord] = {}
     for sub in run.subnets:
         i, spec = sub.index, sub.spec
+        if spec in by_spec:  # several budgets picked the same sub-net: one artifact serves them all
+            by_spec[spec].budgets.append(sub.budget)
+            log.info("sub-net %d %s is sub-net %d's spec: deployed once, serving budgets %s", i, spec,
+                     by_spec[spec].index, [b.get("text") for b in by_spec[spec].budgets if b])
+            continue
+        i = len(records)
         label = f"sub-net {i} {spec}"
         model = net.extract(spec).cpu().eval()
         onnx_path = export_onnx(model, torch.zeros(shape), tmp / f"subnet{i}.onnx")
@@ -289,7 +296,8 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
             predicted = float(sub.cost)
         records.append(SubnetRecord(index=i, spec=spec, files={k: v for k, v in files.items()}, macs=int(sub.macs),
                                     params=int(sub.params), predicted_ms=predicted, accuracy=accuracy,
-                                    budget=sub.budget))
+                                    budget=sub.budget, budgets=[sub.budget] if sub.budget else []))
+        by_spec[spec] = records[-1]
 
     notes = []
     if runners:
@@ -300,6 +308,10 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     else:
         notes.append(f"{backend} artifacts were built but not executed here (no CUDA GPU): "
                      "latency and accuracy of the built engines are unmeasured")
+
+    checks = deploy_checks(records)
+    for problem in checks.get("problems", []):
+        log.warning("%s", problem)
 
     shared: dict[str, Path] = {}
     if cache is not None:
@@ -329,7 +341,48 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
         files={role: file_record(tmp, p) for role, p in shared.items()},
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
+        checks=checks,
     )
+
+
+#: A deployed sub-net's measured median may differ from the table's prediction by this much.
+PREDICTION_TOLERANCE = 0.10
+
+
+def deploy_checks(records: Sequence[SubnetRecord]) -> dict[str, Any]:
+    """What deploy verifies of the measured sub-nets (recorded in the manifest, warned about).
+
+    - every measured median within ``PREDICTION_TOLERANCE`` of the table's prediction;
+    - from the smallest sub-net to the largest (by MACs; the searched sub-nets are nested),
+      measured latency and test accuracy both rise strictly.
+    """
+    out: dict[str, Any] = {"problems": []}
+    measured = [r for r in records if r.measured and r.measured.get("median") is not None]
+    errors = {r.index: r.measured["median"] / r.predicted_ms - 1.0 for r in measured if r.predicted_ms}
+    if errors:
+        out["prediction_error"] = {str(i): round(e, 4) for i, e in errors.items()}
+        out["prediction_within_10pct"] = all(abs(e) <= PREDICTION_TOLERANCE for e in errors.values())
+        for i, e in errors.items():
+            if abs(e) > PREDICTION_TOLERANCE:
+                out["problems"].append(f"sub-net {i}: measured latency is {100 * e:+.1f}% off the table's "
+                                       f"prediction (tolerance {100 * PREDICTION_TOLERANCE:.0f}%)")
+    ordered = sorted(measured, key=lambda r: (r.macs, r.index))
+    acc = [r.accuracy.get("test") for r in ordered]
+    if len(ordered) > 1:
+        lat = [r.measured["median"] for r in ordered]
+        out["latency_rising"] = all(a < b for a, b in zip(lat, lat[1:]))
+        for lo, hi in zip(ordered, ordered[1:]):
+            if not lo.measured["median"] < hi.measured["median"]:
+                out["problems"].append(f"sub-net {hi.index} is larger than sub-net {lo.index} but not slower "
+                                       f"({hi.measured['median']:.3f} vs {lo.measured['median']:.3f} ms)")
+        if all(a is not None for a in acc):
+            out["accuracy_rising"] = all(a < b for a, b in zip(acc, acc[1:]))
+            for lo, hi in zip(ordered, ordered[1:]):
+                if not lo.accuracy["test"] < hi.accuracy["test"]:
+                    out["problems"].append(
+                        f"sub-net {hi.index} is larger than sub-net {lo.index} but not more accurate "
+                        f"({100 * hi.accuracy['test']:.2f}% vs {100 * lo.accuracy['test']:.2f}%)")
+    return out
 
 
 def _sha(path: Path) -> str | None:

@@ -62,7 +62,8 @@ class SubnetRecord:
     predicted_ms: float | None = None
     measured: dict[str, Any] | None = None  # median, p90, p99, n (ms)
     accuracy: dict[str, Any] = field(default_factory=dict)
-    budget: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None  # the smallest budget this sub-net serves
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # every budget the search picked it for
 
     @property
     def model_file(self) -> str:
@@ -76,7 +77,8 @@ class SubnetRecord:
         return self.predicted_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "spec": self.spec.to_dict(), "budget": self.budget, "macs": self.macs,
+        return {"index": self.index, "spec": self.spec.to_dict(), "budget": self.budget,
+                "budgets": self.budgets or ([self.budget] if self.budget else []), "macs": self.macs,
                 "params": self.params, "files": self.files, "predicted_ms": self.predicted_ms,
                 "measured": self.measured, "accuracy": self.accuracy}
 
@@ -111,6 +113,7 @@ class SubnetRecord:
             measured=measured,
             accuracy=accuracy,
             budget=obj.get("budget"),
+            budgets=list(obj.get("budgets") or ([obj["budget"]] if obj.get("budget") else [])),
         )
 
 
@@ -141,6 +144,7 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)  # deploy's checks of the measured sub-nets
     path: Path | None = None  # the manifest file, when loaded or saved
 
     @property
@@ -174,6 +178,7 @@ class Manifest:
             "calibration": self.calibration,
             "files": self.files,
             "notes": self.notes,
+            "checks": self.checks,
             "subnets": [s.to_dict() for s in self.subnets],
         }
 
@@ -220,6 +225,7 @@ class Manifest:
             files=files,
             created=str(obj.get("created", "")),
             notes=list(obj.get("notes") or []),
+            checks=dict(obj.get("checks") or {}),
             path=path,
         )
 

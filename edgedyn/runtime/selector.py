@@ -26,7 +26,9 @@ returned, and ``info.met`` tells whether the observed latency met the budget
 Concurrency
 -----------
 ``infer`` may be called from many threads. One lock guards selection and statistics
-(held for a few microseconds, never during inference). Each sub-net has one session;
+(held for a few microseconds, never during inference): after each call, under that lock,
+the statistics are updated and the decision for the same budget is made in advance, so a
+call whose budget repeats the previous one takes the lock once. Each sub-net has one session;
 ONNX Runtime sessions run concurrent calls safely. TensorRT runners share one activation
 buffer and stream, so their executions are serialised by a second lock.
 
@@ -254,6 +256,7 @@ class Selector:
             self._current = self.fixed_subnet if self.policy == "fixed" else self._order[0]
             self._since_switch = 0
             self._mean, self._dev = 1.0, 0.0
+            self._next: tuple = (None, 0, "")
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of use counts, misses, switches and errors."""
@@ -300,6 +303,7 @@ class Selector:
         """Record an observed latency of ``subnet`` (``infer`` calls this; tests inject timings)."""
         with self._lock:
             self._observe(subnet, latency_ms, budget_ms)
+            self._next = (None, 0, "")
 
     def _observe(self, i: int, ms: float, budget: float | None) -> None:
         self.counts[i] += 1
@@ -334,8 +338,12 @@ class Selector:
             raise ValueError(self._input_error(x))
         budget = self.budget_ms if budget_ms is None else budget_ms
         lock = self._lock
-        with lock:
-            i, reason = self._decide(budget)
+        nxt = self._next  # decided right after the previous call, for its budget (one lock per call)
+        if nxt[0] == budget and nxt[0] is not None:
+            i, reason = nxt[1], nxt[2]
+        else:
+            with lock:
+                i, reason = self._decide(budget)
         runner = self._runners[i]
         try:
             if self._exec_lock is None:
@@ -353,6 +361,8 @@ class Selector:
             raise
         with lock:
             self._observe(i, ms, budget)
+            if budget is not None:
+                self._next = (budget, *self._decide(budget))
         return out, InferInfo(i, self._specs[i], ms, budget, budget is None or ms <= budget, self.policy, reason)
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ resumed run gives the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import logging
 import random
@@ -189,7 +191,7 @@ class _Run:
         if not self.holdout:
             raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
-                                      "path": [], "steps": []}
+                                      "path": [], "steps": [], "selection": None}
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
         self.check_budgets()
 
@@ -357,10 +359,25 @@ class _Run:
         if self.c.method == "usnet":
             points = uniform_points(self.net, self.cost_model)
             return pick(points, self.budgets, self.full_cost, self.cost_model.unit, prefer="cost")
+        if self.state.get("selection"):  # resumed after the selection: the same picks
+            return [(next(b for b in self.budgets if b.text == d["budget"]), PathPoint.from_dict(d["point"]))
+                    for d in self.state["selection"]]
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
-        front = pareto(path)
-        log.info("re-selection: %d path points, %d on the Pareto front", len(path), len(front))
-        return pick(front, self.budgets, self.full_cost, self.cost_model.unit)
+        # Each point's accuracy was taken when the search reached it; fine-tuning further down the
+        # path has changed the shared weights since. Re-score every distinct point on the weights
+        # the joint training starts from, so the Pareto filter compares like with like (otherwise a
+        # freshly fine-tuned small sub-net looks better than the larger ones before it).
+        scored: dict[SubnetSpec, float] = {}
+        for p in path:
+            if p.spec not in scored:
+                scored[p.spec] = self.evaluate(p.spec)
+        now = [dataclasses.replace(p, accuracy=scored[p.spec]) for p in path]
+        front = pareto(now)
+        log.info("re-selection: %d path points re-scored on the searched weights, %d on the Pareto front",
+                 len(path), len(front))
+        picks = pick(front, self.budgets, self.full_cost, self.cost_model.unit)
+        self.state["selection"] = [{"budget": b.text, "point": p.to_dict()} for b, p in picks]
+        return picks
 
     def joint(self, chosen: list[SubnetSpec]) -> None:
         if self.c.method == "usnet":
