@@ -354,3 +354,30 @@ def test_cli_deploy(run_dir: Path, tmp_path: Path) -> None:
     verify_files(Manifest.load(out))
     res = CliRunner().invoke(group, ["deploy", "--run", str(tmp_path / "nope"), "--out", str(out)])
     assert res.exit_code == 2 and res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+
+
+def test_deploy_checks_flag_prediction_error_and_non_rising_subnets() -> None:
+    from edgedyn.deploy.build import deploy_checks
+    from edgedyn.deploy.manifest import SubnetRecord
+    from edgedyn.dynamic import SubnetSpec
+
+    def rec(i, macs, pred, med, acc):
+        return SubnetRecord(index=i, spec=SubnetSpec((i + 1,)), files={}, macs=macs, params=1, predicted_ms=pred,
+                            measured={"median": med, "p90": med, "p99": med}, accuracy={"test": acc})
+
+    good = deploy_checks([rec(0, 10, 1.0, 1.05, 0.8), rec(1, 20, 2.0, 1.9, 0.9)])
+    assert good["prediction_within_10pct"] and good["latency_rising"] and good["accuracy_rising"]
+    assert good["problems"] == [] and good["prediction_error"] == {"0": 0.05, "1": -0.05}
+    bad = deploy_checks([rec(0, 10, 1.0, 1.3, 0.9), rec(1, 20, 2.0, 1.2, 0.9)])
+    assert not bad["prediction_within_10pct"] and not bad["latency_rising"] and not bad["accuracy_rising"]
+    assert len(bad["problems"]) == 4 and "+30.0% off" in bad["problems"][0]
+
+
+def test_duplicate_picks_deploy_once(tmp_path: Path, fast_export) -> None:
+    run = make_run_dir(tmp_path / "run", ratios=(0.5, 0.5, 1.0))
+    m = deploy(run, out=tmp_path / "b", **FAST)
+    assert len(m.subnets) == 2
+    assert [b["text"] for b in m.subnets[0].budgets] == ["0.5", "0.5"] and m.subnets[0].budget["text"] == "0.5"
+    assert {r.index for r in m.subnets} == {0, 1}
+    reloaded = Manifest.load(tmp_path / "b")
+    assert len(reloaded.subnets[0].budgets) == 2 and "latency_rising" in reloaded.checks

@@ -274,3 +274,17 @@ def test_cli_run_reports_use_latency_misses_switches(bundle: Path, tmp_path: Pat
     assert res.exit_code == 2 and res.output.strip().startswith("error:") and "file not found" in res.output
     res = r.invoke(group, ["run", "--bundle", str(bundle), "--requests", "3", "--duration", "1"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_decision_made_ahead_follows_the_state() -> None:
+    """infer() reuses the decision taken after the previous call only for the same budget, and
+    that decision reflects the observation just made."""
+    sel = fake_selector("adaptive", dwell=1000, alpha=0.5)
+    assert sel.infer(X, 4.5)[1].subnet == 2
+    for _ in range(4):
+        sel.observe(2, 12.0, 4.5)  # contention (observe() discards the decision made ahead)
+    assert sel.infer(X, 4.5)[1].subnet == 0
+    info = sel.infer(X, 100.0)[1]  # another budget: decided afresh (the dwell holds the step up)
+    assert info.subnet == 0 and info.reason == "hysteresis"
+    sel2 = fake_selector("budget")
+    assert [sel2.infer(X, b)[1].subnet for b in (4.0, 4.0, 1.5, 1.5, 4.0)] == [2, 2, 0, 0, 2]
