@@ -92,6 +92,8 @@ def _model_options(f):
 @click.option("--threads", type=int, default=None, help="Pinned CPU threads (default: all available cores).")
 @click.option("--subsample", type=int, default=None,
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
+@click.option("--passes", type=int, default=3, show_default=True,
+              help="Time every block in this many differently shuffled pools (median).")
 @click.option("--calibrate", type=int, default=24, show_default=True, help="Whole sub-nets for the calibration fit.")
 @click.option("--validate", type=int, default=0, show_default=True,
               help="Measure K other random sub-nets end to end and report the table's accuracy.")
@@ -102,14 +104,15 @@ def _model_options(f):
 @click.option("--merge", is_flag=True, help="Add this model's blocks to an existing table at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def profile(model_name, input_size, num_classes, channel_groups, group_size, min_groups, device, backend, precision,
-            batch, threads, subsample, calibrate, validate, roofline_device, out, resume, merge, quiet) -> None:
+            batch, threads, subsample, passes, calibrate, validate, roofline_device, out, resume, merge,
+            quiet) -> None:
     """Measure per-block latency on this device and write a latency lookup table."""
     from .profile.profiler import ProfileConfig, profile as run_profile
 
     cfg = ProfileConfig(model=model_name, input_size=input_size, num_classes=num_classes, device=device,
                         backend=backend, precision=precision, batch=batch, threads=threads,
                         channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
-                        subsample=subsample, calibrate=calibrate, validate=validate,
+                        subsample=subsample, passes=passes, calibrate=calibrate, validate=validate,
                         roofline_device=roofline_device, resume=resume, merge=merge,
                         out=out or Path("profiles") / f"{device}-{model_name}.json").resolved()
     if cfg.device == "jetson" and cfg.backend != "roofline":

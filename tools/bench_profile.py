@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20@32,resnet18@224")
     ap.add_argument("--validate", type=int, default=30)
     ap.add_argument("--calibrate", type=int, default=24)
+    ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default=None)
     ap.add_argument("--precision", default=None)
@@ -37,13 +38,15 @@ def main() -> None:
         cfg = ProfileConfig(model=name, input_size=int(size) if size else None, device=args.device,
                             backend=args.backend, precision=args.precision, threads=args.threads,
                             group_size=args.group_size,
-                            calibrate=args.calibrate, validate=args.validate,
+                            calibrate=args.calibrate, validate=args.validate, passes=args.passes,
                             out=args.tables / f"{args.device}-{name}-{size or 'default'}"
                                             f"{f'-g{args.group_size}' if args.group_size else ''}.json")
         table = profile(cfg, progress=False)
         val = next(v for v in table.validation.values() if v["model"] == f"{name}@{size}" or not size)
         rows.append({"model": val["model"], "group_size": args.group_size, "backend": table.backend["name"], "backend_version": table.backend["version"],
                      "threads": table.backend.get("threads"), "precision": table.precision, "batch": table.batch,
+                     "layout": table.layout.tag, "passes": args.passes, "calibration_terms": sorted(
+                         next(c.coef for c in table.calibration.values() if c.model == val["model"])),
                      "profile_seconds": table.backend["profile_seconds"], "blocks": len(table.entries),
                      **{k: val[k] for k in ("k", "mape", "within_10pct", "spearman_table", "spearman_flops")},
                      "table": str(cfg.out), "device": table.device})
