@@ -265,7 +265,7 @@ def test_cli_run_reports_use_latency_misses_switches(bundle: Path, tmp_path: Pat
     group = _Group(name="edgedyn", commands={"run": run_cmd, "deploy": deploy_cmd})
     r = CliRunner()
     res = r.invoke(group, ["run", "--bundle", str(bundle), "--policy", "adaptive", "--requests", "60",
-                           "--ramp", "5:0.0001", "--input", "calib/digits_32.npy", "--json", str(tmp_path / "r.json")])
+                           "--ramp", "50:0.0001", "--input", "calib/digits_32.npy", "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     assert "policy adaptive: 60 requests" in res.output and "p99 ms" in res.output and "switches" in res.output
     rep = json.loads((tmp_path / "r.json").read_text())

@@ -46,6 +46,15 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
         click.echo(f"{s.index:>7} {s.macs / 1e6:>8.2f} {f(s.predicted_ms):>8} {f(meas.get('median')):>8} "
                    f"{f(meas.get('p90')):>8} {f(meas.get('p99')):>8} {f(acc.get('test')):>6} "
                    f"{f(acc.get('delta'), '+.3f'):>6} {f(acc.get('agreement')):>6}")
+    checks = m.checks
+    if "prediction_within_10pct" in checks:
+        errs = ", ".join(f"{100 * e:+.1f}%" for e in checks["prediction_error"].values())
+        click.echo(f"measured vs predicted: {errs} (all within 10%: {'yes' if checks['prediction_within_10pct'] else 'no'})")
+    if "latency_rising" in checks:
+        click.echo(f"latency rises with size: {'yes' if checks['latency_rising'] else 'no'}; accuracy rises: "
+                   f"{'yes' if checks.get('accuracy_rising') else 'no' if 'accuracy_rising' in checks else '-'}")
+    for problem in checks.get("problems", []):
+        click.echo(f"warning: {problem}", err=True)
     for note in m.notes:
         click.echo(f"note: {note}")
 
@@ -55,6 +64,8 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
 @click.option("--budget-ms", type=float, default=None, help="Latency budget per request (ms).")
 @click.option("--policy", type=click.Choice(["budget", "fixed", "adaptive"]), default="budget", show_default=True)
 @click.option("--subnet", type=int, default=None, help="Sub-net index for --policy fixed (default: most accurate).")
+@click.option("--quantile", type=click.Choice(["p99", "p90", "median"]), default="p99", show_default=True,
+              help="Which deploy-time latency a sub-net must fit the budget with (a budget is a deadline).")
 @click.option("--requests", type=int, default=None, help="Serve this many requests (default 1000).")
 @click.option("--duration", type=float, default=None, help="Or serve for this many seconds.")
 @click.option("--input", "input_path", default=None, type=click.Path(),
@@ -65,7 +76,7 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
 @click.option("--threads", type=int, default=None, help="Override the bundle's CPU thread count.")
 @click.option("--allow-other-device", is_flag=True, help="Load a bundle deployed on another device (testing only).")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON.")
-def run(bundle, budget_ms, policy, subnet, requests, duration, input_path, schedule, ramp, threads,
+def run(bundle, budget_ms, policy, subnet, quantile, requests, duration, input_path, schedule, ramp, threads,
         allow_other_device, json_out) -> None:
     """Serve requests from a bundle under a latency budget and report sub-net use and misses."""
     from ..artifacts import atomic_write_json
@@ -80,7 +91,7 @@ def run(bundle, budget_ms, policy, subnet, requests, duration, input_path, sched
         raise EdgedynError("--budget-ms must be > 0")
     budget = make_budget(budget_ms, schedule, ramp, requests, duration)
     with Selector.load(bundle, policy, budget_ms=budget_ms, subnet=subnet, threads=threads,
-                       allow_other_device=allow_other_device) as selector:
+                       allow_other_device=allow_other_device, quantile=quantile) as selector:
         inputs = load_inputs(input_path, selector.manifest.input_shape)
         report = serve(selector, inputs, requests=requests, duration_s=duration, budget=budget)
     click.echo(report.format())

@@ -6,8 +6,10 @@ backend), loads every sub-net once and serves ``infer(x, budget_ms)``.
 Policies
 --------
 - ``fixed``: always the given sub-net (default: the most accurate).
-- ``budget``: the most accurate sub-net whose measured median latency (manifest, taken on
-  this device at deploy time) fits the budget.
+- ``budget``: the most accurate sub-net whose expected latency fits the budget. A budget is
+  a per-request deadline, so the expected latency is a *tail* of the latency measured on
+  this device at deploy time (``quantile``: ``p99`` by default; ``p90`` or ``median``),
+  or the table's prediction where nothing was measured.
 - ``adaptive``: like ``budget``, but every expected latency is scaled by a *slowdown
   factor* tracked online: each call's observed latency divided by that sub-net's idle
   median (clipped at ``clip``, so one stall of a shared machine does not count as
@@ -88,6 +90,7 @@ class Selector:
         up_margin: float = 0.1,
         dwell: int = 128,
         clip: float = 4.0,
+        quantile: str = "p99",
         exec_lock: threading.Lock | None = None,
         shared_memory: Any = None,
     ) -> None:
@@ -110,7 +113,12 @@ class Selector:
             missing = next(i for i, b in enumerate(base) if b is None)
             raise EdgedynError(f"{manifest.path}: subnets[{missing}] has no measured or predicted latency; "
                                f"policy {policy!r} needs one (re-deploy on the device, or use policy fixed)")
-        self._base = [float(b) if b is not None else float(s.macs) for b, s in zip(base, manifest.subnets)]
+        if quantile not in ("median", "p90", "p99"):
+            raise EdgedynError(f"quantile {quantile!r} is unknown; choose median, p90 or p99")
+        self.quantile = quantile
+        self._median = [float(b) if b is not None else float(s.macs) for b, s in zip(base, manifest.subnets)]
+        # what decisions compare with the budget: the chosen tail of the deploy-time measurement
+        self._base = [float((s.measured or {}).get(quantile) or m) for s, m in zip(manifest.subnets, self._median)]
         # most accurate first: deployed test accuracy, then the search's, then size
         def rank_key(i: int) -> tuple:
             acc = manifest.subnets[i].accuracy
@@ -160,7 +168,8 @@ class Selector:
         missing file, a bundle made for another device fingerprint (unless
         ``allow_other_device``), or for another backend than ``backend`` when given.
         ``threads`` overrides the manifest's CPU thread count. ``adaptive`` passes
-        ``alpha``, ``k_dev``, ``up_margin``, ``dwell``, ``clip`` to the adaptive policy.
+        ``alpha``, ``k_dev``, ``up_margin``, ``dwell``, ``clip`` to the adaptive policy, and
+        ``quantile`` (median, p90, p99) to every policy.
         """
         from ..backends import BackendOptions, get_backend
 
@@ -231,8 +240,14 @@ class Selector:
 
     @property
     def expected_ms(self) -> list[float]:
-        """Idle expected latency per sub-net (manifest's measured median, else predicted)."""
+        """Idle expected latency per sub-net, as decisions use it (the ``quantile`` of the
+        deploy-time measurement, else the table's prediction)."""
         return list(self._base)
+
+    @property
+    def median_ms(self) -> list[float]:
+        """Idle median latency per sub-net (the adaptive slowdown's reference)."""
+        return list(self._median)
 
     @property
     def slowdown(self) -> float:
@@ -316,7 +331,7 @@ class Selector:
             self._current = i
             self._since_switch = 0
         self._since_switch += 1
-        ratio = ms / self._base[i]
+        ratio = ms / self._median[i]
         err = (ratio if ratio < self._clip else self._clip) - self._mean
         self._mean += self._alpha * err
         self._dev += self._alpha * ((err if err >= 0.0 else -err) - self._dev)
