@@ -15,7 +15,6 @@ resumed run gives the same result as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 
 import io
 import logging
@@ -363,18 +362,12 @@ class _Run:
             return [(next(b for b in self.budgets if b.text == d["budget"]), PathPoint.from_dict(d["point"]))
                     for d in self.state["selection"]]
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
-        # Each point's accuracy was taken when the search reached it; fine-tuning further down the
-        # path has changed the shared weights since. Re-score every distinct point on the weights
-        # the joint training starts from, so the Pareto filter compares like with like (otherwise a
-        # freshly fine-tuned small sub-net looks better than the larger ones before it).
-        scored: dict[SubnetSpec, float] = {}
-        for p in path:
-            if p.spec not in scored:
-                scored[p.spec] = self.evaluate(p.spec)
-        now = [dataclasses.replace(p, accuracy=scored[p.spec]) for p in path]
-        front = pareto(now)
-        log.info("re-selection: %d path points re-scored on the searched weights, %d on the Pareto front",
-                 len(path), len(front))
+        # Each point keeps the held-out accuracy it had when the search reached it (after that
+        # step's fine-tuning), as in the paper. Re-scoring every point on the final search weights
+        # was tried and is worse: those weights were last fine-tuned for the smallest sub-nets, so
+        # the larger ones score low and the filter keeps almost only the smallest.
+        front = pareto(path)
+        log.info("re-selection: %d path points, %d on the Pareto front", len(path), len(front))
         picks = pick(front, self.budgets, self.full_cost, self.cost_model.unit)
         self.state["selection"] = [{"budget": b.text, "point": p.to_dict()} for b, p in picks]
         return picks
