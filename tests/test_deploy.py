@@ -350,7 +350,9 @@ def test_cli_deploy(run_dir: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(group, ["deploy", "--run", str(run_dir), "--out", str(out), "--threads", "1",
                                      "--measure-iters", "5"])
     assert res.exit_code == 0, res.output
-    assert "p99 ms" in res.output and len(res.output.strip().splitlines()) == 2 + len(RATIOS)
+    assert "p99 ms" in res.output and "latency rises with size:" in res.output
+    rows = [ln.split()[0] for ln in res.output.splitlines() if ln.split() and ln.split()[0].isdigit()]
+    assert rows == [str(i) for i in range(len(RATIOS))]
     verify_files(Manifest.load(out))
     res = CliRunner().invoke(group, ["deploy", "--run", str(tmp_path / "nope"), "--out", str(out)])
     assert res.exit_code == 2 and res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
