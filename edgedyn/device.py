@@ -424,3 +424,28 @@ def main() -> None:  # pragma: no cover - manual inspection helper
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def busy_fraction(seconds: float = 1.0) -> float | None:
+    """Share of all CPU time spent busy over the next ``seconds`` while this process sleeps:
+    how loaded the machine is by *others* right before a timing run (Linux; None elsewhere).
+
+    The load average lags by about a minute, so it still shows a training phase that just
+    ended; this looks at the machine now.
+    """
+    import time
+
+    def snapshot() -> tuple[int, int] | None:
+        text = _read_text("/proc/stat")
+        if not text or not text.startswith("cpu "):
+            return None
+        vals = [int(v) for v in text.splitlines()[0].split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals[:8]) - idle, sum(vals[:8])
+
+    a = snapshot()
+    time.sleep(seconds)
+    b = snapshot()
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return round((b[0] - a[0]) / (b[1] - a[1]), 3)

@@ -172,3 +172,10 @@ def test_jtop_probe_is_none_without_jetson_stats():
         assert dv._probe_jtop() is None
     else:  # pragma: no cover - only on a machine with jetson-stats
         pytest.skip("jetson-stats installed")
+
+
+def test_busy_fraction_is_a_share_of_cpu_time():
+    from edgedyn.device import busy_fraction
+
+    busy = busy_fraction(0.05)
+    assert busy is None or 0.0 <= busy <= 1.0

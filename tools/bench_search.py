@@ -159,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
 
         threads = default_threads()
     torch.set_num_threads(max(1, threads))
-    if hasattr(os, "getloadavg"):
-        load = os.getloadavg()[0]
-        if load > 0.5 * (os.cpu_count() or 1):
-            print(f"warning: load average {load:.2f} while timing; measured latencies are disturbed",
-                  file=sys.stderr)
+    from edgedyn.device import busy_fraction
+
+    busy = busy_fraction(1.0)
+    if busy is not None and busy > 0.1:
+        print(f"warning: the CPUs are {100 * busy:.0f}% busy with other work while timing; measured latencies "
+              "are disturbed", file=sys.stderr)
     print(f"timing {len(paths)} sub-nets (onnxruntime CPU, {threads} threads, interleaved)", file=sys.stderr)
     for row, st in zip(rows, measure(paths, threads)):
         row["measured_ms"], row["measured_p10_ms"], row["measured_p90_ms"] = st["ms"], st["p10"], st["p90"]
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
            "table_measured": table.measured if table is not None else None,
            "timing": {"backend": "onnxruntime-cpu", "threads": threads, "cores": args.cores,
                       "protocol": "edgedyn.profile.measure.WHOLE_NET", "stat": "median",
-                      "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
+                      "cpu_busy_before_timing": busy},
            "device": _device(), "rows": rows, "average_test_accuracy": summary, "equal_latency": equal,
            "runs": {m: str(r.out_dir) for m, r in runs.items()}}
     from edgedyn.artifacts import atomic_write_json

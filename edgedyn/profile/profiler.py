@@ -160,6 +160,13 @@ class Profiler:
         info["fingerprint"] = device_fingerprint(info)
         if hasattr(os, "getloadavg"):
             info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+        from ..device import busy_fraction
+
+        busy = busy_fraction(0.5)
+        if busy is not None:
+            info["cpu_busy_at_start"] = busy
+            if busy > 0.1 and c.backend != "roofline":
+                self.log(f"warning: the CPUs are {100 * busy:.0f}% busy with other work; timings will be disturbed")
         threads = c.threads
         if threads is None and c.backend == "onnxruntime":
             from ..backends.onnxruntime import default_threads
