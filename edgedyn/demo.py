@@ -96,21 +96,25 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
     up = serve(selector, inputs, requests=requests - half, budget=ramp_budget(f"{lo:.4f}:{hi:.4f}",
                                                                              float(requests - half)))
     rows = []
-    for chosen, sub in zip(result["subnets"], manifest.subnets):
-        rows.append({"budget": chosen["budget"].get("text"), "widths": chosen["widths"],
-                     "mmacs": chosen["macs"] / 1e6, "predicted_ms": sub.predicted_ms,
-                     "measured_ms": sub.measured["median"], "test_acc": chosen.get("test_accuracy")})
-    summary = {"model": model, "data": data, "table": str(table_path), "validation": val and
+    for sub in manifest.subnets:  # one per distinct sub-net; budgets that chose the same one share it
+        rows.append({"budget": ",".join(str(b.get("text")) for b in sub.budgets) or "-",
+                     "widths": list(sub.spec.widths), "mmacs": sub.macs / 1e6, "predicted_ms": sub.predicted_ms,
+                     "measured_ms": sub.measured["median"], "test_acc": sub.accuracy.get("test")})
+    summary = {"model": model, "data": data, "table": str(table_path), "search_budgets": budgets,
+               "picks": [{"budget": c["budget"].get("text"), "widths": c["widths"]} for c in result["subnets"]],
+               "deploy_checks": manifest.checks, "validation": val and
                {k: val[k] for k in ("k", "mape", "within_10pct", "spearman_table", "spearman_flops")},
                "subnets": rows, "serve_down": down.to_dict(), "serve_up": up.to_dict(),
                "plot": str(run_dir / "accuracy_latency.png"), "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(out / "summary.json", summary)
     log("")
-    log(f"{'#':>2} {'budget':>8} {'MMACs':>7} {'pred ms':>8} {'meas ms':>8} {'test acc':>8}")
+    log(f"{'#':>2} {'budget(s) ms':>16} {'MMACs':>7} {'pred ms':>8} {'meas ms':>8} {'test acc':>8}")
     for i, r in enumerate(rows):
         acc = f"{100 * r['test_acc']:.1f}%" if r["test_acc"] is not None else "-"
-        log(f"{i:>2} {str(r['budget']):>8} {r['mmacs']:>7.2f} {r['predicted_ms']:>8.3f} {r['measured_ms']:>8.3f} "
-            f"{acc:>8}")
+        pred = f"{r['predicted_ms']:.3f}" if r["predicted_ms"] is not None else "-"
+        log(f"{i:>2} {str(r['budget']):>16} {r['mmacs']:>7.2f} {pred:>8} {r['measured_ms']:>8.3f} {acc:>8}")
+    for problem in manifest.checks.get("problems", []):
+        log(f"deploy check: {problem}")
     if val:
         log(f"table validation (K={val['k']}): MAPE {val['mape']:.2f}%, within 10% {val['within_10pct']:.0f}%, "
             f"Spearman {val['spearman_table']:.3f} (FLOPs {val['spearman_flops']:.3f})")
