@@ -264,12 +264,14 @@ def test_cli_run_reports_use_latency_misses_switches(bundle: Path, tmp_path: Pat
 
     group = _Group(name="edgedyn", commands={"run": run_cmd, "deploy": deploy_cmd})
     r = CliRunner()
-    res = r.invoke(group, ["run", "--bundle", str(bundle), "--policy", "adaptive", "--requests", "60",
-                           "--ramp", "50:0.0001", "--input", "calib/digits_32.npy", "--json", str(tmp_path / "r.json")])
+    # the ramp starts far above every sub-net (the most accurate runs) and ends near 0 (misses)
+    res = r.invoke(group, ["run", "--bundle", str(bundle), "--policy", "adaptive", "--requests", "200",
+                           "--ramp", "10:0.0001", "--quantile", "median", "--input", "calib/digits_32.npy",
+                           "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    assert "policy adaptive: 60 requests" in res.output and "p99 ms" in res.output and "switches" in res.output
+    assert "policy adaptive: 200 requests" in res.output and "p99 ms" in res.output and "switches" in res.output
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert sum(s["count"] for s in rep["subnets"]) == 60 and rep["misses"] > 0 and rep["switches"] >= 1
+    assert sum(s["count"] for s in rep["subnets"]) == 200 and rep["misses"] > 0 and rep["switches"] >= 1
     res = r.invoke(group, ["run", "--bundle", str(tmp_path / "none"), "--requests", "3"])
     assert res.exit_code == 2 and res.output.strip().startswith("error:") and "file not found" in res.output
     res = r.invoke(group, ["run", "--bundle", str(bundle), "--requests", "3", "--duration", "1"])
