@@ -88,8 +88,8 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
 
     log("[4/4] run: adaptive selector, budget ramping from above the largest to below the smallest sub-net")
     selector = Selector.load(bundle_dir, policy="adaptive")
-    lat = [s.measured["median"] for s in manifest.subnets]
-    hi, lo = max(lat) * 1.15, min(lat) * 0.9
+    # from above every sub-net's deadline latency (p99) to below the fastest one's median
+    hi, lo = max(selector.expected_ms) * 1.15, min(selector.median_ms) * 0.9
     inputs = load_inputs(None, selector.input_shape, count=64)
     half = requests // 2
     down = serve(selector, inputs, requests=half, budget=ramp_budget(f"{hi:.4f}:{lo:.4f}", float(half)))
