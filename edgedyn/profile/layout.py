@@ -75,8 +75,9 @@ class Layout:
 
     # -- the layout simulation ---------------------------------------------------------
     def _simulate(self, blocks: list[BlockTemplate], chans: Callable[[BlockTemplate], tuple[int, int]],
-                  batch: int, precision: str) -> list[BlockKey]:
-        """Keys of one sub-net (``chans`` gives each block's channels), conversions included."""
+                  batch: int, precision: str, emit_from: int = 0) -> list[BlockKey]:
+        """Keys of one sub-net (``chans`` gives each block's channels), conversions included;
+        blocks before ``emit_from`` only set the layouts of their outputs."""
         b, tag = self.block, self.tag
         blocked: list[bool] = []  # layout of each block's output tensor
         converted: set[tuple[int, bool]] = set()  # (tensor, to blocked?) already converted
@@ -89,7 +90,9 @@ class Layout:
                 keys.append(BlockKey("reorder_in" if want_blocked else "reorder", c, c, reader.in_h, reader.in_w,
                                      batch=batch, precision=precision, layout=tag))
 
-        for t in blocks:
+        for n, t in enumerate(blocks):
+            if n == emit_from:
+                keys.clear()
             c_in, c_out = chans(t)
             if t.op == "conv":
                 need(t.src, c_in >= b, c_in, t)
@@ -144,9 +147,8 @@ class Layout:
                     for src_blocked in may[t.src]:
                         for res_blocked in (may[t.res_src] if t.residual else (True,)):
                             ctx = self._context(t, src_blocked, res_blocked)
-                            sim = self._simulate(ctx, lambda x: (ci, co), batch, precision)
-                            skip = len(self._simulate(ctx[:2], lambda x: (ci, co), batch, precision))
-                            keys.update(dict.fromkeys(sim[skip:]))
+                            keys.update(dict.fromkeys(self._simulate(ctx, lambda x: (ci, co), batch, precision,
+                                                                     emit_from=len(ctx) - 1)))
         return list(keys)
 
     def _may_arrive(self, net: "DynamicNet", blocks: list[BlockTemplate]) -> dict[int, tuple[bool, ...]]:

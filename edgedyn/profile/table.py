@@ -136,8 +136,11 @@ class LatencyTable:
 
     def raw_sum(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
         """The sub-net's block sum (ms), before calibration; see the module docstring."""
+        return self._block_sum(net, self.keys(net, spec))
+
+    def _block_sum(self, net: "DynamicNet", keys: list[BlockKey]) -> float:
         total = 0.0
-        for key in self.keys(net, spec):
+        for key in keys:
             entry = self.entries.get(key)
             if entry is None:
                 raise ArtifactError(f"{self._where()}: no entry for block {key.to_str()} of model {net.name!r} "
@@ -146,18 +149,15 @@ class LatencyTable:
         return total
 
     def features(self, net: "DynamicNet", spec: "SubnetSpec") -> dict[str, float]:
-        """The calibration features of a sub-net (:data:`FEATURES`)."""
-        w, a = key_features(self.keys(net, spec))
-        return {"block_sum": self.raw_sum(net, spec), "weight_melems": w, "act_melems": a}
+        """The calibration features of a sub-net (:data:`FEATURES`); its keys are built once."""
+        keys = self.keys(net, spec)
+        w, a = key_features(keys)
+        return {"block_sum": self._block_sum(net, keys), "weight_melems": w, "act_melems": a}
 
     def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
         """Predicted end-to-end latency of ``spec`` in ms."""
         cal = self.calibration.get(net.arch_signature())
-        if cal is None:
-            return self.raw_sum(net, spec)
-        if set(cal.coef) == {"block_sum"}:
-            return cal.apply({"block_sum": self.raw_sum(net, spec)})
-        return cal.apply(self.features(net, spec))
+        return self.raw_sum(net, spec) if cal is None else cal.apply(self.features(net, spec))
 
     def check_model(self, net: "DynamicNet") -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""
