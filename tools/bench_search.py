@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,8 +3,8 @@
 Phases: (1) block grid, measured interleaved in chunks (a subset when ``subsample > 1``,
 the rest interpolated), each block in the layout the backend runs it in inside a network
 (:mod:`~edgedyn.profile.layout`), plus the fixed cost of one backend call; (2)
-whole-network calibration on a few sub-nets, fitting ``measured = scale * block sum +
-offset``; (3) optional validation on K other random sub-nets (MAPE, share within 10%,
+whole-network calibration on a few sub-nets (:func:`fit_calibration`: the block sum,
+with weight and activation terms where leave-one-out error says they help); (3) optional validation on K other random sub-nets (MAPE, share within 10%,
 Spearman of the table and of FLOPs).
 
 Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it.
@@ -27,7 +27,7 @@ from ..artifacts import atomic_write_json, load_json
 from ..backends.base import BackendOptions
 from ..errors import ArtifactError, EdgedynError
 from .blocks import BlockKey, all_keys
-from .measure import BLOCKS, WHOLE_NET, Stats, measure_interleaved
+from .measure import BLOCKS, WHOLE_NET, measure_interleaved
 from .table import Calibration, Entry, LatencyTable
 
 PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
