@@ -13,7 +13,7 @@ from edgedyn.dynamic import DynamicNet
 from edgedyn.errors import ArtifactError
 from edgedyn.profile import BlockKey, LatencyTable
 from edgedyn.profile.layout import PLAIN, Layout
-from edgedyn.profile.profiler import fit_calibration
+from edgedyn.profile.calibration import fit_calibration
 from edgedyn.profile.table import key_features
 
 ort = pytest.importorskip("onnxruntime")
@@ -113,15 +113,51 @@ def test_fit_calibration_picks_memory_terms_only_when_they_help():
     feats = [{"block_sum": float(s), "weight_melems": float(w), "act_melems": float(a)}
              for s, w, a in rng.uniform([0.2, 0.01, 0.05], [1.0, 0.3, 0.4], size=(20, 3))]
     plain = np.array([1.2 * f["block_sum"] + 0.05 for f in feats])
-    coef, offset, cv = fit_calibration(feats, plain)
-    assert set(coef) == {"block_sum"} and coef["block_sum"] == pytest.approx(1.2) and cv < 1e-6
+    fit = fit_calibration(feats, plain)
+    assert set(fit.coef) == {"block_sum"} and fit.coef["block_sum"] == pytest.approx(1.2) and fit.cv_mape < 1e-6
+    assert fit.corrections is None and fit.prior_rel == 0.0  # no block counts given: no corrections
     memory = np.array([0.9 * f["block_sum"] - 0.4 * f["weight_melems"] + 0.3 * f["act_melems"] + 0.1
                        for f in feats])
-    coef, offset, cv = fit_calibration(feats, memory)
-    assert coef == pytest.approx({"block_sum": 0.9, "weight_melems": -0.4, "act_melems": 0.3})
-    assert offset == pytest.approx(0.1) and cv < 1e-6
-    coef, _, _ = fit_calibration(feats[:6], memory[:6])  # too few sub-nets for three terms
-    assert set(coef) == {"block_sum"}
+    fit = fit_calibration(feats, memory)
+    assert fit.coef == pytest.approx({"block_sum": 0.9, "weight_melems": -0.4, "act_melems": 0.3})
+    assert fit.offset_ms == pytest.approx(0.1) and fit.cv_mape < 1e-6
+    fit = fit_calibration(feats[:6], memory[:6])  # too few sub-nets for three terms
+    assert set(fit.coef) == {"block_sum"}
+
+
+def _block_world(n_subnets: int, seed: int):
+    """Sub-nets made of 6-of-40 blocks; each block's isolated timing is 15% off its true cost."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(0.01, 0.05, 40)
+    prior = true * (1 + 0.15 * rng.standard_normal(40))
+    counts = np.zeros((n_subnets, 40))
+    for row in counts:
+        row[rng.choice(40, 6, replace=False)] = 1
+    measured = (counts @ true + 0.02) * (1 + 0.005 * rng.standard_normal(n_subnets))
+    return counts, prior, measured
+
+
+def test_per_block_corrections_learn_what_isolated_timings_get_wrong():
+    counts, prior, measured = _block_world(120, seed=1)
+    feats = [{"block_sum": float(s), "weight_melems": 0.0, "act_melems": 0.0} for s in counts @ prior]
+    train, test = slice(0, 90), slice(90, None)
+    fit = fit_calibration(feats[train], measured[train], counts[train], prior)
+    assert fit.prior_rel > 0 and fit.corrections is not None
+    plain = fit_calibration(feats[train], measured[train])
+    x = counts[test] @ prior
+    err_plain = np.abs(plain.coef["block_sum"] * x + plain.offset_ms - measured[test]) / measured[test]
+    corrected = fit.coef["block_sum"] * (x + counts[test] @ fit.corrections) + fit.offset_ms
+    err = np.abs(corrected - measured[test]) / measured[test]
+    assert err.mean() < 0.5 * err_plain.mean()  # unseen sub-nets: the joint fit halves the error
+
+
+def test_per_block_corrections_are_dropped_when_the_table_is_already_right():
+    counts, _, _ = _block_world(60, seed=2)
+    prior = np.random.default_rng(3).uniform(0.01, 0.05, 40)
+    measured = 1.1 * (counts @ prior) + 0.02  # exactly a scaled block sum: nothing to correct
+    feats = [{"block_sum": float(s), "weight_melems": 0.0, "act_melems": 0.0} for s in counts @ prior]
+    fit = fit_calibration(feats, measured, counts, prior)
+    assert fit.prior_rel == 0.0 and fit.corrections is None and fit.cv_mape < 1e-6
 
 
 def test_key_features_count_padded_channels():

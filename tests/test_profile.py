@@ -256,3 +256,25 @@ def test_call_overhead_is_measured_and_subtracted(fake, tmp_path, monkeypatch):
     assert table.raw_sum(net, spec) == pytest.approx(sum(fake_ms(k) - 0.0005 for k in keys))
     truth = SCALE * sum(fake_ms(k) for k in keys) + OFFSET  # every sub-net has the same block count
     assert table.predict(net, spec) == pytest.approx(truth, rel=1e-6)
+
+
+def test_per_block_corrections_enter_the_prediction_and_survive_a_reload(fake, tmp_path):
+    table = Profiler(cfg(tmp_path), log=lambda m: None, progress=False).run()
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    spec = net.random_spec(7)
+    cal = table.calibration[net.arch_signature()]
+    assert cal.corrections == {} and cal.prior_rel == 0.0  # 4 sub-nets: too few for corrections
+    before = table.predict(net, spec)
+    key = subnet_keys(net, spec)[0]
+    times = subnet_keys(net, spec).count(key)
+    cal.corrections[key] = 0.01
+    assert table.predict(net, spec) == pytest.approx(before + SCALE * 0.01 * times, rel=1e-9)
+    assert table.raw_sum(net, spec) == pytest.approx(table.features(net, spec, corrected=False)["block_sum"])
+    table.save(tmp_path / "c.json")
+    reloaded = LatencyTable.load(tmp_path / "c.json")
+    assert reloaded.predict(net, spec) == pytest.approx(table.predict(net, spec), rel=1e-5)  # entries: 6 decimals
+    obj = json.loads((tmp_path / "c.json").read_text())
+    obj["calibration"][net.arch_signature()]["corrections"] = {"op=warp": 0.1}
+    (tmp_path / "c.json").write_text(json.dumps(obj))
+    with pytest.raises(ArtifactError, match="c.json.*corrections"):
+        LatencyTable.load(tmp_path / "c.json")

@@ -3,9 +3,11 @@
 Phases: (1) block grid, measured interleaved in chunks (a subset when ``subsample > 1``,
 the rest interpolated), each block in the layout the backend runs it in inside a network
 (:mod:`~edgedyn.profile.layout`), plus the fixed cost of one backend call; (2)
-whole-network calibration on a few sub-nets (:func:`fit_calibration`: the block sum,
-with weight and activation terms where leave-one-out error says they help); (3) optional validation on K other random sub-nets (MAPE, share within 10%,
-Spearman of the table and of FLOPs).
+whole-network calibration on ``calibrate`` sub-nets measured end to end
+(:mod:`~edgedyn.profile.calibration`: a linear model over the block sum and memory
+terms, then per-block corrections fitted jointly where cross-validation says they help);
+(3) optional validation on K other random sub-nets (MAPE, share within 10%, Spearman of
+the table and of FLOPs).
 
 Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it.
 """
@@ -28,7 +30,8 @@ from ..backends.base import BackendOptions
 from ..errors import ArtifactError, EdgedynError
 from .blocks import BlockKey, all_keys
 from .measure import BLOCKS, WHOLE_NET, measure_interleaved
-from .table import Calibration, Entry, LatencyTable
+from .calibration import FOLDS, Calibration, fit_calibration
+from .table import Entry, LatencyTable
 
 PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
 DEVICE_BACKEND_DEFAULTS = {"cpu": ("onnxruntime", "fp32"), "cuda": ("tensorrt", "fp16"), "jetson": ("tensorrt", "fp16")}
@@ -51,7 +54,7 @@ class ProfileConfig:
     group_size: int | None = None
     min_groups: int = 1
     subsample: int | None = None  # measure every N-th width per axis; default 1, tensorrt 2
-    calibrate: int = 24
+    calibrate: int = 96  # whole sub-nets: enough for per-block corrections (calibration.py)
     validate: int = 0
     roofline_device: Path | None = None
     resume: bool = False
@@ -357,15 +360,29 @@ class Profiler:
             return
         specs = self._calibration_specs()
         measured = np.array(self._measure_specs(specs, whole, table, "calibration"))
-        feats = [table.features(self.net, s) for s in specs]
-        coef, offset, cv = fit_calibration(feats, measured)
+        net = self.net
+        feats = [table.features(net, s, corrected=False) for s in specs]
+        spec_keys = [table.keys(net, s) for s in specs]
+        keys = sorted({k for ks in spec_keys for k in ks})
+        col = {k: j for j, k in enumerate(keys)}
+        counts = np.zeros((len(specs), len(keys)))
+        for i, ks in enumerate(spec_keys):
+            for k in ks:
+                counts[i, col[k]] += 1
+        prior = np.array([table.block_ms(net, k) for k in keys])
+        fit = fit_calibration(feats, measured, counts, prior)
+        corrections = {} if fit.corrections is None else {
+            k: float(d) for k, d in zip(keys, fit.corrections) if abs(d) > 1e-7}
         points = [{"widths": list(s.widths), **{k: round(float(v), 5) for k, v in f.items()},
                    "measured_ms": round(float(m), 4)} for s, f, m in zip(specs, feats, measured)]
-        table.calibration[self.net.arch_signature()] = Calibration(
-            f"{self.net.name}@{self.net.input_shape[-1]}", coef, offset, len(specs), points, cv)
-        terms = " + ".join(f"{v:.4g} x {k}" for k, v in coef.items())
-        self.log(f"calibration on {len(specs)} sub-nets: measured = {terms} + {offset:.4f} ms "
-                 f"(leave-one-out MAPE {cv:.2f}%)")
+        table.calibration[net.arch_signature()] = Calibration(
+            f"{net.name}@{net.input_shape[-1]}", fit.coef, fit.offset_ms, len(specs), points, fit.cv_mape,
+            corrections, fit.prior_rel)
+        terms = " + ".join(f"{v:.4g} x {k}" for k, v in fit.coef.items())
+        fixed = (f"; per-block corrections on {len(corrections)} blocks (prior width {fit.prior_rel:g})"
+                 if corrections else "; no per-block corrections (they did not cross-validate)")
+        self.log(f"calibration on {len(specs)} sub-nets: measured = {terms} + {fit.offset_ms:.4f} ms{fixed} "
+                 f"({FOLDS}-fold MAPE {fit.cv_mape:.2f}%)")
 
     def _validation_specs(self):
         """K random sub-nets, none of them used for calibration."""
@@ -402,35 +419,6 @@ class Profiler:
         self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
                  f"within 10%: {result['within_10pct']:.1f}%  Spearman table {result['spearman_table']:.4f}  "
                  f"Spearman FLOPs {result['spearman_flops']:.4f}")
-
-
-def fit_calibration(feats: list[dict[str, float]], measured: np.ndarray) -> tuple[dict[str, float], float, float]:
-    """Least-squares linear model of whole-sub-net latency; returns (coef, offset_ms, cv MAPE %).
-
-    Two candidate models, chosen by leave-one-out MAPE over the calibration sub-nets:
-    ``scale * block_sum + offset``, and the same plus the weight and activation elements
-    (the part of a block's cost that depends on what the network leaves in cache, which a
-    block timed alone cannot see). The memory terms need at least 8 sub-nets.
-    """
-    measured = np.asarray(measured, float)
-    candidates = [("block_sum",)]
-    if len(measured) >= 8:
-        candidates.append(("block_sum", "weight_melems", "act_melems"))
-    best = None
-    for names in candidates:
-        x = np.array([[f[n] for n in names] + [1.0] for f in feats])
-        errs = []
-        for i in range(len(measured)):
-            keep = np.arange(len(measured)) != i
-            c, *_ = np.linalg.lstsq(x[keep], measured[keep], rcond=None)
-            errs.append(abs(x[i] @ c - measured[i]) / measured[i])
-        c, *_ = np.linalg.lstsq(x, measured, rcond=None)
-        cv = float(np.mean(errs) * 100)
-        if c[0] > 0 and (best is None or cv < best[2]):
-            best = (dict(zip(names, (float(v) for v in c[:-1]))), float(c[-1]), cv)
-    if best is None:
-        raise EdgedynError("calibration failed: the fitted block-sum scale is <= 0 (measurements too noisy?)")
-    return best
 
 
 def _check_layout(table: LatencyTable, fresh: LatencyTable, path: Path) -> None:

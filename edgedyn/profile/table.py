@@ -9,7 +9,8 @@ File format (JSON, ``schema: "edgedyn.latency_table/2"``)::
      "call_overhead_ms": fixed cost of one backend call, included in every entry,
      "entries": {"<BlockKey.to_str()>": {"ms", "p10", "p90", "iqr", "n", "source"}},
      "calibration": {"<architecture signature>": {"model", "coef": {feature: value}, "offset_ms",
-                                                    "n", "cv_mape", "points"}},
+                                                    "n", "cv_mape", "prior_rel",
+                                                    "corrections": {"<BlockKey>": ms}, "points"}},
      "validation": {"<architecture signature>": {"k", "mape", "within_10pct", "spearman_table",
                                            "spearman_flops", "points"}}}
 
@@ -17,9 +18,9 @@ File format (JSON, ``schema: "edgedyn.latency_table/2"``)::
 the sum over its keys under the table's ``layout`` (reorders included, see
 :mod:`~edgedyn.profile.layout`) of ``ms - call_overhead_ms``: each entry was timed as one
 backend call, the whole sub-net is one call. A prediction is the calibration's linear
-model over the sub-net's features (:data:`FEATURES`: the block sum, and the weight and
-activation elements its blocks touch, which a block timed alone holds in cache
-differently than the network does), fitted for that model on whole sub-nets; or the
+model over the sub-net's features (:data:`FEATURES`: the block sum with the model's
+fitted per-block corrections, and the weight and activation elements its blocks touch),
+fitted for that model on whole sub-nets (:mod:`~edgedyn.profile.calibration`); or the
 plain block sum where the model has none. Version 1 tables (no layout, blocks timed warm
 in isolation) must be re-profiled.
 """
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..artifacts import atomic_write_json, load_json, require
 from ..errors import ArtifactError
 from .blocks import BlockKey, all_keys, subnet_keys
+from .calibration import FEATURES, Calibration, key_features
 from .layout import PLAIN, Layout
 
 if TYPE_CHECKING:
@@ -60,52 +62,6 @@ class Entry:
         if self.n:
             d["n"] = self.n
         return d
-
-
-FEATURES = ("block_sum", "weight_melems", "act_melems")
-
-
-def key_features(keys: list[BlockKey]) -> tuple[float, float]:
-    """(weight, output activation) elements, in millions, of conv and linear blocks, as laid out."""
-    w = a = 0.0
-    for k in keys:
-        blk = k.nchwc_block
-
-        def pad(c: int) -> int:
-            return -(-c // blk) * blk if blk else c
-
-        if k.op == "conv":
-            c_in = 1 if k.depthwise else (k.c_in if (not blk or k.c_in < blk) else pad(k.c_in))
-            oh, ow = k.out_hw
-            w += pad(k.c_out) * c_in * k.kernel * k.kernel
-            a += k.batch * pad(k.c_out) * oh * ow
-        elif k.op == "linear":
-            w += k.c_in * k.c_out
-            a += k.batch * k.c_out
-    return w / 1e6, a / 1e6
-
-
-@dataclass
-class Calibration:
-    """``measured = sum(coef[f] * feature f) + offset_ms``, fitted on whole sub-nets of one model.
-
-    ``coef`` always has ``block_sum``; the profiler adds the memory features only where
-    they lower the leave-one-out error on the calibration sub-nets (``cv_mape``, %).
-    """
-
-    model: str
-    coef: dict[str, float]
-    offset_ms: float
-    n: int
-    points: list[dict[str, Any]] = field(default_factory=list)  # spec widths, features, measured
-    cv_mape: float | None = None
-
-    @property
-    def scale(self) -> float:
-        return self.coef["block_sum"]
-
-    def apply(self, features: dict[str, float]) -> float:
-        return sum(c * features[f] for f, c in self.coef.items()) + self.offset_ms
 
 
 @dataclass
@@ -138,21 +94,31 @@ class LatencyTable:
         """The sub-net's block sum (ms), before calibration; see the module docstring."""
         return self._block_sum(net, self.keys(net, spec))
 
-    def _block_sum(self, net: "DynamicNet", keys: list[BlockKey]) -> float:
-        total = 0.0
-        for key in keys:
-            entry = self.entries.get(key)
-            if entry is None:
-                raise ArtifactError(f"{self._where()}: no entry for block {key.to_str()} of model {net.name!r} "
-                                    f"(profile it: edgedyn profile --model {net.name} ...)")
-            total += max(entry.ms - self.call_overhead_ms, 0.0)
+    def block_ms(self, net: "DynamicNet", key: BlockKey) -> float:
+        """A key's share of a sub-net's block sum: its entry less the fixed cost of one call."""
+        entry = self.entries.get(key)
+        if entry is None:
+            raise ArtifactError(f"{self._where()}: no entry for block {key.to_str()} of model {net.name!r} "
+                                f"(profile it: edgedyn profile --model {net.name} ...)")
+        return max(entry.ms - self.call_overhead_ms, 0.0)
+
+    def _block_sum(self, net: "DynamicNet", keys: list[BlockKey],
+                   corrections: dict[BlockKey, float] | None = None) -> float:
+        total = sum(self.block_ms(net, key) for key in keys)
+        if corrections:
+            total += sum(corrections.get(key, 0.0) for key in keys)
         return total
 
-    def features(self, net: "DynamicNet", spec: "SubnetSpec") -> dict[str, float]:
-        """The calibration features of a sub-net (:data:`FEATURES`); its keys are built once."""
+    def features(self, net: "DynamicNet", spec: "SubnetSpec", corrected: bool = True) -> dict[str, float]:
+        """The calibration features of a sub-net (:data:`FEATURES`); its keys are built once.
+
+        ``corrected``: the block sum includes the model's fitted per-block corrections.
+        """
         keys = self.keys(net, spec)
+        cal = self.calibration.get(net.arch_signature()) if corrected else None
         w, a = key_features(keys)
-        return {"block_sum": self._block_sum(net, keys), "weight_melems": w, "act_melems": a}
+        return {"block_sum": self._block_sum(net, keys, cal.corrections if cal else None),
+                "weight_melems": w, "act_melems": a}
 
     def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
         """Predicted end-to-end latency of ``spec`` in ms."""
@@ -204,7 +170,9 @@ class LatencyTable:
             "call_overhead_ms": round(self.call_overhead_ms, 6),
             "counts": {s: sum(1 for e in self.entries.values() if e.source == s) for s in SOURCES},
             "calibration": {sig: {"model": c.model, "coef": c.coef, "offset_ms": c.offset_ms, "n": c.n,
-                                  "cv_mape": c.cv_mape, "points": c.points} for sig, c in self.calibration.items()},
+                                  "cv_mape": c.cv_mape, "prior_rel": c.prior_rel,
+                                  "corrections": {k.to_str(): round(v, 7) for k, v in sorted(c.corrections.items())},
+                                  "points": c.points} for sig, c in self.calibration.items()},
             "validation": self.validation,
             "entries": {k.to_str(): e.to_dict() for k, e in sorted(self.entries.items())},
         }
@@ -259,9 +227,16 @@ class LatencyTable:
                                               for f, v in coef.items()):
                 raise ArtifactError(f"{where}: field 'coef' must map features {FEATURES} (with 'block_sum') "
                                     "to numbers")
+            corrections: dict[BlockKey, float] = {}
+            for text, v in dict(c.get("corrections", {})).items():
+                try:
+                    corrections[BlockKey.from_str(text)] = float(v)
+                except (ValueError, TypeError) as err:
+                    raise ArtifactError(f"{where}: field 'corrections' has a bad entry {text[:60]!r} ({err})") from None
             calibration[sig] = Calibration(str(c.get("model", "?")), {f: float(v) for f, v in coef.items()},
                                            float(require(c, "offset_ms", (int, float), where)),
-                                           int(c.get("n", 0)), list(c.get("points", [])), c.get("cv_mape"))
+                                           int(c.get("n", 0)), list(c.get("points", [])), c.get("cv_mape"),
+                                           corrections, float(c.get("prior_rel", 0.0)))
         lay = require(obj, "layout", dict, w)
         try:
             layout = Layout.from_json(lay)
