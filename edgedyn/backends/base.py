@@ -20,7 +20,7 @@ import abc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -138,6 +138,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def prepare(self, module: Any, example: Any, workdir: Path) -> Runner:
         """Compile a torch module for this backend and return a runner for ``example``'s shape."""
+
+    def prepare_many(self, modules: Sequence[Any], example: Any, workdirs: Sequence[Path],
+                     progress: Callable[[], None] | None = None) -> list[Runner]:
+        """:meth:`prepare` for many modules (one workdir each; ``progress`` is called after each).
+
+        ONNX backends export them in parallel processes."""
+        out = []
+        for m, wd in zip(modules, workdirs):
+            out.append(self.prepare(m, example, wd))
+            if progress is not None:
+                progress()
+        return out
 
     @abc.abstractmethod
     def build(self, onnx_path: Path, out_path: Path) -> Path:

@@ -163,6 +163,13 @@ class OnnxRuntimeBackend(Backend):
         path = export_onnx(module, example, Path(workdir) / "model.onnx")
         return OrtRunner(str(path), self.options, name=str(path))
 
+    def prepare_many(self, modules: Any, example: Any, workdirs: Any, progress: Any = None) -> list[OrtRunner]:
+        from ..export import export_many
+
+        paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
+                            progress=progress)
+        return [OrtRunner(str(p), self.options, name=str(p)) for p in paths]
+
     def layout(self) -> Any:
         """NCHWc with the block size ONNX Runtime picks on this CPU (plain where it blocks nothing)."""
         from ..profile.layout import PLAIN, Layout

@@ -426,6 +426,15 @@ class TensorRTBackend(Backend):
         engine = self.build(onnx_path, workdir / f"model{self.artifact_suffix}")
         return self.load(engine, tuple(example.shape))
 
+    def prepare_many(self, modules: Any, example: Any, workdirs: Any, progress: Any = None) -> list[TensorRTRunner]:
+        from ..export import export_many
+
+        self._tensorrt()
+        paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
+                            progress=progress)
+        return [self.load(self.build(p, p.with_name(f"model{self.artifact_suffix}")), tuple(example.shape))
+                for p in paths]
+
     def timing_cache_path(self, out_path: Path) -> Path:
         """Where the timing cache shared by builds lives."""
         custom = self.options.extra.get("timing_cache")

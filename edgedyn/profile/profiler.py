@@ -328,11 +328,13 @@ class Profiler:
             from tqdm.auto import tqdm
 
             with tempfile.TemporaryDirectory(prefix="edgedyn-subnets-") as tmp:
-                for j, s in enumerate(tqdm(todo, desc=f"{label}: build", disable=not self.progress,
-                                           dynamic_ncols=True)):
-                    wd = Path(tmp) / str(j)
+                workdirs = [Path(tmp) / str(j) for j in range(len(todo))]
+                for wd in workdirs:
                     wd.mkdir()
-                    runners.append(backend.prepare(self.net.extract(s), example, wd))
+                with tqdm(total=len(todo), desc=f"{label}: build", disable=not self.progress,
+                          dynamic_ncols=True) as bar:
+                    runners = backend.prepare_many([self.net.extract(s) for s in todo], example, workdirs,
+                                                   progress=lambda: bar.update(1))
                 self.log(f"{label}: timing {len(runners)} sub-nets end to end (interleaved)")
                 for s, st in zip(todo, measure_interleaved(runners, WHOLE_NET, seed=len(whole))):
                     whole[s.to_json()] = st.to_dict()
