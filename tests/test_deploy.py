@@ -29,7 +29,7 @@ _EXPORTS: dict[str, bytes] = {}
 FAST = {"measure_iters": 15, "test_limit": 48, "check_samples": 4, "calib_limit": 24}
 
 
-def make_run_dir(path: Path, ratios=RATIOS, seed: int = 0) -> Path:
+def make_run_dir(path: Path, ratios=RATIOS, seed: int = 0, holdout=None) -> Path:
     """A search run dir as edgedyn.search writes it: weights.pt with per-sub-net BN stats + subnets.json."""
     from helpers import settle_bn
 
@@ -43,7 +43,8 @@ def make_run_dir(path: Path, ratios=RATIOS, seed: int = 0) -> Path:
         net.calibrate_bn(spec, batches)
         subnets.append({"budget": {"text": str(r), "value": r, "unit": "fraction"}, "widths": list(spec.widths),
                         "cost": net.macs(spec) / 1e6, "macs": net.macs(spec), "params": net.params(spec),
-                        "holdout_accuracy": 0.5 + 0.1 * i, "test_accuracy": 0.5 + 0.1 * i})
+                        "holdout_accuracy": 0.5 + 0.1 * i if holdout is None else holdout[i],
+                        "test_accuracy": 0.5 + 0.1 * i})
     path.mkdir(parents=True, exist_ok=True)
     net.save(path / "weights.pt")
     atomic_write_json(path / "subnets.json", {
@@ -383,3 +384,17 @@ def test_duplicate_picks_deploy_once(tmp_path: Path, fast_export) -> None:
     assert {r.index for r in m.subnets} == {0, 1}
     reloaded = Manifest.load(tmp_path / "b")
     assert len(reloaded.subnets[0].budgets) == 2 and "latency_rising" in reloaded.checks
+
+
+def test_a_pick_no_more_accurate_than_a_cheaper_one_is_served_by_it(tmp_path: Path, fast_export) -> None:
+    from edgedyn.deploy.build import dominated
+    from edgedyn.deploy.run import load_run
+
+    run = make_run_dir(tmp_path / "run", ratios=(0.25, 0.5, 0.75, 1.0), holdout=(0.6, 0.7, 0.7, 0.8))
+    assert dominated(load_run(run).subnets) == {2: 1}  # equal held-out accuracy at a higher cost
+    m = deploy(run, out=tmp_path / "b", **FAST)
+    assert [r.macs for r in m.subnets] == sorted(r.macs for r in m.subnets) and len(m.subnets) == 3
+    assert [b["text"] for b in m.subnets[1].budgets] == ["0.5", "0.75"]
+    assert any("pick 2" in n and "pick 1 serves its budget" in n for n in m.notes)
+    kept = deploy(run, out=tmp_path / "all", keep_dominated=True, **FAST)
+    assert len(kept.subnets) == 4 and not any("left out" in n for n in kept.notes)

@@ -1,8 +1,10 @@
 """Benchmark the runtime selector: (a) decision + dispatch overhead, (b) misses under CPU contention.
 
-(a) Overhead: raw ``runner.infer(x)`` of the fastest sub-net and ``selector.infer(x, budget)``
-    (which runs that same sub-net) alternate call by call; overhead = median(selector) -
-    median(raw), in microseconds and as a percentage of the sub-net's median latency.
+(a) Overhead: the bare runtime call of the fastest sub-net (``runner.raw_infer()``: the
+    ONNX Runtime ``session.run``, no input check) and ``selector.infer(x, budget)`` (which
+    checks the input, decides, runs that same sub-net, records the statistics and builds
+    the ``InferInfo``) alternate call by call; overhead = median(selector) - median(bare),
+    in microseconds and as a percentage of the sub-net's median latency.
 (b) Contention: requests back to back at a budget for which a feasible sub-net exists
     (idle, the ``budget`` policy picks sub-net F for it). Partway through a second *process*
     loads the CPU (numpy matrix products, bounded in time, killed at the end). The miss
@@ -87,17 +89,17 @@ def bench_overhead(bundle: Path, calls: int) -> dict:
         sel = Selector.load(bundle, policy)
         f = int(np.argmin(sel.expected_ms))
         budget = sel.expected_ms[f] * 1e-3  # below every sub-net: the fastest runs; every candidate is checked
-        runner = sel.runners[f]
+        bare = sel.runners[f].raw_infer()
         x = np.random.default_rng(0).standard_normal(sel.manifest.input_shape).astype(np.float32)
         for _ in range(200):
-            runner.infer(x)
+            bare(x)
             sel.infer(x, budget)
         raw = np.empty(calls)
         via = np.empty(calls)
         pc = time.perf_counter
         for k in range(calls):
             t0 = pc()
-            runner.infer(x)
+            bare(x)
             t1 = pc()
             sel.infer(x, budget)
             t2 = pc()

@@ -94,6 +94,13 @@ class Runner(abc.ABC):
         self._last_ms = (time.perf_counter() - t0) * 1e3
         return out
 
+    def raw_infer(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The bare inference call (activated, no input check, no timing): for a caller that
+        checks the input itself, as the runtime selector does on its hot path."""
+        if not self._active:
+            self.activate()
+        return self._infer
+
     def last_inference_time(self) -> float | None:
         """Wall time in ms of the last :meth:`infer` call, or None."""
         return self._last_ms

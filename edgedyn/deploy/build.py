@@ -141,6 +141,7 @@ def deploy(
     calib_limit: int = 256,
     check_samples: int = 8,
     backend_extra: dict[str, Any] | None = None,
+    keep_dominated: bool = False,
 ) -> Manifest:
     """Build a deployable bundle from a search run and return its (saved) manifest.
 
@@ -157,6 +158,9 @@ def deploy(
         test_limit: test samples used for accuracy (None: all).
         check_samples: test samples compared with PyTorch after export.
         backend_extra: extra ``BackendOptions`` (e.g. TensorRT ``workspace_bytes``).
+        keep_dominated: deploy every pick; by default a sub-net whose held-out accuracy is
+            not above a cheaper pick's is left out and its budget served by the cheaper one
+            (:func:`dominated`).
     """
     if backend not in SUPPORTED:
         raise EdgedynError(f"backend {backend!r} cannot deploy; choose one of {', '.join(SUPPORTED)}")
@@ -180,7 +184,7 @@ def deploy(
                                              precision=precision, threads=threads, extra=extra))
     try:
         manifest = _build(run, be, backend, precision, calib, out, tmp, table, threads, measure_iters,
-                          test_limit, calib_limit, check_samples)
+                          test_limit, calib_limit, check_samples, keep_dominated)
         manifest.save(tmp / MANIFEST_NAME)  # last
         _swap_into_place(tmp, out)
     except BaseException:
@@ -192,7 +196,7 @@ def deploy(
 
 def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out: Path, tmp: Path,
            table: Any, threads: int | None, measure_iters: int, test_limit: int | None, calib_limit: int,
-           check_samples: int) -> Manifest:
+           check_samples: int, keep_dominated: bool = False) -> Manifest:
     from ..export import export_onnx
 
     version = be.version()
@@ -238,8 +242,17 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     records: list[SubnetRecord] = []
     runners: list[Any] = []
     by_spec: dict[Any, SubnetRecord] = {}
-    for sub in run.subnets:
-        i, spec = sub.index, sub.spec
+    notes: list[str] = []
+    served_by = {} if keep_dominated else dominated(run.subnets)
+    by_index = {s.index: s for s in run.subnets}
+    for i, j in served_by.items():
+        a, b = by_index[i], by_index[j]
+        notes.append(f"search pick {i} {a.spec} left out: its held-out accuracy {100 * a.holdout_accuracy:.2f}% "
+                     f"is not above pick {j}'s {100 * b.holdout_accuracy:.2f}%, which costs less; "
+                     f"pick {j} serves its budget")
+        log.info("%s", notes[-1])
+    for sub in sorted(run.subnets, key=lambda s: (s.macs, s.index)):
+        i, spec = sub.index, by_index[served_by.get(sub.index, sub.index)].spec
         if spec in by_spec:  # several budgets picked the same sub-net: one artifact serves them all
             by_spec[spec].budgets.append(sub.budget)
             log.info("sub-net %d %s is sub-net %d's spec: deployed once, serving budgets %s", i, spec,
@@ -309,7 +322,6 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
                                     budget=sub.budget, budgets=[sub.budget] if sub.budget else []))
         by_spec[spec] = records[-1]
 
-    notes = []
     if runners:
         for rec, stats in zip(records, measure_runners(runners, iters=measure_iters)):
             rec.measured = stats
@@ -353,6 +365,26 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
         notes=notes,
         checks=checks,
     )
+
+
+def dominated(subnets: Sequence[Any]) -> dict[int, int]:
+    """Search picks no more accurate on held-out data than a cheaper pick: index -> that pick.
+
+    The selector runs the most accurate sub-net that fits a budget, so such a pick would
+    never run: the cheaper pick fits every budget it fits, and is at least as accurate. The
+    judgement uses the run's held-out split (not the test split, which deploy reports);
+    picks without a held-out accuracy are kept.
+    """
+    out: dict[int, int] = {}
+    best = None
+    for s in sorted(subnets, key=lambda s: (s.macs, s.index)):
+        if s.holdout_accuracy is None:
+            continue
+        if best is not None and s.holdout_accuracy <= best.holdout_accuracy:
+            out[s.index] = best.index
+        else:
+            best = s
+    return out
 
 
 #: A deployed sub-net's measured median may differ from the table's prediction by this much.

@@ -24,14 +24,16 @@ from ..errors import EdgedynError
 @click.option("--table", default=None, type=click.Path(dir_okay=False), help="Latency table for predicted latencies.")
 @click.option("--threads", type=int, default=None, help="CPU intra-op threads (default: the CPUs available).")
 @click.option("--measure-iters", type=int, default=200, show_default=True, help="Timed calls per sub-net.")
-def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters) -> None:
+@click.option("--keep-dominated", is_flag=True,
+              help="Deploy every search pick, also one no more accurate (held-out split) than a cheaper pick.")
+def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated) -> None:
     """Build a bundle: one compiled, checked, re-measured artifact per chosen sub-net."""
     from .build import deploy as build_bundle
 
     if measure_iters < 1:
         raise EdgedynError("--measure-iters must be >= 1")
     m = build_bundle(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
-                     threads=threads, measure_iters=measure_iters)
+                     threads=threads, measure_iters=measure_iters, keep_dominated=keep_dominated)
     click.echo(f"bundle {m.root} ({m.backend['name']} {m.backend['version']}, {m.precision}, "
                f"threads {m.threads}) for {m.fingerprint}")
     click.echo(f"{'sub-net':>7} {'MMAC':>8} {'pred ms':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "

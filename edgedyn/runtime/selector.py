@@ -104,6 +104,10 @@ class Selector:
         self.budget_ms = budget_ms
         self.shared_memory = shared_memory
         self._runners = list(runners)
+        from ..backends.base import Runner
+
+        # the hot path calls each runner bare: infer() checks the input once, for every sub-net
+        self._calls = [r.raw_infer() if isinstance(r, Runner) else r.infer for r in self._runners]
         self._specs = [s.spec for s in manifest.subnets]
         n = len(self._runners)
         if n != len(manifest.subnets) or n == 0:
@@ -143,6 +147,7 @@ class Selector:
         self._dtype = np.dtype(manifest.input_dtype)
         if tuple(getattr(first, "input_shape", self._shape)) != self._shape:
             raise EdgedynError(f"{manifest.path}: runner input shape {first.input_shape} != manifest {self._shape}")
+        self._adaptive = policy == "adaptive"
         self._lock = threading.Lock()
         self._exec_lock = exec_lock
         self.reset_stats()
@@ -359,24 +364,26 @@ class Selector:
         else:
             with lock:
                 i, reason = self._decide(budget)
-        runner = self._runners[i]
+        call = self._calls[i]
+        pc = time.perf_counter
         try:
             if self._exec_lock is None:
-                t0 = time.perf_counter()
-                out = runner.infer(x)
-                ms = (time.perf_counter() - t0) * 1e3
+                t0 = pc()
+                out = call(x)
+                ms = (pc() - t0) * 1e3
             else:
                 with self._exec_lock:
-                    t0 = time.perf_counter()
-                    out = runner.infer(x)
-                    ms = (time.perf_counter() - t0) * 1e3
+                    t0 = pc()
+                    out = call(x)
+                    ms = (pc() - t0) * 1e3
         except Exception:
             with lock:
                 self.errors += 1
             raise
         with lock:
             self._observe(i, ms, budget)
-            if budget is not None:
+            if budget is not None and (self._adaptive or nxt[0] != budget):
+                # decide the next call now; the budget policy's decision depends on the budget only
                 self._next = (budget, *self._decide(budget))
         return out, InferInfo(i, self._specs[i], ms, budget, budget is None or ms <= budget, self.policy, reason)
 
