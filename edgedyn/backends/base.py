@@ -95,11 +95,10 @@ class Runner(abc.ABC):
         return out
 
     def raw_infer(self) -> Callable[[np.ndarray], np.ndarray]:
-        """The bare inference call (activated, no input check, no timing): for a caller that
-        checks the input itself, as the runtime selector does on its hot path."""
-        if not self._active:
-            self.activate()
-        return self._infer
+        """The bare inference call (no input check, no timing) of an activated runner, for a
+        caller that checks the input itself, as the runtime selector does on its hot path.
+        An inactive runner gives its checked :meth:`infer`, which activates it on first use."""
+        return self._infer if self._active else self.infer
 
     def last_inference_time(self) -> float | None:
         """Wall time in ms of the last :meth:`infer` call, or None."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib.machinery
 import json
 import weakref
 from dataclasses import dataclass, field
@@ -629,6 +630,9 @@ def make_standin(version: str) -> ModuleType:
         raise ValueError(f"stand-in flavours are TensorRT 10 (10.3 API) and 11 (11.0 API), not {version}")
     module = ModuleType("tensorrt", f"Strict stand-in for TensorRT {version} (tests only)")
     module.__version__ = version  # type: ignore[attr-defined]  # init:77 (10.3), init:98 (11.0)
+    # an imported module has a spec; importlib.util.find_spec("tensorrt") (torchvision's import
+    # probes it) raises ValueError for a module in sys.modules without one
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     for name, members in {**_ENUMS_COMMON, **(_ENUMS_10 if state.major == 10 else _ENUMS_11)}.items():
         state.enums[name] = enum.IntEnum(name, members)  # type: ignore[assignment]
         setattr(module, name, state.enums[name])
