@@ -88,13 +88,15 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
 
     log("[4/4] run: adaptive selector, budget ramping from above the largest to below the smallest sub-net")
     selector = Selector.load(bundle_dir, policy="adaptive")
-    # from above every sub-net's deadline latency (p99) to below the fastest one's median
-    hi, lo = max(selector.expected_ms) * 1.15, min(selector.median_ms) * 0.9
+    # from above every sub-net's deadline latency (p99), with room for the adaptive policy's
+    # step-up margin, to below the fastest one's median; back up, then held at the top for a
+    # quarter of the requests (a step up waits for a dwell and for headroom)
+    hi, lo = max(selector.expected_ms) * 1.25, min(selector.median_ms) * 0.9
     inputs = load_inputs(None, selector.input_shape, count=64)
     half = requests // 2
     down = serve(selector, inputs, requests=half, budget=ramp_budget(f"{hi:.4f}:{lo:.4f}", float(half)))
     up = serve(selector, inputs, requests=requests - half, budget=ramp_budget(f"{lo:.4f}:{hi:.4f}",
-                                                                             float(requests - half)))
+                                                                             0.75 * (requests - half)))
     rows = []
     for sub in manifest.subnets:  # one per distinct sub-net; budgets that chose the same one share it
         rows.append({"budget": ",".join(str(b.get("text")) for b in sub.budgets) or "-",
@@ -120,7 +122,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
             f"Spearman {val['spearman_table']:.3f} (FLOPs {val['spearman_flops']:.3f})")
     log("budget ramping down:")
     log(down.format())
-    log("budget ramping up:")
+    log("budget ramping up, then held at the top:")
     log(up.format())
     log(f"plot: {summary['plot']}   summary: {out / 'summary.json'}   total {summary['seconds']} s")
     return summary
