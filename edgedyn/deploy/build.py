@@ -158,9 +158,9 @@ def deploy(
         test_limit: test samples used for accuracy (None: all).
         check_samples: test samples compared with PyTorch after export.
         backend_extra: extra ``BackendOptions`` (e.g. TensorRT ``workspace_bytes``).
-        keep_dominated: deploy every pick; by default a sub-net whose held-out accuracy is
-            not above a cheaper pick's is left out and its budget served by the cheaper one
-            (:func:`dominated`).
+        keep_dominated: deploy every pick; by default a pick whose fp32 test accuracy is not
+            above a cheaper pick's is left out and its budget served by the cheaper one
+            (:func:`dominated`; the manifest's ``notes`` name it).
     """
     if backend not in SUPPORTED:
         raise EdgedynError(f"backend {backend!r} cannot deploy; choose one of {', '.join(SUPPORTED)}")
@@ -243,14 +243,26 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     runners: list[Any] = []
     by_spec: dict[Any, SubnetRecord] = {}
     notes: list[str] = []
-    served_by = {} if keep_dominated else dominated(run.subnets)
+    references: dict[Any, tuple[torch.nn.Module, np.ndarray]] = {}
+
+    def reference(spec: Any) -> tuple[torch.nn.Module, np.ndarray]:
+        """The sub-net's fp32 PyTorch model and its top-1 predictions on the test split."""
+        if spec not in references:
+            model = net.extract(spec).cpu().eval()
+            with torch.no_grad():
+                references[spec] = (model, model(torch.from_numpy(x_test)).argmax(1).numpy())
+        return references[spec]
+
     by_index = {s.index: s for s in run.subnets}
-    for i, j in served_by.items():
-        a, b = by_index[i], by_index[j]
-        notes.append(f"search pick {i} {a.spec} left out: its held-out accuracy {100 * a.holdout_accuracy:.2f}% "
-                     f"is not above pick {j}'s {100 * b.holdout_accuracy:.2f}%, which costs less; "
-                     f"pick {j} serves its budget")
-        log.info("%s", notes[-1])
+    served_by: dict[int, int] = {}
+    if not keep_dominated:
+        fp32_acc = {s.index: float(np.mean(reference(s.spec)[1] == y_test)) for s in run.subnets}
+        served_by = dominated(run.subnets, fp32_acc)
+        for i, j in served_by.items():
+            notes.append(f"search pick {i} {by_index[i].spec} left out: its fp32 test accuracy "
+                         f"{100 * fp32_acc[i]:.2f}% is not above pick {j}'s {100 * fp32_acc[j]:.2f}%, which costs "
+                         f"less; pick {j} serves its budget")
+            log.info("%s", notes[-1])
     for sub in sorted(run.subnets, key=lambda s: (s.macs, s.index)):
         i, spec = sub.index, by_index[served_by.get(sub.index, sub.index)].spec
         if spec in by_spec:  # several budgets picked the same sub-net: one artifact serves them all
@@ -260,11 +272,10 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
             continue
         i = len(records)
         label = f"sub-net {i} {spec}"
-        model = net.extract(spec).cpu().eval()
+        model, ref_pred = reference(spec)
         onnx_path = export_onnx(model, torch.zeros(shape), tmp / f"subnet{i}.onnx")
         with torch.no_grad():
             ref = model(torch.from_numpy(check)).numpy()
-            ref_pred = model(torch.from_numpy(x_test)).argmax(1).numpy()
         from ..backends.onnxruntime import OrtRunner
 
         onnx_runner = OrtRunner(str(onnx_path), BackendOptions(threads=threads), name=str(onnx_path))
@@ -367,20 +378,18 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     )
 
 
-def dominated(subnets: Sequence[Any]) -> dict[int, int]:
-    """Search picks no more accurate on held-out data than a cheaper pick: index -> that pick.
+def dominated(subnets: Sequence[Any], accuracy: dict[int, float]) -> dict[int, int]:
+    """Search picks no more accurate than a cheaper pick: index -> the cheaper pick serving it.
 
-    The selector runs the most accurate sub-net that fits a budget, so such a pick would
-    never run: the cheaper pick fits every budget it fits, and is at least as accurate. The
-    judgement uses the run's held-out split (not the test split, which deploy reports);
-    picks without a held-out accuracy are kept.
+    ``accuracy`` is each pick's fp32 accuracy on deploy's evaluation (test) split, the
+    accuracy the runtime selector ranks sub-nets by: the selector runs the most accurate
+    sub-net that fits a budget, and a cheaper pick fits every budget a dominated one fits,
+    so the dominated one would never run. Picks are ordered by MACs (they are nested).
     """
     out: dict[int, int] = {}
     best = None
     for s in sorted(subnets, key=lambda s: (s.macs, s.index)):
-        if s.holdout_accuracy is None:
-            continue
-        if best is not None and s.holdout_accuracy <= best.holdout_accuracy:
+        if best is not None and accuracy[s.index] <= accuracy[best.index]:
             out[s.index] = best.index
         else:
             best = s

@@ -25,7 +25,7 @@ from ..errors import EdgedynError
 @click.option("--threads", type=int, default=None, help="CPU intra-op threads (default: the CPUs available).")
 @click.option("--measure-iters", type=int, default=200, show_default=True, help="Timed calls per sub-net.")
 @click.option("--keep-dominated", is_flag=True,
-              help="Deploy every search pick, also one no more accurate (held-out split) than a cheaper pick.")
+              help="Deploy every search pick, also one no more accurate (fp32, test split) than a cheaper pick.")
 def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated) -> None:
     """Build a bundle: one compiled, checked, re-measured artifact per chosen sub-net."""
     from .build import deploy as build_bundle

@@ -123,13 +123,14 @@ class Selector:
         self._median = [float(b) if b is not None else float(s.macs) for b, s in zip(base, manifest.subnets)]
         # what decisions compare with the budget: the chosen tail of the deploy-time measurement
         self._base = [float((s.measured or {}).get(quantile) or m) for s, m in zip(manifest.subnets, self._median)]
-        # most accurate first: deployed test accuracy, then the search's, then size
+        # most accurate first: deployed test accuracy, then the search's; among equals the
+        # faster first (it fits more budgets at no cost in accuracy), then the larger
         def rank_key(i: int) -> tuple:
             acc = manifest.subnets[i].accuracy
             test = acc.get("test")
             search = acc.get("search_test")
             return (-(test if test is not None else -1.0), -(search if search is not None else -1.0),
-                    -manifest.subnets[i].macs, self._base[i])
+                    self._base[i], -manifest.subnets[i].macs)
         self._order = sorted(range(n), key=rank_key)
         self._rank = [0] * n
         for r, i in enumerate(self._order):
