@@ -412,20 +412,6 @@ def device_fingerprint(info: dict[str, Any]) -> str:
     return f"{kind}:{name}"
 
 
-def main() -> None:  # pragma: no cover - manual inspection helper
-    import json
-
-    for kind in sys.argv[1:] or ["cpu"]:
-        try:
-            print(json.dumps(device_info(kind), indent=1))
-        except EdgedynError as err:
-            print(f"{kind}: {err}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 def busy_fraction(seconds: float = 1.0) -> float | None:
     """Share of all CPU time spent busy over the next ``seconds`` while this process sleeps:
     how loaded the machine is by *others* right before a timing run (Linux; None elsewhere).
@@ -449,3 +435,17 @@ def busy_fraction(seconds: float = 1.0) -> float | None:
     if a is None or b is None or b[1] <= a[1]:
         return None
     return round((b[0] - a[0]) / (b[1] - a[1]), 3)
+
+
+def main() -> None:  # pragma: no cover - manual inspection helper
+    import json
+
+    for kind in sys.argv[1:] or ["cpu"]:
+        try:
+            print(json.dumps(device_info(kind), indent=1))
+        except EdgedynError as err:
+            print(f"{kind}: {err}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -85,24 +85,23 @@ def export_many(jobs: Sequence[tuple[torch.nn.Module, torch.Tensor, str | os.Pat
     way. Default: one process per CPU core (sequential, in this process, for one job or core).
     ``progress`` is called after each export.
     """
-    tick = progress or (lambda: None)
+    jobs = [(m, x, Path(p)) for m, x, p in jobs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
-    if workers <= 1:
-        out = []
-        for job in jobs:
-            out.append(export_onnx(*job))
-            tick()
-        return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    with contextlib.ExitStack() as stack:
+        results = map(_export_job, jobs)
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-    # spawn, not fork: a forked copy of a process that already ran torch ops can deadlock
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            # spawn, not fork: a forked copy of a process that already ran torch ops can deadlock
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                           initializer=_worker_init))
+            results = pool.map(_export_job, jobs)
         paths = []
-        for path in pool.map(_export_job, [(m, x, Path(p)) for m, x, p in jobs]):
+        for path in results:
             paths.append(path)
-            tick()
+            if progress is not None:
+                progress()
         return paths
 
 

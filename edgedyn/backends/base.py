@@ -128,6 +128,8 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     artifact_suffix: ClassVar[str]
+    #: prepare() is export_onnx() then from_onnx(): prepare_many() exports in parallel processes
+    via_onnx: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
@@ -149,13 +151,23 @@ class Backend(abc.ABC):
                      progress: Callable[[], None] | None = None) -> list[Runner]:
         """:meth:`prepare` for many modules (one workdir each; ``progress`` is called after each).
 
-        ONNX backends export them in parallel processes."""
+        ONNX backends (``via_onnx``) export them in parallel processes."""
+        if self.via_onnx:
+            from ..export import export_many
+
+            paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
+                                progress=progress)
+            return [self.from_onnx(p, example) for p in paths]
         out = []
         for m, wd in zip(modules, workdirs):
             out.append(self.prepare(m, example, wd))
             if progress is not None:
                 progress()
         return out
+
+    def from_onnx(self, onnx_path: Path, example: Any) -> Runner:
+        """A runner for an exported ONNX file (``via_onnx`` backends; built next to the file)."""
+        raise NotImplementedError(f"backend {self.name!r} does not compile from ONNX")
 
     @abc.abstractmethod
     def build(self, onnx_path: Path, out_path: Path) -> Path:

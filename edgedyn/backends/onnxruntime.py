@@ -143,6 +143,7 @@ def nchwc_block(threads: int | None = None) -> int:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     artifact_suffix = ".onnx"
+    via_onnx = True
 
     @classmethod
     def available(cls) -> bool:
@@ -160,15 +161,10 @@ class OnnxRuntimeBackend(Backend):
     def prepare(self, module: Any, example: Any, workdir: Path) -> OrtRunner:
         from ..export import export_onnx
 
-        path = export_onnx(module, example, Path(workdir) / "model.onnx")
-        return OrtRunner(str(path), self.options, name=str(path))
+        return self.from_onnx(export_onnx(module, example, Path(workdir) / "model.onnx"), example)
 
-    def prepare_many(self, modules: Any, example: Any, workdirs: Any, progress: Any = None) -> list[OrtRunner]:
-        from ..export import export_many
-
-        paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
-                            progress=progress)
-        return [OrtRunner(str(p), self.options, name=str(p)) for p in paths]
+    def from_onnx(self, onnx_path: Path, example: Any) -> OrtRunner:
+        return OrtRunner(str(onnx_path), self.options, name=str(onnx_path))
 
     def layout(self) -> Any:
         """NCHWc with the block size ONNX Runtime picks on this CPU (plain where it blocks nothing)."""

@@ -421,19 +421,15 @@ class TensorRTBackend(Backend):
         from ..export import export_onnx
 
         self._tensorrt()  # fail before the (slow) export
-        workdir = Path(workdir)
-        onnx_path = export_onnx(module, example, workdir / "model.onnx")
-        engine = self.build(onnx_path, workdir / f"model{self.artifact_suffix}")
-        return self.load(engine, tuple(example.shape))
+        return self.from_onnx(export_onnx(module, example, Path(workdir) / "model.onnx"), example)
 
     def prepare_many(self, modules: Any, example: Any, workdirs: Any, progress: Any = None) -> list[TensorRTRunner]:
-        from ..export import export_many
+        self._tensorrt()  # fail before the (slow) exports
+        return super().prepare_many(modules, example, workdirs, progress)
 
-        self._tensorrt()
-        paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
-                            progress=progress)
-        return [self.load(self.build(p, p.with_name(f"model{self.artifact_suffix}")), tuple(example.shape))
-                for p in paths]
+    def from_onnx(self, onnx_path: Path, example: Any) -> TensorRTRunner:
+        engine = self.build(onnx_path, Path(onnx_path).with_name(f"model{self.artifact_suffix}"))
+        return self.load(engine, tuple(example.shape))
 
     def timing_cache_path(self, out_path: Path) -> Path:
         """Where the timing cache shared by builds lives."""

@@ -363,8 +363,8 @@ class Profiler:
         specs = self._calibration_specs()
         measured = np.array(self._measure_specs(specs, whole, table, "calibration"))
         net = self.net
-        feats = [table.features(net, s, corrected=False) for s in specs]
         spec_keys = [table.keys(net, s) for s in specs]
+        feats = [table.features_of_keys(net, ks) for ks in spec_keys]
         keys = sorted({k for ks in spec_keys for k in ks})
         col = {k: j for j, k in enumerate(keys)}
         counts = np.zeros((len(specs), len(keys)))

@@ -110,20 +110,26 @@ class LatencyTable:
         return total
 
     def features(self, net: "DynamicNet", spec: "SubnetSpec", corrected: bool = True) -> dict[str, float]:
-        """The calibration features of a sub-net (:data:`FEATURES`); its keys are built once.
+        """The calibration features of a sub-net (:data:`FEATURES`).
 
         ``corrected``: the block sum includes the model's fitted per-block corrections.
         """
-        keys = self.keys(net, spec)
         cal = self.calibration.get(net.arch_signature()) if corrected else None
+        return self.features_of_keys(net, self.keys(net, spec), cal.corrections if cal else None)
+
+    def features_of_keys(self, net: "DynamicNet", keys: list[BlockKey],
+                     corrections: dict[BlockKey, float] | None = None) -> dict[str, float]:
+        """:meth:`features` of a sub-net whose keys (:meth:`keys`) are already built."""
         w, a = key_features(keys)
-        return {"block_sum": self._block_sum(net, keys, cal.corrections if cal else None),
-                "weight_melems": w, "act_melems": a}
+        return {"block_sum": self._block_sum(net, keys, corrections), "weight_melems": w, "act_melems": a}
 
     def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
         """Predicted end-to-end latency of ``spec`` in ms."""
         cal = self.calibration.get(net.arch_signature())
-        return self.raw_sum(net, spec) if cal is None else cal.apply(self.features(net, spec))
+        keys = self.keys(net, spec)
+        if cal is None:
+            return self._block_sum(net, keys)
+        return cal.apply(self.features_of_keys(net, keys, cal.corrections))
 
     def check_model(self, net: "DynamicNet") -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""

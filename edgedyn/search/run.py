@@ -15,7 +15,6 @@ resumed run gives the same result as an uninterrupted one.
 
 from __future__ import annotations
 
-
 import io
 import logging
 import random
