@@ -163,6 +163,28 @@ def test_manifest_records_device_backend_files_and_latency(fp32_bundle: Path) ->
     assert not list(fp32_bundle.parent.glob(".fp32.*"))  # no temp dir left
 
 
+def test_predictions_come_from_a_table_for_this_device_and_thread_count(run_dir: Path, tmp_path: Path,
+                                                                        caplog) -> None:
+    """Deploy serves with the table's thread count by default; a table timed with other
+    threads or on another device predicts nothing (a warning says why)."""
+    doc = json.loads(Path("profiles/cpu-resnet20.json").read_text())
+    doc["device"]["fingerprint"] = device_fingerprint(device_info("cpu"))
+    doc["backend"]["threads"] = 1
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps(doc))
+    m = deploy(run_dir, out=tmp_path / "b1", table=table, **FAST)
+    assert m.threads == 1 and m.table == str(table)
+    assert all(s.predicted_ms and s.predicted_ms > 0 for s in m.subnets)
+    m = deploy(run_dir, out=tmp_path / "b2", table=table, threads=2, **FAST)
+    assert m.threads == 2 and m.table is None and all(s.predicted_ms is None for s in m.subnets)
+    assert "profiled with 1 CPU threads, this bundle serves with 2" in caplog.text
+    doc["device"]["fingerprint"] = "cpu:another CPU"
+    table.write_text(json.dumps(doc))
+    m = deploy(run_dir, out=tmp_path / "b3", table=table, **FAST)
+    assert m.table is None and all(s.predicted_ms is None for s in m.subnets)
+    assert "field 'device.fingerprint' is 'cpu:another CPU'" in caplog.text
+
+
 def test_manifest_round_trip_and_schema_errors(fp32_bundle: Path, tmp_path: Path) -> None:
     m = Manifest.load(fp32_bundle)
     copy = tmp_path / "manifest.json"

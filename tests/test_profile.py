@@ -1,5 +1,6 @@
 """The profiler and latency table, with a deterministic fake backend (no timing noise)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class FakeBackend(Backend):
 def fake(monkeypatch):
     FakeBackend.block_calls = 0
     FakeBackend.fail_after = None
-    monkeypatch.setattr(Profiler, "_backend", lambda self: FakeBackend(self.options))
+    monkeypatch.setattr(Profiler, "_backend", lambda self, **kw: FakeBackend(dataclasses.replace(self.options, **kw)))
     orig_init = Profiler.__init__
 
     def init(self, *a, **k):
@@ -278,3 +279,56 @@ def test_per_block_corrections_enter_the_prediction_and_survive_a_reload(fake, t
     (tmp_path / "c.json").write_text(json.dumps(obj))
     with pytest.raises(ArtifactError, match="c.json.*corrections"):
         LatencyTable.load(tmp_path / "c.json")
+
+
+def test_thread_choice_rule():
+    from edgedyn.profile.threads import choose_threads, thread_candidates
+
+    assert thread_candidates(1) == [1]
+    assert thread_candidates(2) == [1, 2]
+    assert thread_candidates(6) == [1, 2, 4, 6]
+    # resnet20-like: 2 threads help nothing on the full net and hurt the small ones -> 1
+    assert choose_threads({1: [0.12, 0.24, 0.72], 2: [0.16, 0.32, 0.71]}) == 1
+    # resnet18-like: 2 threads halve the full net -> 2
+    assert choose_threads({1: [2.6, 9.0, 33.5], 2: [2.7, 5.0, 17.3]}) == 2
+    # 4 only 2% better than 2 on average: a tie, and ties go to fewer threads
+    assert choose_threads({1: [2.0, 4.0], 2: [1.0, 2.0], 4: [0.98, 1.96]}) == 2
+    with pytest.raises(EdgedynError):
+        choose_threads({1: [1.0, 2.0], 2: [1.0]})
+    with pytest.raises(EdgedynError):
+        choose_threads({})
+
+
+def test_profile_chooses_records_and_keeps_its_thread_count(fake, tmp_path, monkeypatch):
+    import edgedyn.backends.onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "default_threads", lambda: 4)
+    speedup = {1: 1.0, 2: 0.6, 4: 0.59}  # 4 threads tie with 2: fewer threads win
+    seen = []
+
+    def prepare(self, module, example, workdir):
+        seen.append(self.options.threads)
+        mods = dict(module.named_modules())
+        spec = SubnetSpec(tuple(mods[g.name].out_channels for g in self.net.groups))
+        total = sum(fake_ms(k) for k in subnet_keys(self.net, spec))
+        return FakeRunner((SCALE * total + OFFSET) * speedup[self.options.threads or 1])
+
+    monkeypatch.setattr(FakeBackend, "prepare", prepare)
+    logs = []
+    table = Profiler(cfg(tmp_path, validate=0), log=logs.append, progress=False).run()
+    assert seen[:9] == [1, 1, 1, 2, 2, 2, 4, 4, 4]  # three reference sub-nets per count
+    assert set(seen[9:]) == {2}  # calibration runs at the chosen count
+    assert table.backend["threads"] == 2
+    choice = table.backend["thread_choice"]
+    assert choice["chosen"] == 2 and set(choice["median_ms"]) == {"1", "2", "4"}
+    assert choice["median_ms"]["2"][2] == pytest.approx(0.6 * choice["median_ms"]["1"][2], rel=1e-3)
+    assert LatencyTable.load(tmp_path / "t.json").backend["threads"] == 2
+    assert any("-> 2" in m for m in logs)
+    # merging another model into it keeps its count, without timing the counts again
+    seen.clear()
+    Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True), log=lambda m: None, progress=False).run()
+    assert set(seen) == {2}
+    # asking for another count is refused, naming the file and the field
+    with pytest.raises(ArtifactError, match=r"t\.json: field 'backend\.threads' is 2"):
+        Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True, threads=1), log=lambda m: None,
+                 progress=False).run()

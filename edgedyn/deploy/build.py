@@ -114,6 +114,36 @@ def _predict_all(runner: Any, x: np.ndarray) -> np.ndarray:
     return np.array([int(np.argmax(runner.infer(x[i:i + 1]))) for i in range(len(x))], dtype=np.int64)
 
 
+def _prediction_table(run: RunInfo, table: Any, backend: str, precision: str) -> tuple[Any, Any]:
+    """The latency table that predicts this bundle (``table``, else the run's), and its path; or Nones."""
+    table_path = table if table is not None else (run.table if run.table and Path(run.table).is_file() else None)
+    if table_path is None:
+        return None, None
+    from ..profile.table import LatencyTable
+
+    lat_table = LatencyTable.load(table_path)
+    if lat_table.precision != precision or lat_table.backend.get("name") != backend:
+        log.warning("%s: a %s %s table does not predict %s %s; no predicted latencies", table_path,
+                    lat_table.backend.get("name"), lat_table.precision, backend, precision)
+        return None, None
+    return lat_table, table_path
+
+
+def _serving_threads(lat_table: Any, table_path: Any, backend: str, threads: int | None) -> int | None:
+    """CPU threads the bundle serves with (ONNX Runtime): asked for, else the table's, else all cores."""
+    if backend != "onnxruntime":
+        return threads
+    if threads is not None:
+        return threads
+    have = lat_table.backend.get("threads") if lat_table is not None else None
+    if have is not None:
+        log.info("%s: serving with the table's %s CPU threads", table_path, have)
+        return int(have)
+    from ..backends.onnxruntime import default_threads
+
+    return default_threads()
+
+
 # -- the bundle directory --------------------------------------------------------------
 def _swap_into_place(tmp: Path, out: Path) -> None:
     if out.exists():
@@ -153,7 +183,8 @@ def deploy(
             or an array; default: ``calib_limit`` samples of the run's training split.
         out: the bundle directory (replaced atomically if it already holds a bundle).
         table: latency table for the predicted latencies (default: the run's, if present).
-        threads: CPU intra-op threads (ONNX Runtime); default: the CPUs this process may use.
+        threads: CPU intra-op threads (ONNX Runtime); default: the latency table's (its
+            predictions hold for that count only), else the CPUs this process may use.
         measure_iters: timed calls per sub-net (interleaved) for median/p90/p99.
         test_limit: test samples used for accuracy (None: all).
         check_samples: test samples compared with PyTorch after export.
@@ -177,14 +208,22 @@ def deploy(
     tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    lat_table, table_path = _prediction_table(run, table, backend, precision)
+    # without any table, the search's own latency costs (from the run's table) are the prediction
+    search_cost = table is None and not (run.table and Path(run.table).is_file())
+    threads = _serving_threads(lat_table, table_path, backend, threads)
+    if threads is not None and lat_table is not None and lat_table.backend.get("threads") not in (None, threads):
+        log.warning("%s: the table was profiled with %s CPU threads, this bundle serves with %s; "
+                    "no predicted latencies", table_path, lat_table.backend.get("threads"), threads)
+        lat_table = table_path = None
     extra = dict(backend_extra or {})
     if backend == "tensorrt":
         extra.setdefault("timing_cache", str(tmp / "timing.cache"))
     be = get_backend(backend, BackendOptions(device="cpu" if backend == "onnxruntime" else "cuda",
                                              precision=precision, threads=threads, extra=extra))
     try:
-        manifest = _build(run, be, backend, precision, calib, out, tmp, table, threads, measure_iters,
-                          test_limit, calib_limit, check_samples, keep_dominated)
+        manifest = _build(run, be, backend, precision, calib, out, tmp, lat_table, table_path, search_cost,
+                          threads, measure_iters, test_limit, calib_limit, check_samples, keep_dominated)
         manifest.save(tmp / MANIFEST_NAME)  # last
         _swap_into_place(tmp, out)
     except BaseException:
@@ -195,14 +234,18 @@ def deploy(
 
 
 def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out: Path, tmp: Path,
-           table: Any, threads: int | None, measure_iters: int, test_limit: int | None, calib_limit: int,
-           check_samples: int, keep_dominated: bool = False) -> Manifest:
+           lat_table: Any, table_path: Any, search_cost: bool, threads: int | None, measure_iters: int,
+           test_limit: int | None, calib_limit: int, check_samples: int, keep_dominated: bool = False) -> Manifest:
     from ..export import export_onnx
 
     version = be.version()
     device = _device_info(be)
     from ..device import device_fingerprint
 
+    if lat_table is not None and lat_table.device.get("fingerprint") != device_fingerprint(device):
+        log.warning("%s: field 'device.fingerprint' is %r, this device is %r; no predicted latencies", table_path,
+                    lat_table.device.get("fingerprint"), device_fingerprint(device))
+        lat_table = table_path = None
     execute = _can_execute(backend)
     net = run.net
     shape = tuple(int(d) for d in net.input_shape)
@@ -211,17 +254,6 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     if len(x_test) == 0:
         raise EdgedynError(f"{run.path}: the run's test split ({run.data['spec']}) is empty")
     check = x_test[:max(1, check_samples)]
-
-    table_path = table if table is not None else (run.table if run.table and Path(run.table).is_file() else None)
-    lat_table = None
-    if table_path is not None:
-        from ..profile.table import LatencyTable
-
-        lat_table = LatencyTable.load(table_path)
-        if lat_table.precision != precision or lat_table.backend.get("name") != backend:
-            log.warning("%s: a %s %s table does not predict %s %s; no predicted latencies", table_path,
-                        lat_table.backend.get("name"), lat_table.precision, backend, precision)
-            lat_table = table_path = None
 
     calib_x = cache = None
     calib_source = None
@@ -326,7 +358,7 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
         predicted = None
         if lat_table is not None:
             predicted = float(lat_table.predict(net, spec))
-        elif table_path is None and run.cost_unit == "ms" and sub.cost is not None and precision == "fp32":
+        elif search_cost and run.cost_unit == "ms" and sub.cost is not None and precision == "fp32":
             predicted = float(sub.cost)  # the search's own latency cost (an fp32 table)
         records.append(SubnetRecord(index=i, spec=spec, files={k: v for k, v in files.items()}, macs=int(sub.macs),
                                     params=int(sub.params), predicted_ms=predicted, accuracy=accuracy,
@@ -354,14 +386,12 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
         shared["timing_cache"] = timing
     for rec in records:
         rec.files = {role: file_record(tmp, Path(p)) for role, p in rec.files.items()}
-    from ..backends.onnxruntime import default_threads
-
     return Manifest(
         device=device,
         fingerprint=device_fingerprint(device),
         backend={"name": backend, "version": version},
         precision=precision,
-        threads=(threads or default_threads()) if backend == "onnxruntime" else threads,
+        threads=threads,
         input={"name": "input", "shape": list(shape), "dtype": "float32"},
         subnets=records,
         model={"name": net.name, "signature": net.signature(), "config": net.config()},

@@ -144,6 +144,7 @@ class Profiler:
         self.partial_path = c.out.with_name(c.out.name + ".partial.json")
         self.options = BackendOptions(device=c.device, precision=c.precision, threads=c.threads)
         self.block_passes: dict[str, list[float]] = {}  # key -> median of each pass so far (resume)
+        self.thread_choice: dict | None = None  # timings behind an automatic thread count
 
     # -- setup ------------------------------------------------------------------------
     def _new_table(self) -> LatencyTable:
@@ -170,13 +171,10 @@ class Profiler:
             info["cpu_busy_at_start"] = busy
             if busy > 0.1 and c.backend != "roofline":
                 self.log(f"warning: the CPUs are {100 * busy:.0f}% busy with other work; timings will be disturbed")
-        threads = c.threads
-        if threads is None and c.backend == "onnxruntime":
-            from ..backends.onnxruntime import default_threads
-
-            threads = default_threads()
-        return LatencyTable(device=info, backend={"name": c.backend, "version": backend.version(),
-                                                  "threads": threads},
+        meta = {"name": c.backend, "version": backend.version(), "threads": self.options.threads}
+        if self.thread_choice is not None:
+            meta["thread_choice"] = self.thread_choice
+        return LatencyTable(device=info, backend=meta,
                             precision=c.precision, batch=c.batch, measured=True, created=_now(),
                             layout=backend.layout())
 
@@ -187,29 +185,80 @@ class Profiler:
 
     def _start(self) -> tuple[LatencyTable, dict[str, dict]]:
         c = self.cfg
-        fresh = self._new_table()
+        existing = partial = where = None
         if c.resume and self.partial_path.is_file():
-            obj = load_json(self.partial_path, PARTIAL_SCHEMA)
-            table = LatencyTable.load_partial(obj["table"], self.partial_path)
-            table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
-                                fingerprint=fresh.device.get("fingerprint"))
-            _check_layout(table, fresh, self.partial_path)
-            if table.backend.get("name") != c.backend:
-                raise ArtifactError(f"{self.partial_path}: field 'backend.name' is {table.backend.get('name')!r}, "
-                                    f"asked for {c.backend!r}")
-            whole = obj.get("whole", {})
-            self.block_passes = {k: list(v) for k, v in obj.get("block_passes", {}).items()}
-            self.log(f"resuming: {len(table.entries)} blocks and {len(whole)} sub-nets already measured")
-            return table, whole
-        if c.resume:
-            self.log(f"nothing to resume at {self.partial_path}; starting afresh")
-        if c.merge and c.out.is_file():
-            table = LatencyTable.load(c.out)
-            table.check_matches(device=c.device, precision=c.precision, batch=c.batch,
-                                fingerprint=fresh.device.get("fingerprint"))
-            _check_layout(table, fresh, c.out)
-            return table, {}
-        return fresh, {}
+            partial = load_json(self.partial_path, PARTIAL_SCHEMA)
+            existing, where = LatencyTable.load_partial(partial["table"], self.partial_path), self.partial_path
+        elif c.merge and c.out.is_file():
+            existing, where = LatencyTable.load(c.out), c.out
+        if existing is not None and existing.backend.get("name") != c.backend:
+            raise ArtifactError(f"{where}: field 'backend.name' is {existing.backend.get('name')!r}, "
+                                f"asked for {c.backend!r}")
+        self._set_threads(existing, where)
+        fresh = self._new_table()
+        if existing is None:
+            if c.resume:
+                self.log(f"nothing to resume at {self.partial_path}; starting afresh")
+            return fresh, {}
+        existing.check_matches(device=c.device, precision=c.precision, batch=c.batch,
+                               fingerprint=fresh.device.get("fingerprint"))
+        _check_layout(existing, fresh, where)
+        if partial is None:  # merge
+            return existing, {}
+        whole = partial.get("whole", {})
+        self.block_passes = {k: list(v) for k, v in partial.get("block_passes", {}).items()}
+        self.log(f"resuming: {len(existing.entries)} blocks and {len(whole)} sub-nets already measured")
+        return existing, whole
+
+    def _set_threads(self, existing: LatencyTable | None, where: Path | None) -> None:
+        """The CPU thread count (ONNX Runtime): asked for, the existing table's, or chosen by timing."""
+        c = self.cfg
+        if c.backend != "onnxruntime" or c.device != "cpu":
+            return
+        have = existing.backend.get("threads") if existing is not None else None
+        if c.threads is not None:
+            if have is not None and have != c.threads:
+                raise ArtifactError(f"{where}: field 'backend.threads' is {have}, but {c.threads} threads were "
+                                    "asked for; a table holds for one thread count")
+            threads = c.threads
+        elif have is not None:
+            threads = int(have)
+        else:
+            threads, self.thread_choice = self._choose_threads()
+        self.options = dataclasses.replace(self.options, threads=threads)
+
+    def _choose_threads(self) -> tuple[int, dict | None]:
+        """Time the reference sub-nets at 1, 2, 4, ... threads; keep the fewest within tolerance."""
+        from ..backends.onnxruntime import default_threads
+        from ..export import export_many
+        from .threads import TOLERANCE, choose_threads, thread_candidates
+
+        c = self.cfg
+        candidates = thread_candidates(default_threads())
+        if len(candidates) == 1:
+            return candidates[0], None
+        net = self.net
+        names = ["smallest", "half", "full"]
+        specs = [net.min_spec(), net.uniform_spec(0.5), net.full_spec()]
+        example = self._example()
+        self.log(f"threads: timing {', '.join(names)} sub-nets at {', '.join(map(str, candidates))} threads")
+        backends = [self._backend(threads=t) for t in candidates]
+        with tempfile.TemporaryDirectory(prefix="edgedyn-threads-") as tmp:
+            modules = [net.extract(s) for s in specs]
+            if backends[0].via_onnx:  # export once, a session per thread count
+                paths = export_many([(m, example, Path(tmp) / f"{n}.onnx") for m, n in zip(modules, names)])
+                runners = [be.from_onnx(p, example) for be in backends for p in paths]
+            else:
+                runners = [be.prepare(m, example, Path(tmp)) for be in backends for m in modules]
+            stats = measure_interleaved(runners, WHOLE_NET, seed=1)
+            del runners
+        medians = {t: [stats[i * len(specs) + j].median for j in range(len(specs))] for i, t in enumerate(candidates)}
+        threads = choose_threads(medians)
+        self.log("threads: " + "; ".join(f"{t}: " + ", ".join(f"{m:.4g}" for m in ms) + " ms"
+                                         for t, ms in medians.items()) + f" -> {threads}")
+        return threads, {"reference": names, "median_ms": {str(t): [round(m, 5) for m in ms]
+                                                             for t, ms in medians.items()},
+                         "tolerance": TOLERANCE, "chosen": threads}
 
     def _checkpoint(self, table: LatencyTable, whole: dict[str, dict]) -> None:
         atomic_write_json(self.partial_path, {"schema": PARTIAL_SCHEMA, "config": {k: str(v) for k, v in
@@ -309,10 +358,11 @@ class Profiler:
                                                              or table.entries[k].source != "measured"]))
         self._checkpoint(table, whole)
 
-    def _backend(self):
+    def _backend(self, **options):
+        """The profiled backend; ``options`` change its :class:`BackendOptions` (e.g. ``threads``)."""
         from ..backends import get_backend
 
-        return get_backend(self.cfg.backend, self.options)
+        return get_backend(self.cfg.backend, dataclasses.replace(self.options, **options))
 
     def _block_runner_factory(self, workdir: Path):
         backend = self._backend()

@@ -1,0 +1,58 @@
+"""Choosing the CPU thread count a table is profiled (and a bundle served) with.
+
+A latency table holds for one intra-op thread count only, and the best count depends on
+the model, not only on the machine. On this project's 2-core CPU (ONNX Runtime 1.32,
+batch 1, intra-op threads that sleep instead of spin-waiting between calls):
+
+- resnet18 at 224x224 runs in 17.3 ms on 2 threads and 33.5 ms on 1;
+- a resnet20 sub-net at 32x32 runs in 0.12 ms on 1 thread and 0.16-0.25 ms on 2, whose
+  median wanders by tens of percent from one minute to the next: waking the second
+  thread for every operator costs more than the operator, and how much depends on the
+  host's scheduler.
+
+So the profiler times reference sub-nets (the smallest, a half-width and the full one) at
+each candidate count, interleaved, and keeps the fewest threads whose mean slowdown
+against the per-sub-net best is within ``tolerance`` of the best count's
+(:func:`choose_threads`). The timings go into the table (``backend.thread_choice``);
+deploy serves with the table's count by default.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from ..errors import EdgedynError
+
+#: a count within this fraction of the best count's mean slowdown counts as tied; ties go to fewer threads
+TOLERANCE = 0.05
+
+
+def thread_candidates(available: int) -> list[int]:
+    """1, 2, 4, ... up to ``available``, and ``available`` itself."""
+    if available < 1:
+        raise EdgedynError(f"available threads must be >= 1, got {available}")
+    out, t = [], 1
+    while t < available:
+        out.append(t)
+        t *= 2
+    return out + [available]
+
+
+def choose_threads(medians: Mapping[int, Sequence[float]], tolerance: float = TOLERANCE) -> int:
+    """The fewest threads whose mean slowdown is within ``tolerance`` of the best.
+
+    ``medians[t][j]`` is the median latency of reference sub-net ``j`` at ``t`` threads;
+    a count's slowdown on sub-net ``j`` is its median over the best median of ``j``.
+    """
+    if not medians:
+        raise EdgedynError("no thread counts were timed")
+    lengths = {len(v) for v in medians.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise EdgedynError("every thread count needs a timing of each reference sub-net")
+    if any(m <= 0 for v in medians.values() for m in v):
+        raise EdgedynError("latencies must be positive")
+    n = lengths.pop()
+    best = [min(v[j] for v in medians.values()) for j in range(n)]
+    score = {t: sum(v[j] / best[j] for j in range(n)) / n for t, v in medians.items()}
+    top = min(score.values())
+    return min(t for t, s in score.items() if s <= top * (1.0 + tolerance))
