@@ -44,16 +44,17 @@ def main() -> None:
         table = profile(cfg, progress=False)
         val = next(v for v in table.validation.values() if v["model"] == f"{name}@{size}" or not size)
         rows.append({"model": val["model"], "group_size": args.group_size, "backend": table.backend["name"], "backend_version": table.backend["version"],
-                     "threads": table.backend.get("threads"), "precision": table.precision, "batch": table.batch,
+                     "threads": table.backend.get("threads"), "thread_choice": table.backend.get("thread_choice"),
+                     "precision": table.precision, "batch": table.batch,
                      "layout": table.layout.tag, "passes": args.passes, "calibration_terms": sorted(
                          next(c.coef for c in table.calibration.values() if c.model == val["model"])),
                      "profile_seconds": table.backend["profile_seconds"], "blocks": len(table.entries),
                      **{k: val[k] for k in ("k", "mape", "within_10pct", "spearman_table", "spearman_flops")},
                      "table": str(cfg.out), "device": table.device})
-    print(f"\n{'model':<16} {'backend':<12} {'prof s':>7} {'K':>3} {'MAPE %':>7} {'<=10% %':>8} "
+    print(f"\n{'model':<16} {'backend':<12} {'thr':>3} {'prof s':>7} {'K':>3} {'MAPE %':>7} {'<=10% %':>8} "
           f"{'rho table':>9} {'rho FLOPs':>9}")
     for r in rows:
-        print(f"{r['model']:<16} {r['backend']:<12} {r['profile_seconds']:>7.1f} {r['k']:>3} {r['mape']:>7.2f} "
+        print(f"{r['model']:<16} {r['backend']:<12} {r['threads'] or '-':>3} {r['profile_seconds']:>7.1f} {r['k']:>3} {r['mape']:>7.2f} "
               f"{r['within_10pct']:>8.1f} {r['spearman_table']:>9.4f} {r['spearman_flops']:>9.4f}")
     print(f"device: {rows[0]['device'].get('fingerprint')}  load at start: "
           f"{rows[0]['device'].get('load_average_at_start')}")
