@@ -95,7 +95,7 @@ def _model_options(f):
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
 @click.option("--passes", type=int, default=3, show_default=True,
               help="Time every block in this many differently shuffled pools (median).")
-@click.option("--calibrate", type=int, default=96, show_default=True,
+@click.option("--calibrate", type=int, default=144, show_default=True,
               help="Whole sub-nets measured end to end for the calibration fit (per-block corrections need >= 16).")
 @click.option("--validate", type=int, default=0, show_default=True,
               help="Measure K other random sub-nets end to end and report the table's accuracy.")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
+import itertools
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,8 +74,33 @@ def _export_job(job: tuple[torch.nn.Module, torch.Tensor, Path]) -> Path:
     return export_onnx(*job)
 
 
+def _pack(job: tuple[torch.nn.Module, torch.Tensor, Path]) -> tuple[bytes, Path]:
+    """A job as bytes: a module pickled for a worker process would hold a file descriptor
+    per tensor for as long as it lives here (two hundred sub-nets ran out of them)."""
+    buf = io.BytesIO()
+    torch.save((job[0], job[1]), buf)
+    return buf.getvalue(), job[2]
+
+
+def _export_packed(packed: tuple[bytes, Path]) -> Path:
+    module, example = torch.load(io.BytesIO(packed[0]), weights_only=False)
+    return export_onnx(module, example, packed[1])
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # the workers share the cores; the exporter is mostly Python
+
+
+def _bounded_map(pool: Any, fn: Callable, items: Iterable, in_flight: int) -> Iterator:
+    """``pool.map(fn, items)`` in order, with at most ``in_flight`` items submitted at once
+    (``items`` is consumed lazily, so packed jobs do not all sit in memory)."""
+    it = iter(items)
+    pending = collections.deque(pool.submit(fn, x) for x in itertools.islice(it, in_flight))
+    while pending:
+        done = pending.popleft().result()
+        for x in itertools.islice(it, 1):
+            pending.append(pool.submit(fn, x))
+        yield done
 
 
 def export_many(jobs: Sequence[tuple[torch.nn.Module, torch.Tensor, str | os.PathLike]],
@@ -96,7 +123,7 @@ def export_many(jobs: Sequence[tuple[torch.nn.Module, torch.Tensor, str | os.Pat
             # spawn, not fork: a forked copy of a process that already ran torch ops can deadlock
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                            initializer=_worker_init))
-            results = pool.map(_export_job, jobs)
+            results = _bounded_map(pool, _export_packed, map(_pack, jobs), 2 * workers)
         paths = []
         for path in results:
             paths.append(path)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -151,6 +152,15 @@ def test_spec_helpers(resnet20):
     assert net.random_spec(7) == net.random_spec(7)
     assert any(net.random_spec(s) != net.random_spec(7) for s in range(3))
     assert net.macs(net.min_spec()) < net.macs(net.uniform_spec(0.5)) < net.macs(net.full_spec())
+    # floor-heavy random specs: floor_p=1 is the smallest sub-net; 0.5 floors about half the groups
+    assert net.random_spec(3, floor_p=1.0) == net.min_spec()
+    assert net.random_spec(3, floor_p=0.0) == net.random_spec(3)
+    floors = [sum(w == g.floor for w, g in zip(net.random_spec(s, floor_p=0.5).widths, net.groups))
+              for s in range(40)]
+    uniform = [sum(w == g.floor for w, g in zip(net.random_spec(s).widths, net.groups)) for s in range(40)]
+    assert 0.4 < np.mean(floors) / len(net.groups) < 0.7 and np.mean(uniform) / len(net.groups) < 0.25
+    with pytest.raises(SpecError, match="floor_p"):
+        net.random_spec(0, floor_p=1.5)
 
 
 def test_group_size_and_floor_options():

@@ -332,3 +332,62 @@ def test_profile_chooses_records_and_keeps_its_thread_count(fake, tmp_path, monk
     with pytest.raises(ArtifactError, match=r"t\.json: field 'backend\.threads' is 2"):
         Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True, threads=1), log=lambda m: None,
                  progress=False).run()
+
+
+class ScriptedRunner:
+    """timed_call() returns the next value of a script (cycling); counts calls."""
+
+    def __init__(self, script):
+        self.script, self.calls = list(script), 0
+
+    def timed_call(self):
+        v = self.script[self.calls % len(self.script)]
+        self.calls += 1
+        return v
+
+
+def test_measure_calls_reports_per_call_percentiles_in_warm_bursts():
+    from edgedyn.profile.measure import Calls, measure_calls
+
+    # every 10th call is a 10x stall: the per-call median ignores it, p99 sees it
+    r = ScriptedRunner([1.0] * 9 + [10.0])
+    (st,) = measure_calls([r], Calls(calls=100, burst=10, warmup=5))
+    assert st.n == 100 and st.median == 1.0 and st.p99 == 10.0
+    assert r.calls == 5 + 100 + 10  # warm-up, timed, one untimed call before each burst of 10
+    # target_ms: a slow runner gets fewer calls (not below min_calls), a fast one the most
+    slow, fast = ScriptedRunner([50.0]), ScriptedRunner([0.5])
+    a, b = measure_calls([slow, fast], Calls(calls=200, target_ms=1000.0, min_calls=30))
+    assert a.n == 30 and b.n == 200 and a.median == 50.0 and b.median == 0.5
+
+
+def test_bounded_map_keeps_order_and_bounds_what_is_in_flight():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgedyn.export import _bounded_map
+
+    lock, live, peak = threading.Lock(), [0], [0]
+
+    def work(x):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        try:
+            return x * x
+        finally:
+            with lock:
+                live[0] -= 1
+
+    submitted = []
+
+    def items():
+        for i in range(50):
+            submitted.append(i)
+            yield i
+
+    with ThreadPoolExecutor(4) as pool:
+        out = []
+        for i, y in enumerate(_bounded_map(pool, work, items(), in_flight=3)):
+            out.append(y)
+            assert len(submitted) <= i + 1 + 3  # lazily consumed: never more than 3 ahead
+    assert out == [i * i for i in range(50)] and peak[0] <= 3

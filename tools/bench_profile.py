@@ -21,7 +21,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default="resnet20@32,resnet18@224")
     ap.add_argument("--validate", type=int, default=30)
-    ap.add_argument("--calibrate", type=int, default=96)
+    ap.add_argument("--calibrate", type=int, default=144)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default=None)

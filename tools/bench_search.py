@@ -9,7 +9,7 @@ Three methods, same data, seed, epochs, budgets and pre-trained start:
                            the table when one is given, else by MACs; ``usnet+flops`` forces MACs).
 
 For every chosen sub-net: the table's predicted latency, the MEASURED latency (ONNX
-export, onnxruntime CPU, pinned threads, warm-up, median over interleaved repeats) and
+export, onnxruntime CPU, pinned threads, per-call median in warm interleaved bursts) and
 the test accuracy; per method the average test accuracy over the budgets. Prints a table
 and writes ``bench_search.json`` and ``bench_search.png`` in ``--out``.
 
@@ -57,14 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure(onnx_paths: list[Path], threads: int) -> list[dict]:
     """Latency of each model as deploy runs it: edgedyn's ONNX Runtime session settings (pinned
     threads, no spinning, full graph optimization) and the profiler's whole-sub-net protocol
-    (warm-up, interleaved rounds, median, p10 / p90)."""
+    (per-call timings in warm bursts, interleaved rounds; median, p10 / p90 / p99)."""
     from edgedyn.backends import BackendOptions
     from edgedyn.backends.onnxruntime import OrtRunner
-    from edgedyn.profile.measure import WHOLE_NET, measure_interleaved
+    from edgedyn.profile.measure import WHOLE_NET, measure_calls
 
     opts = BackendOptions(device="cpu", threads=threads)
     runners = [OrtRunner(str(p), opts) for p in onnx_paths]
-    return [st.to_dict() for st in measure_interleaved(runners, WHOLE_NET, seed=0)]
+    return [st.to_dict() for st in measure_calls(runners, WHOLE_NET, seed=0)]
 
 
 def at_equal_latency(rows: list[dict], a: str, b: str) -> list[dict]:

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -73,40 +73,30 @@ def _default_calibration(splits: Any, limit: int) -> np.ndarray:
 
 
 # -- measurement -----------------------------------------------------------------------
-def _timed(runner: Any) -> Callable[[], float]:
-    call = getattr(runner, "timed_call", None)
-    if callable(call):
-        return call
-    return lambda: float(runner.time(n_warmup=0, n_iters=1)[0])
+def _timed(runner: Any) -> Any:
+    """``runner`` if it has ``timed_call``, else an adapter over its ``time()``."""
+    if callable(getattr(runner, "timed_call", None)):
+        return runner
+
+    class _Adapter:
+        def timed_call(self) -> float:
+            return float(runner.time(n_warmup=0, n_iters=1)[0])
+
+    return _Adapter()
 
 
 def measure_runners(runners: Sequence[Any], iters: int = 200, warmup: int = 10, seed: int = 0,
                     burst: int = 10) -> list[dict[str, Any]]:
-    """Per-call latency (ms) of each runner as a server sees it: median, p10, p90, p99.
+    """Per-call latency (ms) of each runner: median, p10, p90, p99, as a server sees it.
 
-    Every sample is one call, so the tail (p99) is the serving tail. Calls come in bursts of
-    ``burst`` on one runner after an untimed call, as consecutive requests on one sub-net
-    run with its weights in cache; the bursts visit the runners in shuffled rounds, so
-    drift hits them alike. (One call per visit would time every call cold: 0.30 instead of
-    0.17 ms for a small resnet20 sub-net on this project's CPU.)
+    The same protocol (:func:`~edgedyn.profile.measure.measure_calls`) the profiler
+    calibrates its table on, so the prediction and this measurement are comparable.
     """
-    calls = [_timed(r) for r in runners]
-    for c in calls:
-        for _ in range(warmup):
-            c()
-    rng = np.random.default_rng(seed)
-    samples: list[list[float]] = [[] for _ in calls]
-    burst = max(1, min(burst, iters))
-    for _ in range(-(-iters // burst)):
-        for i in rng.permutation(len(calls)):
-            calls[i]()
-            samples[i].extend(calls[i]() for _ in range(min(burst, iters - len(samples[i]))))
-    out = []
-    for s in samples:
-        p10, p50, p90, p99 = np.percentile(np.asarray(s), [10, 50, 90, 99])
-        out.append({"median": round(float(p50), 6), "p10": round(float(p10), 6), "p90": round(float(p90), 6),
-                    "p99": round(float(p99), 6), "n": len(s)})
-    return out
+    from ..profile.measure import Calls, measure_calls
+
+    stats = measure_calls([_timed(r) for r in runners], Calls(calls=iters, burst=burst, warmup=warmup), seed=seed)
+    return [{"median": round(st.median, 6), "p10": round(st.p10, 6), "p90": round(st.p90, 6),
+             "p99": round(st.p99, 6), "n": st.n} for st in stats]
 
 
 def _predict_all(runner: Any, x: np.ndarray) -> np.ndarray:

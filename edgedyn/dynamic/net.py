@@ -113,12 +113,18 @@ class DynamicNet(nn.Module):
     def min_spec(self) -> SubnetSpec:
         return SubnetSpec(tuple(g.floor for g in self.groups))
 
-    def random_spec(self, seed: int | None = None) -> SubnetSpec:
-        """A uniformly random valid spec (each group independently over its grid)."""
+    def random_spec(self, seed: int | None = None, floor_p: float = 0.0) -> SubnetSpec:
+        """A random valid spec: each group independently at its floor with probability
+        ``floor_p``, else uniformly over its grid (``floor_p=0``: uniform everywhere)."""
+        if not 0.0 <= floor_p <= 1.0:
+            raise SpecError(f"floor_p must be in [0, 1], got {floor_p}")
         gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
         widths = []
         for g in self.groups:
             choices = g.widths_from()
+            if floor_p > 0.0 and float(torch.rand(1, generator=gen)) < floor_p:
+                widths.append(choices[0])
+                continue
             widths.append(choices[int(torch.randint(len(choices), (1,), generator=gen))])
         return SubnetSpec(tuple(widths))
 
