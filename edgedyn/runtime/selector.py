@@ -330,17 +330,19 @@ class Selector:
         self.counts[i] += 1
         if budget is not None and ms > budget:
             self.misses[i] += 1
-        if self._last is not None and i != self._last:
-            self.switches += 1
-        self._last = i
+        if i != self._last:
+            if self._last is not None:
+                self.switches += 1
+            self._last = i
         if i != self._current:
             self._current = i
             self._since_switch = 0
         self._since_switch += 1
-        ratio = ms / self._median[i]
-        err = (ratio if ratio < self._clip else self._clip) - self._mean
-        self._mean += self._alpha * err
-        self._dev += self._alpha * ((err if err >= 0.0 else -err) - self._dev)
+        if self._adaptive:  # the slowdown factor only steers the adaptive policy
+            ratio = ms / self._median[i]
+            err = (ratio if ratio < self._clip else self._clip) - self._mean
+            self._mean += self._alpha * err
+            self._dev += self._alpha * ((err if err >= 0.0 else -err) - self._dev)
 
     # -- serving ------------------------------------------------------------------------
     def _input_error(self, x: Any) -> str:
