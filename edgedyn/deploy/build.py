@@ -73,6 +73,10 @@ def _default_calibration(splits: Any, limit: int) -> np.ndarray:
 
 
 # -- measurement -----------------------------------------------------------------------
+#: deploy times each sub-net for about this long (ms)
+MEASURE_MS = 2000.0
+
+
 def _timed(runner: Any) -> Any:
     """``runner`` if it has ``timed_call``, else an adapter over its ``time()``."""
     if callable(getattr(runner, "timed_call", None)):
@@ -85,16 +89,19 @@ def _timed(runner: Any) -> Any:
     return _Adapter()
 
 
-def measure_runners(runners: Sequence[Any], iters: int = 200, warmup: int = 10, seed: int = 0,
-                    burst: int = 10) -> list[dict[str, Any]]:
+def measure_runners(runners: Sequence[Any], iters: int = 2000, warmup: int = 10, seed: int = 0,
+                    burst: int = 10, target_ms: float | None = MEASURE_MS) -> list[dict[str, Any]]:
     """Per-call latency (ms) of each runner: median, p10, p90, p99, as a server sees it.
 
     The same protocol (:func:`~edgedyn.profile.measure.measure_calls`) the profiler
-    calibrates its table on, so the prediction and this measurement are comparable.
+    calibrates its table on, so the prediction and this measurement are comparable. Each
+    runner gets ``iters`` calls at most, about ``target_ms`` of them (at least 200): a
+    measurement that lasts a fraction of a second is at the mercy of any passing stall.
     """
     from ..profile.measure import Calls, measure_calls
 
-    stats = measure_calls([_timed(r) for r in runners], Calls(calls=iters, burst=burst, warmup=warmup), seed=seed)
+    protocol = Calls(calls=iters, burst=burst, warmup=warmup, target_ms=target_ms, min_calls=200)
+    stats = measure_calls([_timed(r) for r in runners], protocol, seed=seed)
     return [{"median": round(st.median, 6), "p10": round(st.p10, 6), "p90": round(st.p90, 6),
              "p99": round(st.p99, 6), "n": st.n} for st in stats]
 
@@ -156,7 +163,7 @@ def deploy(
     table: str | os.PathLike | None = None,
     threads: int | None = None,
     *,
-    measure_iters: int = 200,
+    measure_iters: int = 2000,
     test_limit: int | None = 2000,
     calib_limit: int = 256,
     check_samples: int = 8,
@@ -175,7 +182,8 @@ def deploy(
         table: latency table for the predicted latencies (default: the run's, if present).
         threads: CPU intra-op threads (ONNX Runtime); default: the latency table's (its
             predictions hold for that count only), else the CPUs this process may use.
-        measure_iters: timed calls per sub-net (interleaved) for median/p90/p99.
+        measure_iters: timed calls per sub-net at most (interleaved) for median/p90/p99;
+            each sub-net is timed for about ``MEASURE_MS`` (at least 200 calls).
         test_limit: test samples used for accuracy (None: all).
         check_samples: test samples compared with PyTorch after export.
         backend_extra: extra ``BackendOptions`` (e.g. TensorRT ``workspace_bytes``).

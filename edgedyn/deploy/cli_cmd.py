@@ -23,7 +23,8 @@ from ..errors import EdgedynError
 @click.option("--out", default="bundle", show_default=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--table", default=None, type=click.Path(dir_okay=False), help="Latency table for predicted latencies.")
 @click.option("--threads", type=int, default=None, help="CPU intra-op threads (default: the latency table's, else the CPUs available).")
-@click.option("--measure-iters", type=int, default=200, show_default=True, help="Timed calls per sub-net.")
+@click.option("--measure-iters", type=int, default=2000, show_default=True,
+              help="Timed calls per sub-net at most (each is timed for about 2 s, at least 200 calls).")
 @click.option("--keep-dominated", is_flag=True,
               help="Deploy every search pick, also one no more accurate (fp32, test split) than a cheaper pick.")
 def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated) -> None:
