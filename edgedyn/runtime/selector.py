@@ -41,9 +41,9 @@ before anything is selected or run; the selector stays usable.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter as _clock
 from typing import Any, Sequence
 
 import numpy as np
@@ -303,15 +303,24 @@ class Selector:
             return self._order[0], "no-budget"
         if policy == "budget":
             return self._fit(budget, 1.0)
-        scale = self._mean + self._k_dev * self._dev
-        cand, reason = self._fit(budget, scale)
+        return self._adapt(budget, self._mean + self._k_dev * self._dev)
+
+    def _adapt(self, budget: float, scale: float) -> tuple[int, str]:
+        """The adaptive policy's pick at slowdown ``scale`` (caller holds the lock)."""
+        base = self._base
         cur = self._current
+        for cand in self._order:  # _fit, inlined: this runs after every adaptive call
+            if base[cand] * scale <= budget:
+                reason = "fits"
+                break
+        else:
+            cand, reason = self._fastest, "below-smallest"
         if cand == cur or self._rank[cand] > self._rank[cur]:
             return cand, reason  # same, or a step down: at once
         # a step up: only after the dwell and with headroom, unless the current one no longer fits
-        if self._base[cur] * scale > budget:
+        if base[cur] * scale > budget:
             return cand, reason
-        if self._since_switch >= self._dwell and self._base[cand] * scale * (1.0 + self._up) <= budget:
+        if self._since_switch >= self._dwell and base[cand] * scale * (1.0 + self._up) <= budget:
             return cand, reason
         return cur, "hysteresis"
 
@@ -326,7 +335,8 @@ class Selector:
             self._observe(subnet, latency_ms, budget_ms)
             self._next = (None, 0, "")
 
-    def _observe(self, i: int, ms: float, budget: float | None) -> None:
+    def _observe(self, i: int, ms: float, budget: float | None) -> float:
+        """Record call ``i`` (caller holds the lock); returns the adaptive slowdown factor."""
         self.counts[i] += 1
         if budget is not None and ms > budget:
             self.misses[i] += 1
@@ -338,11 +348,13 @@ class Selector:
             self._current = i
             self._since_switch = 0
         self._since_switch += 1
-        if self._adaptive:  # the slowdown factor only steers the adaptive policy
-            ratio = ms / self._median[i]
-            err = (ratio if ratio < self._clip else self._clip) - self._mean
-            self._mean += self._alpha * err
-            self._dev += self._alpha * ((err if err >= 0.0 else -err) - self._dev)
+        if not self._adaptive:  # the slowdown factor only steers the adaptive policy
+            return 1.0
+        ratio = ms / self._median[i]
+        err = (ratio if ratio < self._clip else self._clip) - self._mean
+        mean = self._mean = self._mean + self._alpha * err
+        dev = self._dev = self._dev + self._alpha * ((err if err >= 0.0 else -err) - self._dev)
+        return mean + self._k_dev * dev
 
     # -- serving ------------------------------------------------------------------------
     def _input_error(self, x: Any) -> str:
@@ -357,7 +369,8 @@ class Selector:
 
         Raises ``ValueError`` for a malformed input (nothing is run or counted).
         """
-        if type(x) is not np.ndarray or x.shape != self._shape or x.dtype != self._dtype:
+        if type(x) is not np.ndarray or x.shape != self._shape or (x.dtype is not self._dtype
+                                                                     and x.dtype != self._dtype):
             raise ValueError(self._input_error(x))
         budget = self.budget_ms if budget_ms is None else budget_ms
         lock = self._lock
@@ -368,26 +381,30 @@ class Selector:
             with lock:
                 i, reason = self._decide(budget)
         call = self._calls[i]
-        pc = time.perf_counter
         try:
             if self._exec_lock is None:
-                t0 = pc()
+                t0 = _clock()
                 out = call(x)
-                ms = (pc() - t0) * 1e3
+                ms = (_clock() - t0) * 1e3
             else:
                 with self._exec_lock:
-                    t0 = pc()
+                    t0 = _clock()
                     out = call(x)
-                    ms = (pc() - t0) * 1e3
+                    ms = (_clock() - t0) * 1e3
         except Exception:
             with lock:
                 self.errors += 1
             raise
         with lock:
-            self._observe(i, ms, budget)
-            if budget is not None and (self._adaptive or nxt[0] != budget):
-                # decide the next call now; the budget policy's decision depends on the budget only
-                self._next = (budget, *self._decide(budget))
+            scale = self._observe(i, ms, budget)
+            # decide the next call now; the budget policy's decision depends on the budget only
+            if budget is not None:
+                if self._adaptive:
+                    j, why = self._adapt(budget, scale)
+                    self._next = (budget, j, why)
+                elif nxt[0] != budget:
+                    j, why = self._decide(budget)
+                    self._next = (budget, j, why)
         return out, InferInfo(i, self._specs[i], ms, budget, budget is None or ms <= budget, self.policy, reason)
 
     def close(self) -> None:
