@@ -178,6 +178,10 @@ def test_predictions_come_from_a_table_for_this_device_and_thread_count(run_dir:
     m = deploy(run_dir, out=tmp_path / "b2", table=table, threads=2, **FAST)
     assert m.threads == 2 and m.table is None and all(s.predicted_ms is None for s in m.subnets)
     assert "profiled with 1 CPU threads, this bundle serves with 2" in caplog.text
+    # an fp32 table predicts no int8 latencies, but its thread count was chosen for this model here
+    m = deploy(run_dir, out=tmp_path / "b4", table=table, precision="int8", calib="calib/digits_32.npy", **FAST)
+    assert m.threads == 1 and m.table is None and all(s.predicted_ms is None for s in m.subnets)
+    assert "a onnxruntime fp32 table does not predict onnxruntime int8" in caplog.text
     doc["device"]["fingerprint"] = "cpu:another CPU"
     table.write_text(json.dumps(doc))
     m = deploy(run_dir, out=tmp_path / "b3", table=table, **FAST)

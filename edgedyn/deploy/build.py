@@ -111,34 +111,43 @@ def _predict_all(runner: Any, x: np.ndarray) -> np.ndarray:
     return np.array([int(np.argmax(runner.infer(x[i:i + 1]))) for i in range(len(x))], dtype=np.int64)
 
 
-def _prediction_table(run: RunInfo, table: Any, backend: str, precision: str) -> tuple[Any, Any]:
-    """The latency table that predicts this bundle (``table``, else the run's), and its path; or Nones."""
+def _load_table(run: RunInfo, table: Any) -> tuple[Any, Any]:
+    """The latency table given (``table``), else the run's if its file is there; or Nones."""
     table_path = table if table is not None else (run.table if run.table and Path(run.table).is_file() else None)
     if table_path is None:
         return None, None
     from ..profile.table import LatencyTable
 
-    lat_table = LatencyTable.load(table_path)
-    if lat_table.precision != precision or lat_table.backend.get("name") != backend:
-        log.warning("%s: a %s %s table does not predict %s %s; no predicted latencies", table_path,
-                    lat_table.backend.get("name"), lat_table.precision, backend, precision)
-        return None, None
-    return lat_table, table_path
+    return LatencyTable.load(table_path), table_path
 
 
 def _serving_threads(lat_table: Any, table_path: Any, backend: str, threads: int | None) -> int | None:
-    """CPU threads the bundle serves with (ONNX Runtime): asked for, else the table's, else all cores."""
+    """CPU threads the bundle serves with (ONNX Runtime): asked for, else those the table
+    was profiled with (chosen for this model on this CPU, whatever its precision), else all cores."""
     if backend != "onnxruntime":
         return threads
     if threads is not None:
         return threads
     have = lat_table.backend.get("threads") if lat_table is not None else None
-    if have is not None:
+    if have is not None and lat_table.backend.get("name") == backend:
         log.info("%s: serving with the table's %s CPU threads", table_path, have)
         return int(have)
     from ..backends.onnxruntime import default_threads
 
     return default_threads()
+
+
+def _predicts(lat_table: Any, table_path: Any, backend: str, precision: str, threads: int | None) -> bool:
+    """Whether the table's latencies hold for this bundle (a warning says why not)."""
+    if lat_table.precision != precision or lat_table.backend.get("name") != backend:
+        log.warning("%s: a %s %s table does not predict %s %s; no predicted latencies", table_path,
+                    lat_table.backend.get("name"), lat_table.precision, backend, precision)
+        return False
+    if threads is not None and lat_table.backend.get("threads") not in (None, threads):
+        log.warning("%s: the table was profiled with %s CPU threads, this bundle serves with %s; "
+                    "no predicted latencies", table_path, lat_table.backend.get("threads"), threads)
+        return False
+    return True
 
 
 # -- the bundle directory --------------------------------------------------------------
@@ -206,13 +215,11 @@ def deploy(
     tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    lat_table, table_path = _prediction_table(run, table, backend, precision)
+    lat_table, table_path = _load_table(run, table)
     # without any table, the search's own latency costs (from the run's table) are the prediction
-    search_cost = table is None and not (run.table and Path(run.table).is_file())
+    search_cost = lat_table is None
     threads = _serving_threads(lat_table, table_path, backend, threads)
-    if threads is not None and lat_table is not None and lat_table.backend.get("threads") not in (None, threads):
-        log.warning("%s: the table was profiled with %s CPU threads, this bundle serves with %s; "
-                    "no predicted latencies", table_path, lat_table.backend.get("threads"), threads)
+    if lat_table is not None and not _predicts(lat_table, table_path, backend, precision, threads):
         lat_table = table_path = None
     extra = dict(backend_extra or {})
     if backend == "tensorrt":
