@@ -395,7 +395,8 @@ class Selector:
             with lock:
                 self.errors += 1
             raise
-        with lock:
+        lock.acquire()  # not ``with``: this path runs per request, and acquire/release cost half
+        try:
             scale = self._observe(i, ms, budget)
             # decide the next call now; the budget policy's decision depends on the budget only
             if budget is not None:
@@ -405,6 +406,8 @@ class Selector:
                 elif nxt[0] != budget:
                     j, why = self._decide(budget)
                     self._next = (budget, j, why)
+        finally:
+            lock.release()
         return out, InferInfo(i, self._specs[i], ms, budget, budget is None or ms <= budget, self.policy, reason)
 
     def close(self) -> None:
