@@ -234,7 +234,6 @@ class Profiler:
         from ..export import export_many
         from .threads import TOLERANCE, choose_threads, thread_candidates
 
-        c = self.cfg
         candidates = thread_candidates(default_threads())
         if len(candidates) == 1:
             return candidates[0], None
