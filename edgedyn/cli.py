@@ -90,7 +90,7 @@ def _model_options(f):
               help="Default follows the device: cpu -> fp32, cuda/jetson -> fp16.")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU intra-op threads (ONNX Runtime). Default: the fewest of 1, 2, 4, ... "
-              "cores that run the smallest, half and full sub-nets within 5%% of the fastest count.")
+              "cores that run the smallest, half and full sub-nets within 5% of the fastest count.")
 @click.option("--subsample", type=int, default=None,
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
 @click.option("--passes", type=int, default=3, show_default=True,

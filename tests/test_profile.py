@@ -244,6 +244,9 @@ def test_cli_profile_bad_input(tmp_path):
                                    "--roofline-device", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 2 and "nope.json" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x.json").exists()
+    res = CliRunner().invoke(cli, ["profile", "--model", "resnet20", "--threads", "0", "--out", str(tmp_path / "x.json")])
+    assert res.exit_code != 0 and "threads must be >= 1" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_call_overhead_is_measured_and_subtracted(fake, tmp_path, monkeypatch):

@@ -74,6 +74,8 @@ class ProfileConfig:
             raise EdgedynError(f"unknown device {cfg.device!r}; choose cpu, cuda or jetson")
         if cfg.batch < 1 or cfg.subsample < 1 or cfg.calibrate < 0 or cfg.validate < 0 or cfg.passes < 1:
             raise EdgedynError("batch, subsample and passes must be >= 1; calibrate and validate >= 0")
+        if cfg.threads is not None and cfg.threads < 1:
+            raise EdgedynError(f"threads must be >= 1, got {cfg.threads}")
         return cfg
 
 
