@@ -136,7 +136,8 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
 @click.option("--data", default="digits", show_default=True, help="Dataset spec (digits, synthetic, ...).")
 @click.option("--epochs", type=int, default=8, show_default=True, help="Pre-training and joint-training epochs.")
 @click.option("--validate", type=int, default=10, show_default=True, help="Table validation sub-nets.")
-@click.option("--requests", type=int, default=3000, show_default=True)
+@click.option("--requests", type=int, default=10000, show_default=True,
+              help="Requests served under the budget ramp (half down, half up).")
 def demo(out, data, epochs, validate, requests) -> None:
     """The whole pipeline on the embedded defaults: profile -> search -> deploy -> run."""
     from .demo import run_demo

@@ -54,7 +54,7 @@ def budgets_from_table(table, model: str, size: int, points: tuple[float, ...] =
 
 
 def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: str = "digits",
-             budgets: str | None = None, epochs: int = 8, validate: int = 10, requests: int = 3000,
+             budgets: str | None = None, epochs: int = 8, validate: int = 10, requests: int = 10000,
              log: Log = print) -> dict[str, Any]:
     """Run the demo and return a summary (also written to ``out/summary.json``).
 
@@ -93,6 +93,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
     # quarter of the requests (a step up waits for a dwell and for headroom)
     hi, lo = max(selector.expected_ms) * 1.25, min(selector.median_ms) * 0.9
     inputs = load_inputs(None, selector.input_shape, count=64)
+    selector.warmup()
     half = requests // 2
     down = serve(selector, inputs, requests=half, budget=ramp_budget(f"{hi:.4f}:{lo:.4f}", float(half)))
     up = serve(selector, inputs, requests=requests - half, budget=ramp_budget(f"{lo:.4f}:{hi:.4f}",

@@ -290,3 +290,12 @@ def test_decision_made_ahead_follows_the_state() -> None:
     assert info.subnet == 0 and info.reason == "hysteresis"
     sel2 = fake_selector("budget")
     assert [sel2.infer(X, b)[1].subnet for b in (4.0, 4.0, 1.5, 1.5, 4.0)] == [2, 2, 0, 0, 2]
+
+
+def test_warmup_runs_every_subnet_outside_the_statistics():
+    sel = fake_selector("adaptive")
+    sel.warmup(7)
+    assert [r.calls for r in sel.runners] == [7, 7, 7]
+    assert sel.stats()["counts"] == [0, 0, 0] and sel.slowdown == 1.0
+    sel.infer(X, 10.0)
+    assert sum(sel.stats()["counts"]) == 1

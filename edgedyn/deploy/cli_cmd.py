@@ -96,6 +96,7 @@ def run(bundle, budget_ms, policy, subnet, quantile, requests, duration, input_p
     with Selector.load(bundle, policy, budget_ms=budget_ms, subnet=subnet, threads=threads,
                        allow_other_device=allow_other_device, quantile=quantile) as selector:
         inputs = load_inputs(input_path, selector.manifest.input_shape)
+        selector.warmup()
         report = serve(selector, inputs, requests=requests, duration_s=duration, budget=budget)
     click.echo(report.format())
     if json_out:

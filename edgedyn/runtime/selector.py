@@ -265,6 +265,14 @@ class Selector:
         """Sub-net indices, most accurate first."""
         return list(self._order)
 
+    def warmup(self, calls: int = 50) -> None:
+        """Run every sub-net ``calls`` times on zeros, outside the statistics: a session's
+        first calls allocate its buffers and run cold, and a server warms up before it serves."""
+        x = np.zeros(self._shape, self._dtype)
+        for r in self._runners:
+            for _ in range(calls):
+                r.infer(x)
+
     def reset_stats(self) -> None:
         """Forget use counts, misses, switches and the adaptive state."""
         with self._lock:
