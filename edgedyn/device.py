@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import BackendUnavailable, EdgedynError
 
@@ -436,6 +436,19 @@ def busy_fraction(seconds: float = 1.0) -> float | None:
         return None
     return round((b[0] - a[0]) / (b[1] - a[1]), 3)
 
+
+#: other work keeping more than this share of the CPUs busy before a timing gets a warning
+BUSY_WARN = 0.1
+
+
+def busy_before_timing(warn: Callable[[str], None], seconds: float = 0.5) -> float | None:
+    """:func:`busy_fraction` right before a timing run, with a warning through ``warn``
+    when other work keeps more than :data:`BUSY_WARN` of the CPUs busy."""
+    busy = busy_fraction(seconds)
+    if busy is not None and busy > BUSY_WARN:
+        warn(f"warning: the CPUs are {100 * busy:.0f}% busy with other work; the latencies timed now "
+             "will be disturbed")
+    return busy
 
 def main() -> None:  # pragma: no cover - manual inspection helper
     import json

@@ -350,6 +350,18 @@ def test_prepare_exports_builds_and_loads(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert engine_info(runner.path.read_bytes())["precision"] == "fp16" and calls(trt).builds[0]["strongly_typed"]
 
 
+
+def test_prepare_many_exports_in_workers_then_builds_each(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _install(monkeypatch, TRT10)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    done = []
+    runners = _backend("fp16").prepare_many([_conv_net(4), _conv_net(8)], torch.randn(1, 3, 8, 8), dirs,
+                                            progress=lambda: done.append(1))
+    assert [r.output_shape for r in runners] == [(1, 4, 8, 8), (1, 8, 8, 8)] and len(done) == 2
+    assert all((d / "model.engine").is_file() for d in dirs)
+
 # -- shared activation memory -------------------------------------------------------------
 @pytest.mark.parametrize("version", [TRT10, TRT11])
 def test_shared_activation_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version: str) -> None:

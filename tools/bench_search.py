@@ -156,12 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
         threads = default_threads()
     torch.set_num_threads(max(1, threads))
-    from edgedyn.device import busy_fraction
+    from edgedyn.device import busy_before_timing
 
-    busy = busy_fraction(1.0)
-    if busy is not None and busy > 0.1:
-        print(f"warning: the CPUs are {100 * busy:.0f}% busy with other work while timing; measured latencies "
-              "are disturbed", file=sys.stderr)
+    busy = busy_before_timing(lambda m: print(m, file=sys.stderr), 1.0)
     print(f"timing {len(paths)} sub-nets (onnxruntime CPU, {threads} threads, interleaved)", file=sys.stderr)
     for row, st in zip(rows, measure(paths, threads)):
         row["measured_ms"], row["measured_p10_ms"], row["measured_p90_ms"] = st["ms"], st["p10"], st["p90"]

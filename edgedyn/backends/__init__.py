@@ -5,7 +5,7 @@ Heavy or optional modules (TensorRT) are imported only when their backend is ask
 
 from __future__ import annotations
 
-from .base import PRECISIONS, Backend, BackendOptions, Runner
+from .base import PRECISIONS, Backend, BackendOptions, OnnxBackend, Runner
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -25,4 +25,4 @@ def get_backend(name: str, options: BackendOptions | None = None) -> Backend:
     return cls(options)
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendOptions", "Runner", "get_backend"]
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendOptions", "OnnxBackend", "Runner", "get_backend"]

@@ -4,7 +4,9 @@ A :class:`Backend` turns a model into a :class:`Runner`:
 
 - ``prepare(module, example, workdir)`` compiles a ``torch.nn.Module`` for this backend
   (ONNX export + session for onnxruntime, an engine for TensorRT, the module itself for
-  torch) and returns a runner. The profiler uses it for blocks and whole sub-nets.
+  torch) and returns a runner; ``prepare_many`` does it for many modules. The profiler
+  uses them for blocks and whole sub-nets. Backends that compile ONNX derive from
+  :class:`OnnxBackend`, which exports once and builds with ``from_onnx(onnx_path)``.
 - ``build(onnx_path, out_dir)`` compiles an ONNX file to the backend's deployable
   artifact (an optimized ``.onnx`` or a ``.engine``); ``load(artifact)`` returns a runner.
   ``edgedyn deploy`` and the runtime selector use these.
@@ -128,8 +130,6 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     artifact_suffix: ClassVar[str]
-    #: prepare() is export_onnx() then from_onnx(): prepare_many() exports in parallel processes
-    via_onnx: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
@@ -149,25 +149,13 @@ class Backend(abc.ABC):
 
     def prepare_many(self, modules: Sequence[Any], example: Any, workdirs: Sequence[Path],
                      progress: Callable[[], None] | None = None) -> list[Runner]:
-        """:meth:`prepare` for many modules (one workdir each; ``progress`` is called after each).
-
-        ONNX backends (``via_onnx``) export them in parallel processes."""
-        if self.via_onnx:
-            from ..export import export_many
-
-            paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
-                                progress=progress)
-            return [self.from_onnx(p, example) for p in paths]
+        """:meth:`prepare` for many modules (one workdir each; ``progress`` is called after each)."""
         out = []
         for m, wd in zip(modules, workdirs):
             out.append(self.prepare(m, example, wd))
             if progress is not None:
                 progress()
         return out
-
-    def from_onnx(self, onnx_path: Path, example: Any) -> Runner:
-        """A runner for an exported ONNX file (``via_onnx`` backends; built next to the file)."""
-        raise NotImplementedError(f"backend {self.name!r} does not compile from ONNX")
 
     @abc.abstractmethod
     def build(self, onnx_path: Path, out_path: Path) -> Path:
@@ -210,3 +198,32 @@ class Backend(abc.ABC):
         from ..device import device_info
 
         return device_info(self.options.device)
+
+
+class OnnxBackend(Backend):
+    """A backend that compiles ONNX (ONNX Runtime, TensorRT): :meth:`prepare` exports the
+    module, then :meth:`from_onnx` builds a runner from the file; :meth:`prepare_many`
+    exports in parallel processes (the exporter takes 1-2 s per small network)."""
+
+    def check_ready(self) -> None:
+        """Raise :class:`~edgedyn.errors.BackendUnavailable` when nothing can be built here;
+        called before the (slow) exports. Default: nothing to check."""
+
+    @abc.abstractmethod
+    def from_onnx(self, onnx_path: Path, example: Any) -> Runner:
+        """A runner for an exported ONNX file (artifacts are built next to the file)."""
+
+    def prepare(self, module: Any, example: Any, workdir: Path) -> Runner:
+        from ..export import export_onnx
+
+        self.check_ready()
+        return self.from_onnx(export_onnx(module, example, Path(workdir) / "model.onnx"), example)
+
+    def prepare_many(self, modules: Sequence[Any], example: Any, workdirs: Sequence[Path],
+                     progress: Callable[[], None] | None = None) -> list[Runner]:
+        from ..export import export_many
+
+        self.check_ready()
+        paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
+                            progress=progress)
+        return [self.from_onnx(p, example) for p in paths]

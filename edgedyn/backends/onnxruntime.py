@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable
-from .base import Backend, BackendOptions, Runner
+from .base import BackendOptions, OnnxBackend, Runner
 
 
 def default_threads() -> int:
@@ -144,10 +144,9 @@ def nchwc_block(threads: int | None = None) -> int:
     return block
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(OnnxBackend):
     name = "onnxruntime"
     artifact_suffix = ".onnx"
-    via_onnx = True
 
     @classmethod
     def available(cls) -> bool:
@@ -161,11 +160,6 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime
 
         return onnxruntime.__version__
-
-    def prepare(self, module: Any, example: Any, workdir: Path) -> OrtRunner:
-        from ..export import export_onnx
-
-        return self.from_onnx(export_onnx(module, example, Path(workdir) / "model.onnx"), example)
 
     def from_onnx(self, onnx_path: Path, example: Any) -> OrtRunner:
         return OrtRunner(str(onnx_path), self.options, name=str(onnx_path))

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..artifacts import atomic_write_bytes
 from ..errors import BackendUnavailable, EdgedynError
-from .base import PRECISIONS, Backend, Runner
+from .base import PRECISIONS, OnnxBackend, Runner
 
 _LOG = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class TensorRTRunner(Runner):
         return out
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(OnnxBackend):
     """ONNX -> TensorRT engine, for TensorRT 10 (JetPack 6) and TensorRT 11.
 
     ``BackendOptions.extra`` keys: ``timing_cache`` (path of the timing cache shared by
@@ -417,15 +417,8 @@ class TensorRTBackend(Backend):
         require_gpu()
         return trt, tensorrt_api(trt)
 
-    def prepare(self, module: Any, example: Any, workdir: Path) -> TensorRTRunner:
-        from ..export import export_onnx
-
-        self._tensorrt()  # fail before the (slow) export
-        return self.from_onnx(export_onnx(module, example, Path(workdir) / "model.onnx"), example)
-
-    def prepare_many(self, modules: Any, example: Any, workdirs: Any, progress: Any = None) -> list[TensorRTRunner]:
-        self._tensorrt()  # fail before the (slow) exports
-        return super().prepare_many(modules, example, workdirs, progress)
+    def check_ready(self) -> None:
+        self._tensorrt()  # the module and a GPU
 
     def from_onnx(self, onnx_path: Path, example: Any) -> TensorRTRunner:
         engine = self.build(onnx_path, Path(onnx_path).with_name(f"model{self.artifact_suffix}"))

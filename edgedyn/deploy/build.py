@@ -372,14 +372,11 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
 
     if runners:
         if backend == "onnxruntime" and be.options.device == "cpu":
-            from ..device import busy_fraction
+            from ..device import busy_before_timing
 
-            busy = busy_fraction(0.5)  # other work on the CPUs right before the timing
+            busy = busy_before_timing(log.warning)
             if busy is not None:
                 device["cpu_busy_before_measure"] = busy
-                if busy > 0.1:
-                    log.warning("the CPUs are %.0f%% busy with other work; the latencies measured now will "
-                                "be disturbed", 100 * busy)
         for rec, stats in zip(records, measure_runners(runners, iters=measure_iters)):
             rec.measured = stats
         for r in runners:

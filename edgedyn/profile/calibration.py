@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .blocks import BlockKey
 
 FEATURES = ("block_sum", "weight_melems", "act_melems")
-NOISE_REL = 0.02  # relative spread of one whole-sub-net measurement (median of 21-101 samples)
+NOISE_REL = 0.02  # relative spread of one whole-sub-net measurement (per-call median of 30-200 calls)
 PRIOR_RELS = (0.0, 0.05, 0.1, 0.2, 0.4)  # candidate prior widths of the per-block corrections
 PRIOR_FLOOR_MS = 1e-3  # prior width floor: a block entry of ~0 ms may still cost a microsecond
 MIN_FOR_MEMORY_TERMS = 8
@@ -41,20 +41,21 @@ MIN_FOR_CORRECTIONS = 16
 FOLDS = 5
 
 
+def _pad(c: int, block: int) -> int:
+    """``c`` channels padded to a multiple of the layout's channel block (0: no blocking)."""
+    return -(-c // block) * block if block else c
+
+
 def key_features(keys: "Sequence[BlockKey]") -> tuple[float, float]:
     """(weight, output activation) elements, in millions, of conv and linear blocks, as laid out."""
     w = a = 0.0
     for k in keys:
         blk = k.nchwc_block
-
-        def pad(c: int) -> int:
-            return -(-c // blk) * blk if blk else c
-
         if k.op == "conv":
-            c_in = 1 if k.depthwise else (k.c_in if (not blk or k.c_in < blk) else pad(k.c_in))
+            c_in = 1 if k.depthwise else (k.c_in if (not blk or k.c_in < blk) else _pad(k.c_in, blk))
             oh, ow = k.out_hw
-            w += pad(k.c_out) * c_in * k.kernel * k.kernel
-            a += k.batch * pad(k.c_out) * oh * ow
+            w += _pad(k.c_out, blk) * c_in * k.kernel * k.kernel
+            a += k.batch * _pad(k.c_out, blk) * oh * ow
         elif k.op == "linear":
             w += k.c_in * k.c_out
             a += k.batch * k.c_out

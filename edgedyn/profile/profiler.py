@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ..artifacts import atomic_write_json, load_json
-from ..backends.base import BackendOptions
+from ..backends import BackendOptions, OnnxBackend
 from ..errors import ArtifactError, EdgedynError
 from .blocks import BlockKey, all_keys
 from .measure import BLOCKS, WHOLE_NET, measure_calls, measure_interleaved
@@ -167,13 +167,11 @@ class Profiler:
         info["fingerprint"] = device_fingerprint(info)
         if hasattr(os, "getloadavg"):
             info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-        from ..device import busy_fraction
+        from ..device import busy_before_timing
 
-        busy = busy_fraction(0.5)
+        busy = busy_before_timing(self.log)
         if busy is not None:
             info["cpu_busy_at_start"] = busy
-            if busy > 0.1 and c.backend != "roofline":
-                self.log(f"warning: the CPUs are {100 * busy:.0f}% busy with other work; timings will be disturbed")
         meta = {"name": c.backend, "version": backend.version(), "threads": self.options.threads}
         if self.thread_choice is not None:
             meta["thread_choice"] = self.thread_choice
@@ -247,7 +245,7 @@ class Profiler:
         backends = [self._backend(threads=t) for t in candidates]
         with tempfile.TemporaryDirectory(prefix="edgedyn-threads-") as tmp:
             modules = [net.extract(s) for s in specs]
-            if backends[0].via_onnx:  # export once, a session per thread count
+            if isinstance(backends[0], OnnxBackend):  # export once, a session per thread count
                 paths = export_many([(m, example, Path(tmp) / f"{n}.onnx") for m, n in zip(modules, names)])
                 runners = [be.from_onnx(p, example) for be in backends for p in paths]
             else:

@@ -118,7 +118,7 @@ class LatencyTable:
         return self.features_of_keys(net, self.keys(net, spec), cal.corrections if cal else None)
 
     def features_of_keys(self, net: "DynamicNet", keys: list[BlockKey],
-                     corrections: dict[BlockKey, float] | None = None) -> dict[str, float]:
+                         corrections: dict[BlockKey, float] | None = None) -> dict[str, float]:
         """:meth:`features` of a sub-net whose keys (:meth:`keys`) are already built."""
         w, a = key_features(keys)
         return {"block_sum": self._block_sum(net, keys, corrections), "weight_melems": w, "act_melems": a}
