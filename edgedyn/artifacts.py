@@ -40,8 +40,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Serialise ``obj`` as indented JSON and write it atomically."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+    """Serialise ``obj`` as indented, standard JSON and write it atomically.
+
+    A NaN or infinite number is refused (:class:`ArtifactError` naming the file) before
+    anything is written: ``NaN`` is not JSON, and no artifact may hold one.
+    """
+    try:
+        text = json.dumps(obj, indent=1, sort_keys=False, allow_nan=False)
+    except ValueError as err:
+        from .validate import all_finite
+
+        try:
+            all_finite(obj, str(path))
+        except ArtifactError as found:  # names the field
+            raise ArtifactError(f"refusing to write {found}") from None
+        raise ArtifactError(f"{path}: refusing to write it ({err})") from None
+    return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def load_json(path: str | os.PathLike, schema: str | None = None) -> dict:

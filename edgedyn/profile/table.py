@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import validate as V
 from ..artifacts import atomic_write_json, load_json, require
 from ..errors import ArtifactError
 from .blocks import BlockKey, all_keys, subnet_keys
@@ -41,8 +42,11 @@ from .layout import PLAIN, Layout
 if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
 
+_INF = float("inf")
+
 TABLE_SCHEMA = "edgedyn.latency_table/2"
 SOURCES = ("measured", "interpolated", "roofline")
+MAX_THREADS = 4096  # a thread count above this in a table is corrupt, not a big machine
 
 
 @dataclass
@@ -124,12 +128,23 @@ class LatencyTable:
         return {"block_sum": self._block_sum(net, keys, corrections), "weight_melems": w, "act_melems": a}
 
     def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
-        """Predicted end-to-end latency of ``spec`` in ms."""
+        """Predicted end-to-end latency of ``spec`` in ms (a finite number > 0).
+
+        Raises :class:`ArtifactError` naming the model and the table when the prediction is
+        not finite or not positive (e.g. a negative memory coefficient outweighing a tiny
+        block sum).
+        """
         cal = self.calibration.get(net.arch_signature())
         keys = self.keys(net, spec)
         if cal is None:
-            return self._block_sum(net, keys)
-        return cal.apply(self.features_of_keys(net, keys, cal.corrections))
+            ms = self._block_sum(net, keys)
+        else:
+            ms = cal.apply(self.features_of_keys(net, keys, cal.corrections))
+        if not 0.0 < ms < _INF:  # NaN fails too
+            raise ArtifactError(f"{self._where()}: the predicted latency of model {net.name!r} sub-net {spec} is "
+                                f"{ms!r} ms, not a finite number > 0 (its calibration or call_overhead_ms is "
+                                f"unusable; re-profile: edgedyn profile --model {net.name} ...)")
+        return ms
 
     def check_model(self, net: "DynamicNet") -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""
@@ -202,11 +217,15 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, obj: dict, path: Path) -> "LatencyTable":
+        """Build a table from its JSON object, checking every field and number once (via
+        :mod:`edgedyn.validate`); errors are one line naming ``path`` and the field."""
         w = str(path)
         device = require(obj, "device", dict, w)
         backend = require(obj, "backend", dict, w)
+        if backend.get("threads") is not None:
+            V.integer(backend["threads"], w, "backend.threads", lo=1, hi=MAX_THREADS)
         precision = require(obj, "precision", str, w)
-        batch = require(obj, "batch", int, w)
+        batch = V.integer(require(obj, "batch", int, w), w, "batch", lo=1)
         measured = require(obj, "measured", bool, w)
         raw_entries = require(obj, "entries", dict, w)
         entries: dict[BlockKey, Entry] = {}
@@ -218,44 +237,65 @@ class LatencyTable:
                 raise ArtifactError(f"{where}: bad block key ({err})") from None
             if not isinstance(e, dict):
                 raise ArtifactError(f"{where}: entry must be an object")
-            ms = require(e, "ms", (int, float), where)
-            if not ms >= 0:
-                raise ArtifactError(f"{where}: field 'ms' must be >= 0")
+            ms = V.positive(V.field_of(e, "ms", where), where, "ms")
             source = e.get("source", "measured")
             if source not in SOURCES:
                 raise ArtifactError(f"{where}: field 'source' is {source!r}, expected one of {SOURCES}")
-            entries[key] = Entry(float(ms), source, e.get("p10"), e.get("p90"), e.get("iqr"), int(e.get("n", 0)))
+            spread = [V.optional(V.nonneg, e.get(k), where, k) for k in ("p10", "p90", "iqr")]
+            n = V.integer(e.get("n", 0), where, "n", lo=0)
+            entries[key] = Entry(ms, source, *spread, n)
         calibration = {}
         for sig, c in require(obj, "calibration", dict, w).items():
             where = f"{w}: calibration[{sig}]"
+            if not isinstance(c, dict):
+                raise ArtifactError(f"{where}: must be an object")
             coef = require(c, "coef", dict, where)
-            if "block_sum" not in coef or any(f not in FEATURES or not isinstance(v, (int, float))
-                                              for f, v in coef.items()):
+            if "block_sum" not in coef or any(ft not in FEATURES for ft in coef):
                 raise ArtifactError(f"{where}: field 'coef' must map features {FEATURES} (with 'block_sum') "
                                     "to numbers")
+            # the block-sum scale is fitted > 0 (calibration refuses otherwise); the memory
+            # terms may be negative, any prediction <= 0 is refused by predict()
+            coefs = {ft: V.finite(v, where, f"coef.{ft}") for ft, v in coef.items()}
+            V.positive(coef["block_sum"], where, "coef.block_sum")
+            raw_corr = c.get("corrections", {})
+            if not isinstance(raw_corr, dict):
+                raise ArtifactError(f"{where}: field 'corrections' must be an object")
             corrections: dict[BlockKey, float] = {}
-            for text, v in dict(c.get("corrections", {})).items():
+            for text, v in raw_corr.items():
                 try:
-                    corrections[BlockKey.from_str(text)] = float(v)
+                    k = BlockKey.from_str(text)
                 except (ValueError, TypeError) as err:
                     raise ArtifactError(f"{where}: field 'corrections' has a bad entry {text[:60]!r} ({err})") from None
-            calibration[sig] = Calibration(str(c.get("model", "?")), {f: float(v) for f, v in coef.items()},
-                                           float(require(c, "offset_ms", (int, float), where)),
-                                           int(c.get("n", 0)), list(c.get("points", [])), c.get("cv_mape"),
-                                           corrections, float(c.get("prior_rel", 0.0)))
+                corrections[k] = V.finite(v, where, f"corrections[{text[:60]}]")
+            points = c.get("points", [])
+            if not isinstance(points, list):
+                raise ArtifactError(f"{where}: field 'points' must be a list")
+            calibration[sig] = Calibration(
+                str(c.get("model", "?")), coefs, V.finite(V.field_of(c, "offset_ms", where), where, "offset_ms"),
+                V.integer(c.get("n", 0), where, "n", lo=0), points,
+                V.optional(V.nonneg, c.get("cv_mape"), where, "cv_mape"), corrections,
+                V.nonneg(c.get("prior_rel", 0.0), where, "prior_rel"))
         lay = require(obj, "layout", dict, w)
+        V.integer(lay.get("block", 0), w, "layout.block", lo=0, hi=1024)
         try:
             layout = Layout.from_json(lay)
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{w}: field 'layout' is invalid ({err})") from None
-        overhead = require(obj, "call_overhead_ms", (int, float), w)
-        if not overhead >= 0:
-            raise ArtifactError(f"{w}: field 'call_overhead_ms' must be >= 0")
+        # every entry was timed as one call and includes its fixed cost: the cost of one
+        # call cannot exceed the largest entry
+        largest = max((e.ms for e in entries.values()), default=None)
+        overhead = V.finite(V.field_of(obj, "call_overhead_ms", w), w, "call_overhead_ms", lo=0.0, hi=largest)
         bad = next((k for k in entries if k.layout not in ("plain", layout.tag)), None)
         if bad is not None:
             raise ArtifactError(f"{w}: entries[{bad.to_str()[:60]}...]: layout {bad.layout!r} does not match "
                                 f"field 'layout' ({layout.tag!r})")
+        validation = obj.get("validation", {})
+        sources = obj.get("sources", [])
+        if not isinstance(validation, dict) or not isinstance(sources, list):
+            raise ArtifactError(f"{w}: field 'validation' must be an object and 'sources' a list")
+        # the catch-all: no NaN or infinity anywhere else either (device info, points, validation)
+        V.all_finite(obj, w)
         return cls(device=device, backend=backend, precision=precision, batch=batch, measured=measured,
-                   entries=entries, calibration=calibration, validation=dict(obj.get("validation", {})),
-                   sources=list(obj.get("sources", [])), created=str(obj.get("created", "")), path=path,
-                   layout=layout, call_overhead_ms=float(overhead))
+                   entries=entries, calibration=calibration, validation=dict(validation),
+                   sources=list(sources), created=str(obj.get("created", "")), path=path,
+                   layout=layout, call_overhead_ms=overhead)
