@@ -343,7 +343,7 @@ def test_imagefolder_errors_name_the_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "kwargs", "needle"),
     [
-        ("mnist", {}, "digits, synthetic, cifar10:DIR, imagefolder:DIR"),
+        ("mnist", {}, "digits, synthetic, fashion-mnist[:DIR], idx:DIR, cifar10:DIR, imagefolder:DIR"),
         ("digits:/tmp/x", {}, "takes no directory"),
         ("cifar10", {}, "cifar10:DIR"),
         ("imagefolder:", {}, "imagefolder:DIR"),
