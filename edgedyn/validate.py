@@ -87,6 +87,38 @@ def number_problem(value: Any, lo: float | None = None, hi: float | None = None,
     return None
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one): the
+    upper end of every thread count."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_ramp(text: str, name: str | None = "--ramp") -> tuple[float, float]:
+    """``"A:B"`` as two budgets in ms, each a finite number > 0; :class:`NumberError` naming
+    ``name`` (when given) and ``text`` otherwise."""
+    label = f"{name} {text!r}" if name else repr(text)
+    usage = f"{label}: expected two budgets in ms, A:B (e.g. 5:0.5)"
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 2:
+        raise NumberError(usage)
+    out = []
+    for end, part in zip("AB", parts):
+        try:
+            v = float(part)
+        except ValueError:
+            raise NumberError(usage) from None
+        problem = number_problem(v, 0.0, lo_open=True)
+        if problem is not None:
+            raise NumberError(f"{label}: {end} {problem}")
+        out.append(v)
+    return out[0], out[1]
+
+
 # -- artifact fields -------------------------------------------------------------------
 def _fail(where: str, field: str, problem: str) -> ArtifactError:
     return ArtifactError(f"{where}: field '{field}' {problem}")
@@ -226,6 +258,6 @@ def validate_search_result(doc: dict, where: str) -> None:
     all_finite(doc, where)
 
 
-__all__ = ["NumberError", "SEARCH_RESULT_SCHEMA", "all_finite", "describe_range", "field_of", "finite",
-           "fraction", "integer", "nonneg", "number_problem", "numbers", "optional", "positive",
-           "validate_search_result"]
+__all__ = ["NumberError", "SEARCH_RESULT_SCHEMA", "all_finite", "available_cpus", "describe_range", "field_of",
+           "finite", "fraction", "integer", "nonneg", "number_problem", "numbers", "optional", "parse_ramp",
+           "positive", "validate_search_result"]

@@ -23,17 +23,22 @@ Every listed file carries its sha256; :func:`verify_files` checks them.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import validate as V
 from ..artifacts import atomic_write_json, load_json, require
 from ..dynamic import SubnetSpec
 from ..errors import ArtifactError
 
 BUNDLE_SCHEMA = "edgedyn.bundle/1"
 MANIFEST_NAME = "manifest.json"
+ACCURACIES = ("test", "test_fp32", "agreement", "search_test", "search_holdout")  # fractions in [0, 1]
+MAX_THREADS = 4096  # a thread count above this in a manifest is corrupt, not a big machine
+MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32: no real request is larger
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -95,26 +100,54 @@ class SubnetRecord:
         if measured is not None:
             if not isinstance(measured, dict):
                 raise ArtifactError(f"{where}: field 'measured' must be an object or null")
-            for k in ("median", "p90", "p99"):
-                require(measured, k, (int, float), f"{where}.measured")
-        predicted = obj.get("predicted_ms")
-        if predicted is not None and (isinstance(predicted, bool) or not isinstance(predicted, (int, float))):
-            raise ArtifactError(f"{where}: field 'predicted_ms' must be a number or null")
+            w = f"{where}.measured"
+            # deploy-time latencies (ms): finite, > 0, and percentiles in order
+            lat = [V.positive(require(measured, k, (int, float), w), w, k) for k in ("median", "p90", "p99")]
+            if not lat[0] <= lat[1] <= lat[2]:
+                raise ArtifactError(f"{w}: fields 'median' <= 'p90' <= 'p99' must hold, got {lat[0]!r}, "
+                                    f"{lat[1]!r}, {lat[2]!r}")
+            V.optional(V.positive, measured.get("p10"), w, "p10")
+            V.optional(V.integer, measured.get("n"), w, "n")
+        predicted = V.optional(V.positive, obj.get("predicted_ms"), where, "predicted_ms")
         accuracy = obj.get("accuracy") or {}
         if not isinstance(accuracy, dict):
             raise ArtifactError(f"{where}: field 'accuracy' must be an object")
+        for k in ACCURACIES:
+            V.optional(V.fraction, accuracy.get(k), f"{where}.accuracy", k)
+        V.optional(V.finite, accuracy.get("delta"), f"{where}.accuracy", "delta", lo=-1.0, hi=1.0)
+        V.optional(V.nonneg, accuracy.get("max_abs_diff"), f"{where}.accuracy", "max_abs_diff")
+        V.optional(V.integer, accuracy.get("n_test"), f"{where}.accuracy", "n_test")
+        budget = obj.get("budget")
+        budgets = obj.get("budgets") or ([budget] if budget else [])
+        if not isinstance(budgets, list):
+            raise ArtifactError(f"{where}: field 'budgets' must be a list")
+        for j, b in enumerate(([budget] if budget is not None else []) + budgets):
+            if not isinstance(b, dict):
+                raise ArtifactError(f"{where}: field 'budget' must be an object or null, and 'budgets' a list "
+                                    "of objects")
+            if "value" in b:
+                V.positive(b["value"], f"{where}.budget" if j == 0 and budget is not None else f"{where}.budgets",
+                           "value")
         return cls(
-            index=require(obj, "index", int, where),
-            spec=SubnetSpec.from_dict(require(obj, "spec", (dict, list), where), f"{where}.spec"),
+            index=V.integer(require(obj, "index", int, where), where, "index", lo=0),
+            spec=_spec(require(obj, "spec", (dict, list), where), f"{where}.spec"),
             files=files,
-            macs=require(obj, "macs", int, where),
-            params=require(obj, "params", int, where),
-            predicted_ms=None if predicted is None else float(predicted),
+            macs=V.integer(require(obj, "macs", int, where), where, "macs", lo=0),
+            params=V.integer(require(obj, "params", int, where), where, "params", lo=0),
+            predicted_ms=predicted,
             measured=measured,
             accuracy=accuracy,
-            budget=obj.get("budget"),
-            budgets=list(obj.get("budgets") or ([obj["budget"]] if obj.get("budget") else [])),
+            budget=budget,
+            budgets=list(budgets),
         )
+
+
+def _spec(obj: Any, where: str) -> SubnetSpec:
+    spec = SubnetSpec.from_dict(obj, where)
+    bad = next((w for w in spec.widths if w < 1), None)
+    if bad is not None:
+        raise ArtifactError(f"{where}: field 'widths' must hold integers >= 1, got {bad}")
+    return spec
 
 
 def _check_file_record(rec: Any, where: str) -> None:
@@ -122,6 +155,7 @@ def _check_file_record(rec: Any, where: str) -> None:
         raise ArtifactError(f"{where}: must be an object with 'path' and 'sha256'")
     path = require(rec, "path", str, where)
     require(rec, "sha256", str, where)
+    V.optional(V.integer, rec.get("bytes"), where, "bytes")
     if Path(path).is_absolute() or ".." in Path(path).parts:
         raise ArtifactError(f"{where}: field 'path' must be relative to the bundle, got {path!r}")
 
@@ -198,9 +232,27 @@ class Manifest:
         shape = require(inp, "shape", list, f"{where}: input")
         if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise ArtifactError(f"{where}: field 'input.shape' must be a list of positive integers")
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ArtifactError(f"{where}: field 'input.shape' {shape} has {math.prod(shape)} elements, more than "
+                                f"the {MAX_INPUT_ELEMENTS} an input may have")
         threads = obj.get("threads")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
             raise ArtifactError(f"{where}: field 'threads' must be an integer or null")
+        V.optional(V.integer, threads, where, "threads", lo=1, hi=MAX_THREADS)
+        dtype = inp.get("dtype", "float32")
+        try:
+            import numpy as np
+
+            ok = isinstance(dtype, str) and np.dtype(dtype).kind in "fiu"
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ArtifactError(f"{where}: field 'input.dtype' must name a numeric dtype (e.g. 'float32'), "
+                                f"got {dtype!r}")
+        if obj.get("table") is not None and not isinstance(obj.get("table"), str):
+            raise ArtifactError(f"{where}: field 'table' must be a path or null")
+        if obj.get("calibration") is not None and not isinstance(obj.get("calibration"), dict):
+            raise ArtifactError(f"{where}: field 'calibration' must be an object or null")
         subnets_raw = require(obj, "subnets", list, where)
         if not subnets_raw:
             raise ArtifactError(f"{where}: field 'subnets' is empty")
@@ -210,6 +262,13 @@ class Manifest:
             raise ArtifactError(f"{where}: field 'files' must be an object")
         for role, rec in files.items():
             _check_file_record(rec, f"{where}: files.{role}")
+        for k in ("model", "run", "checks"):
+            if not isinstance(obj.get(k) or {}, dict):
+                raise ArtifactError(f"{where}: field '{k}' must be an object")
+        if not isinstance(obj.get("notes") or [], list):
+            raise ArtifactError(f"{where}: field 'notes' must be a list")
+        # the catch-all: no NaN or infinity anywhere else either (checks, calibration, device)
+        V.all_finite(obj, where)
         return cls(
             device=require(obj, "device", dict, where),
             fingerprint=require(obj, "fingerprint", str, where),

@@ -34,8 +34,15 @@ call whose budget repeats the previous one takes the lock once. Each sub-net has
 ONNX Runtime sessions run concurrent calls safely. TensorRT runners share one activation
 buffer and stream, so their executions are serialised by a second lock.
 
-A malformed input (not an ndarray of the bundle's shape and dtype) raises ``ValueError``
-before anything is selected or run; the selector stays usable.
+Inputs and budgets
+------------------
+``infer`` takes a numpy array, or a CPU ``torch.Tensor`` (converted without a copy; the
+output is a numpy array either way), of the bundle's shape and dtype. A malformed input
+raises ``ValueError`` (a CUDA tensor: :class:`InputError`, also a ``ValueError``) before
+anything is selected or run; the selector stays usable. A budget is ``None`` or a finite
+number > 0 (ms); anything else (NaN, infinity, ``<= 0``, a string) raises
+:class:`~edgedyn.validate.NumberError`, also a ``ValueError``. The common case (a float
+budget, an ndarray input) costs a type test and a comparison each.
 """
 
 from __future__ import annotations
@@ -51,8 +58,41 @@ import numpy as np
 from ..deploy.manifest import Manifest, verify_files
 from ..dynamic import SubnetSpec
 from ..errors import EdgedynError
+from ..validate import NumberError, available_cpus, number_problem
 
 POLICIES = ("budget", "fixed", "adaptive")
+_INF = float("inf")
+
+
+class InputError(EdgedynError, ValueError):
+    """An input ``infer`` cannot take (a tensor on a GPU, ...)."""
+
+
+def check_budget(value: object, name: str = "budget_ms") -> float | None:
+    """``None``, or ``value`` as a float if it is a finite number > 0 (ms); else :class:`NumberError`
+    naming ``name``."""
+    if value is None:
+        return None
+    problem = number_problem(value, 0.0, lo_open=True)
+    if problem is not None:
+        raise NumberError(f"{name} {problem}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_threads(value: object, name: str = "threads") -> int | None:
+    """``None``, or a thread count >= 1; above the CPUs available it is capped, with a warning."""
+    if value is None:
+        return None
+    problem = number_problem(value, 1, integer=True)
+    if problem is not None:
+        raise NumberError(f"{name} {problem}")
+    n = available_cpus()
+    if int(value) > n:  # type: ignore[arg-type]
+        import warnings
+
+        warnings.warn(f"{name}={value} is more than the {n} CPUs available; using {n}", stacklevel=3)
+        return n
+    return int(value)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -101,7 +141,7 @@ class Selector:
                                "clip > 1")
         self.manifest = manifest
         self.policy = policy
-        self.budget_ms = budget_ms
+        self.budget_ms = check_budget(budget_ms)
         self.shared_memory = shared_memory
         self._runners = list(runners)
         from ..backends.base import Runner
@@ -179,6 +219,8 @@ class Selector:
         """
         from ..backends import BackendOptions, get_backend
 
+        budget_ms = check_budget(budget_ms)
+        threads = check_threads(threads)
         manifest = Manifest.load(bundle)
         where = str(manifest.path)
         if policy not in POLICIES:
@@ -334,8 +376,9 @@ class Selector:
 
     def select(self, budget_ms: float | None = None) -> int:
         """The sub-net ``infer`` would run now for ``budget_ms`` (no inference, no statistics)."""
+        budget = self.budget_ms if budget_ms is None else check_budget(budget_ms)
         with self._lock:
-            return self._decide(self.budget_ms if budget_ms is None else budget_ms)[0]
+            return self._decide(budget)[0]
 
     def observe(self, subnet: int, latency_ms: float, budget_ms: float | None = None) -> None:
         """Record an observed latency of ``subnet`` (``infer`` calls this; tests inject timings)."""
@@ -365,6 +408,20 @@ class Selector:
         return mean + self._k_dev * dev
 
     # -- serving ------------------------------------------------------------------------
+    def _as_array(self, x: Any) -> np.ndarray:
+        """``x`` if it is a well-formed input (a CPU tensor as an ndarray), else ValueError."""
+        if type(x) is not np.ndarray and type(x).__module__.startswith("torch"):
+            import torch
+
+            if isinstance(x, torch.Tensor):
+                if x.device.type != "cpu":
+                    raise InputError(f"input is a torch.Tensor on {x.device}; the selector takes CPU inputs "
+                                     f"(move it with .cpu() first)")
+                x = x.detach().numpy()
+        if (isinstance(x, np.ndarray) and x.shape == self._shape and x.dtype == self._dtype):
+            return x
+        raise ValueError(self._input_error(x))
+
     def _input_error(self, x: Any) -> str:
         if not isinstance(x, np.ndarray):
             return f"input must be a numpy array of shape {self._shape} and dtype {self._dtype}, got {type(x).__name__}"
@@ -372,15 +429,23 @@ class Selector:
             return f"input shape {tuple(x.shape)} does not match the bundle's {self._shape}"
         return f"input dtype {x.dtype} does not match the bundle's {self._dtype}"
 
-    def infer(self, x: np.ndarray, budget_ms: float | None = None) -> tuple[np.ndarray, InferInfo]:
-        """Run ``x`` on the sub-net chosen for ``budget_ms`` (default: the selector's budget).
+    def infer(self, x: Any, budget_ms: float | None = None) -> tuple[np.ndarray, InferInfo]:
+        """Run ``x`` (an ndarray or a CPU ``torch.Tensor``) on the sub-net chosen for
+        ``budget_ms`` (default: the selector's budget).
 
-        Raises ``ValueError`` for a malformed input (nothing is run or counted).
+        Raises ``ValueError`` for a malformed input, and :class:`NumberError` (a
+        ``ValueError`` too) for a budget that is not a finite number > 0; nothing is run or
+        counted then.
         """
         if type(x) is not np.ndarray or x.shape != self._shape or (x.dtype is not self._dtype
                                                                      and x.dtype != self._dtype):
-            raise ValueError(self._input_error(x))
-        budget = self.budget_ms if budget_ms is None else budget_ms
+            x = self._as_array(x)
+        if budget_ms is None:
+            budget = self.budget_ms
+        elif type(budget_ms) is float and 0.0 < budget_ms < _INF:  # the common case: one test, one compare
+            budget = budget_ms
+        else:
+            budget = check_budget(budget_ms)
         lock = self._lock
         nxt = self._next  # decided right after the previous call, for its budget (one lock per call)
         if nxt[0] == budget and nxt[0] is not None:

@@ -21,24 +21,31 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import EdgedynError
-from .selector import Selector
+from ..validate import NumberError, number_problem, parse_ramp
+from .selector import Selector, check_budget
 
 BudgetFn = Callable[[int, float], "float | None"]
 
 
 def constant_budget(budget_ms: float | None) -> BudgetFn:
+    budget_ms = check_budget(budget_ms, "budget")
     return lambda k, t: budget_ms
 
 
-def ramp_budget(text: str, total: float, by_time: bool = False) -> BudgetFn:
-    """``"A:B"``: a budget moving linearly from A to B ms over ``total`` requests or seconds."""
-    try:
-        a, b = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise EdgedynError(f"--ramp {text!r}: expected two budgets in ms, A:B (e.g. 5:0.5)") from None
-    if a <= 0 or b <= 0:
-        raise EdgedynError(f"--ramp {text!r}: budgets must be positive")
-    total = max(float(total), 1e-9)
+def _check_total(total: float | int, by_time: bool) -> float:
+    problem = number_problem(total, 0.0, lo_open=True)
+    if problem is not None:
+        raise NumberError(f"{'duration' if by_time else 'requests'} {problem}")
+    return float(total)
+
+
+def ramp_budget(text: str | tuple[float, float], total: float, by_time: bool = False) -> BudgetFn:
+    """``"A:B"``: a budget moving linearly from A to B ms over ``total`` requests or seconds.
+
+    A and B must be finite numbers > 0 (:func:`~edgedyn.validate.parse_ramp`), ``total`` too.
+    """
+    a, b = parse_ramp(text) if isinstance(text, str) else parse_ramp(f"{text[0]}:{text[1]}")
+    total = _check_total(total, by_time)
     return lambda k, t: a + (b - a) * min(1.0, (t if by_time else k) / total)
 
 
@@ -55,10 +62,13 @@ def load_schedule(path: str | Path) -> list[tuple[float, float]]:
         raise EdgedynError(f"{path}: expected a non-empty JSON list of [t_seconds or request_index, budget_ms]")
     out = []
     for i, item in enumerate(doc):
-        ok = (isinstance(item, list) and len(item) == 2
-              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item))
-        if not ok or item[0] < 0 or item[1] <= 0:
-            raise EdgedynError(f"{path}: entry {i} must be [at >= 0, budget_ms > 0], got {item!r}")
+        if not (isinstance(item, list) and len(item) == 2):
+            shown = repr(item) if len(repr(item)) <= 60 else repr(item)[:57] + "..."
+            raise EdgedynError(f"{path}: entry {i} must be [at >= 0, budget_ms > 0], got {shown}")
+        for name, v, lo, lo_open in (("at", item[0], 0.0, False), ("budget_ms", item[1], 0.0, True)):
+            problem = number_problem(v, lo, lo_open=lo_open)
+            if problem is not None:
+                raise EdgedynError(f"{path}: entry {i} must be [at >= 0, budget_ms > 0]: {name} {problem}")
         out.append((float(item[0]), float(item[1])))
     return sorted(out)
 
@@ -156,10 +166,7 @@ def serve(
     """Run ``requests`` requests (or for ``duration_s`` seconds) back to back and report."""
     if (requests is None) == (duration_s is None):
         raise EdgedynError("give exactly one of requests or duration_s")
-    if requests is not None and requests < 1:
-        raise EdgedynError(f"requests must be >= 1, got {requests}")
-    if duration_s is not None and duration_s <= 0:
-        raise EdgedynError(f"duration must be > 0 s, got {duration_s}")
+    _check_run_length(requests, duration_s)
     if len(inputs) == 0:
         raise EdgedynError("no inputs to serve")
     budget_fn = budget if callable(budget) else constant_budget(budget)
@@ -203,11 +210,29 @@ def serve(
         budget_range=(lo, hi) if hi >= lo else None, timeline=timeline)
 
 
+def _check_run_length(requests: int | None, duration_s: float | None) -> None:
+    """``requests`` an integer >= 1 and ``duration_s`` a finite number > 0, where given."""
+    if requests is not None:
+        problem = number_problem(requests, 1, integer=True)
+        if problem is not None:
+            raise NumberError(f"requests {problem}")
+    if duration_s is not None:
+        problem = number_problem(duration_s, 0.0, lo_open=True)
+        if problem is not None:
+            raise NumberError(f"duration (s) {problem}")
+
+
 def make_budget(budget_ms: float | None, schedule: str | Path | None, ramp: str | None,
                 requests: int | None, duration_s: float | None) -> BudgetFn:
-    """The budget function for the ``run`` command's options (at most one of schedule / ramp)."""
+    """The budget function for the ``run`` command's options (at most one of schedule / ramp).
+
+    Every number is checked here, before anything is loaded or run: ``budget_ms`` finite
+    > 0 or None, ramps' A and B finite > 0, schedule rows ``[at >= 0, budget_ms > 0]``.
+    """
     if schedule is not None and ramp is not None:
         raise EdgedynError("give at most one of --schedule and --ramp")
+    _check_run_length(requests, duration_s)
+    check_budget(budget_ms, "budget_ms")
     by_time = duration_s is not None
     if schedule is not None:
         return schedule_budget(load_schedule(schedule), by_time)
