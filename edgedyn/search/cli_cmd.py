@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from ..cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, NONNEG_INT, POSITIVE_INT, SEED, FiniteFloat, Int
 from ..errors import EdgedynError
 
 
@@ -19,8 +20,8 @@ from ..errors import EdgedynError
 @click.option("--model", default="resnet20", show_default=True, help="Supported model name.")
 @click.option("--data", default="digits", show_default=True,
               help="digits | synthetic | cifar10:DIR | imagefolder:DIR.")
-@click.option("--data-limit", type=int, default=None, help="Use at most this many training samples.")
-@click.option("--input-size", type=int, default=None, help="Input height = width (model default if omitted).")
+@click.option("--data-limit", type=POSITIVE_INT, default=None, help="Use at most this many training samples.")
+@click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted).")
 @click.option("--budget-table", "table_path", default=None, type=click.Path(dir_okay=False),
               help="Latency table (edgedyn profile); needed by --cost latency.")
 @click.option("--budgets", default="0.25,0.5,0.75,1.0", show_default=True,
@@ -28,20 +29,20 @@ from ..errors import EdgedynError
 @click.option("--cost", "cost_name", type=click.Choice(["latency", "flops"]), default="latency", show_default=True)
 @click.option("--method", type=click.Choice(["progressive", "usnet"]), default="progressive", show_default=True)
 @click.option("--ranking", type=click.Choice(["noise", "l1"]), default="noise", show_default=True)
-@click.option("--channel-groups", type=int, default=8, show_default=True, help="Channel groups per coupling group.")
-@click.option("--group-size", type=int, default=None, help="Absolute channel-group size (8, 16, 32) instead.")
-@click.option("--min-groups", type=int, default=1, show_default=True, help="Floor of each group, in channel groups.")
+@click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True, help="Channel groups per coupling group.")
+@click.option("--group-size", type=CHANNEL_GROUPS, default=None, help="Absolute channel-group size (8, 16, 32) instead.")
+@click.option("--min-groups", type=CHANNEL_GROUPS, default=1, show_default=True, help="Floor of each group, in channel groups.")
 @click.option("--threshold", default="drop:5", show_default=True,
               help="Fine-tune below this holdout accuracy: '50%' absolute, 'drop:5' relative, or 'none'.")
-@click.option("--pretrain-epochs", type=int, default=5, show_default=True, help="Only when --weights is not given.")
-@click.option("--rank-epochs", type=int, default=1, show_default=True, help="Noise-ranking training epochs.")
-@click.option("--train-epochs", type=int, default=5, show_default=True, help="Joint training epochs.")
-@click.option("--finetune-batches", type=int, default=50, show_default=True, help="Cap per fine-tuning.")
-@click.option("--batches-per-epoch", type=int, default=None, help="Cap on batches per epoch (quick runs).")
-@click.option("--max-steps", type=int, default=None, help="Stop the search after this many steps.")
-@click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--pretrain-epochs", type=EPOCHS, default=5, show_default=True, help="Only when --weights is not given.")
+@click.option("--rank-epochs", type=EPOCHS, default=1, show_default=True, help="Noise-ranking training epochs.")
+@click.option("--train-epochs", type=EPOCHS, default=5, show_default=True, help="Joint training epochs.")
+@click.option("--finetune-batches", type=NONNEG_INT, default=50, show_default=True, help="Cap per fine-tuning.")
+@click.option("--batches-per-epoch", type=POSITIVE_INT, default=None, help="Cap on batches per epoch (quick runs).")
+@click.option("--max-steps", type=NONNEG_INT, default=None, help="Stop the search after this many steps.")
+@click.option("--lr", type=FiniteFloat(min=0.0, max=100.0, min_open=True), default=0.05, show_default=True)
+@click.option("--batch-size", type=Int(min=1, max=65536), default=64, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--weights", default=None, type=click.Path(dir_okay=False), help="Trained full-model weights.")
 @click.option("--out", default="runs/search", show_default=True, type=click.Path(file_okay=False))
