@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, NONNEG_INT, NUM_CLASSES, POSITIVE_INT, Int, Threads
 from .errors import EdgedynError
 
 
@@ -48,11 +49,11 @@ def _parse_spec(text: str):
 
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Supported model name (resnet20, resnet18, ...).")
-@click.option("--input-size", type=int, default=None, help="Input height = width (model default if omitted).")
-@click.option("--num-classes", type=int, default=None, help="Classifier outputs (model default if omitted).")
-@click.option("--channel-groups", type=int, default=8, show_default=True, help="Equal channel groups per coupling group.")
-@click.option("--group-size", type=int, default=None, help="Absolute channel-group size (e.g. 8, 16, 32) instead.")
-@click.option("--min-groups", type=int, default=1, show_default=True, help="Floor of each group, in channel groups.")
+@click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted).")
+@click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted).")
+@click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True, help="Equal channel groups per coupling group.")
+@click.option("--group-size", type=CHANNEL_GROUPS, default=None, help="Absolute channel-group size (e.g. 8, 16, 32) instead.")
+@click.option("--min-groups", type=CHANNEL_GROUPS, default=1, show_default=True, help="Floor of each group, in channel groups.")
 @click.option("--spec", "spec_text", default=None, help="Also report this sub-net (inline JSON or a .json file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model_name, input_size, num_classes, channel_groups, group_size, min_groups, spec_text, as_json) -> None:
@@ -69,12 +70,12 @@ def _model_options(f):
     """Options that fix the dynamic network (shared by profile, search, deploy)."""
     for opt in reversed([
         click.option("--model", "model_name", required=True, help="Supported model name (resnet20, resnet18, ...)."),
-        click.option("--input-size", type=int, default=None, help="Input height = width (model default if omitted)."),
-        click.option("--num-classes", type=int, default=None, help="Classifier outputs (model default if omitted)."),
-        click.option("--channel-groups", type=int, default=8, show_default=True,
+        click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted)."),
+        click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted)."),
+        click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True,
                      help="Equal channel groups per coupling group."),
-        click.option("--group-size", type=int, default=None, help="Absolute channel-group size (8, 16, 32) instead."),
-        click.option("--min-groups", type=int, default=1, show_default=True,
+        click.option("--group-size", type=CHANNEL_GROUPS, default=None, help="Absolute channel-group size (8, 16, 32) instead."),
+        click.option("--min-groups", type=CHANNEL_GROUPS, default=1, show_default=True,
                      help="Floor of each group, in channel groups."),
     ]):
         f = opt(f)
@@ -88,16 +89,16 @@ def _model_options(f):
               help="Default follows the device: cpu -> onnxruntime, cuda/jetson -> tensorrt.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Default follows the device: cpu -> fp32, cuda/jetson -> fp16.")
-@click.option("--batch", type=int, default=1, show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU intra-op threads (ONNX Runtime). Default: the fewest of 1, 2, 4, ... "
+@click.option("--batch", type=Int(min=1, max=4096), default=1, show_default=True)
+@click.option("--threads", type=Threads(), default=None, help="CPU intra-op threads (ONNX Runtime). Default: the fewest of 1, 2, 4, ... "
               "cores that run the smallest, half and full sub-nets within 5% of the fastest count.")
-@click.option("--subsample", type=int, default=None,
+@click.option("--subsample", type=Int(min=1, max=1024), default=None,
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
-@click.option("--passes", type=int, default=3, show_default=True,
+@click.option("--passes", type=Int(min=1, max=1000), default=3, show_default=True,
               help="Time every block in this many differently shuffled pools (median).")
-@click.option("--calibrate", type=int, default=144, show_default=True,
+@click.option("--calibrate", type=Int(min=0, max=100_000), default=144, show_default=True,
               help="Whole sub-nets measured end to end for the calibration fit (per-block corrections need >= 16).")
-@click.option("--validate", type=int, default=0, show_default=True,
+@click.option("--validate", type=Int(min=0, max=100_000), default=0, show_default=True,
               help="Measure K other random sub-nets end to end and report the table's accuracy.")
 @click.option("--roofline-device", type=click.Path(path_type=Path), default=None,
               help="Device spec JSON for --backend roofline (default: the shipped Jetson AGX Orin 64GB).")
@@ -134,9 +135,9 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--data", default="digits", show_default=True, help="Dataset spec (digits, synthetic, ...).")
-@click.option("--epochs", type=int, default=8, show_default=True, help="Pre-training and joint-training epochs.")
-@click.option("--validate", type=int, default=10, show_default=True, help="Table validation sub-nets.")
-@click.option("--requests", type=int, default=10000, show_default=True,
+@click.option("--epochs", type=EPOCHS, default=8, show_default=True, help="Pre-training and joint-training epochs.")
+@click.option("--validate", type=NONNEG_INT, default=10, show_default=True, help="Table validation sub-nets.")
+@click.option("--requests", type=POSITIVE_INT, default=10000, show_default=True,
               help="Requests served under the budget ramp (half down, half up).")
 def demo(out, data, epochs, validate, requests) -> None:
     """The whole pipeline on the embedded defaults: profile -> search -> deploy -> run."""
