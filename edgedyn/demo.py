@@ -7,17 +7,29 @@
 
 Every step writes its artifact under ``out`` and is skipped when a finished artifact for
 this device is already there, so an interrupted demo continues where it stopped.
+
+When the log is not a terminal (``make demo | tee``, CI), every step also prints a plain
+line about every 30 s while it runs, such as ``[2/4] search (120 s)``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ArtifactError
+from .progress import Progress
 
 Log = Callable[[str], None]
+
+
+def _phase(desc: str, log: Log) -> Progress:
+    """A heartbeat for one step: off a terminal, ``"<desc> (elapsed s)"`` about every 30 s
+    while it runs, then ``"<desc>: done (elapsed s)"``. The demo logs to stdout."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return Progress(desc=desc, bar=False, log=log, tty=bool(isatty and isatty()))
 
 
 def _table_step(out: Path, model: str, size: int, validate: int, log: Log):
@@ -35,8 +47,9 @@ def _table_step(out: Path, model: str, size: int, validate: int, log: Log):
         except ArtifactError as err:
             log(f"[1/4] profile: {err}; profiling again")
     log(f"[1/4] profile: measuring {model}@{size} blocks on this CPU with ONNX Runtime")
-    table = profile(ProfileConfig(model=model, input_size=size, out=path, validate=validate, resume=True),
-                    log=lambda m: log("      " + m))
+    with _phase("[1/4] profile", log):
+        table = profile(ProfileConfig(model=model, input_size=size, out=path, validate=validate, resume=True),
+                        log=lambda m: log("      " + m))
     return path, table
 
 
@@ -79,25 +92,28 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
     cfg = SearchConfig(model=model, data=data, budgets=budgets, method="progressive", pretrain_epochs=epochs,
                        rank_epochs=2, train_epochs=epochs, out=str(run_dir), resume=True, table=str(table_path))
     if not (run_dir / "subnets.json").is_file():
-        run_search(cfg, LatencyCost(table))
+        with _phase("[2/4] search", log):
+            run_search(cfg, LatencyCost(table))
     result = load_result(run_dir / "subnets.json")
 
     bundle_dir = out / "bundle"
     log(f"[3/4] deploy: ONNX Runtime fp32 bundle at {bundle_dir}")
-    manifest = deploy(run_dir, backend="onnxruntime", precision="fp32", out=bundle_dir, table=table_path)
+    with _phase("[3/4] deploy", log):
+        manifest = deploy(run_dir, backend="onnxruntime", precision="fp32", out=bundle_dir, table=table_path)
 
     log("[4/4] run: adaptive selector, budget ramping from above the largest to below the smallest sub-net")
-    selector = Selector.load(bundle_dir, policy="adaptive")
-    # from above every sub-net's deadline latency (p99), with room for the adaptive policy's
-    # step-up margin, to below the fastest one's median; back up, then held at the top for a
-    # quarter of the requests (a step up waits for a dwell and for headroom)
-    hi, lo = max(selector.expected_ms) * 1.25, min(selector.median_ms) * 0.9
-    inputs = load_inputs(None, selector.input_shape, count=64)
-    selector.warmup()
-    half = requests // 2
-    down = serve(selector, inputs, requests=half, budget=ramp_budget(f"{hi:.4f}:{lo:.4f}", float(half)))
-    up = serve(selector, inputs, requests=requests - half, budget=ramp_budget(f"{lo:.4f}:{hi:.4f}",
-                                                                             0.75 * (requests - half)))
+    with _phase("[4/4] run", log):
+        selector = Selector.load(bundle_dir, policy="adaptive")
+        # from above every sub-net's deadline latency (p99), with room for the adaptive policy's
+        # step-up margin, to below the fastest one's median; back up, then held at the top for a
+        # quarter of the requests (a step up waits for a dwell and for headroom)
+        hi, lo = max(selector.expected_ms) * 1.25, min(selector.median_ms) * 0.9
+        inputs = load_inputs(None, selector.input_shape, count=64)
+        selector.warmup()
+        half = requests // 2
+        down = serve(selector, inputs, requests=half, budget=ramp_budget(f"{hi:.4f}:{lo:.4f}", float(half)))
+        up = serve(selector, inputs, requests=requests - half, budget=ramp_budget(f"{lo:.4f}:{hi:.4f}",
+                                                                                 0.75 * (requests - half)))
     rows = []
     for sub in manifest.subnets:  # one per distinct sub-net; budgets that chose the same one share it
         rows.append({"budget": ",".join(str(b.get("text")) for b in sub.budgets) or "-",

@@ -8,6 +8,8 @@ import io
 import itertools
 import logging
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -88,7 +90,42 @@ def _export_packed(packed: tuple[bytes, Path]) -> Path:
 
 
 def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group; the parent handles it and tears the pool down
+    # (a worker that raised KeyboardInterrupt would print a traceback of its own)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)  # the workers share the cores; the exporter is mostly Python
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """While worker processes are started: SIGINT ignored, so they inherit it ignored (an
+    ignored signal stays ignored across exec, and Python then installs no KeyboardInterrupt
+    handler), quiet from their first import on; and blocked, so a Ctrl-C meanwhile is not
+    lost but reaches this process as soon as the workers are started."""
+    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask")
+            or signal.getsignal(signal.SIGINT) is None):  # a handler Python cannot restore: leave it be
+        yield
+        return
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+class _QuietSpawn:
+    """A process pool whose ``submit`` (which starts workers on demand) passes SIGINT on ignored."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        with _children_ignore_sigint():
+            return self.pool.submit(fn, *args)
 
 
 def _bounded_map(pool: Any, fn: Callable, items: Iterable, in_flight: int) -> Iterator:
@@ -103,6 +140,26 @@ def _bounded_map(pool: Any, fn: Callable, items: Iterable, in_flight: int) -> It
         yield done
 
 
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Any]:
+    """A pool of ``workers`` spawned processes (``submit`` as in concurrent.futures) that
+    Ctrl-C leaves quiet: the workers ignore SIGINT from their start; this process gets the
+    KeyboardInterrupt, drops the queued jobs, lets the running ones end and re-raises."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked copy of a process that already ran torch ops can deadlock
+    with _children_ignore_sigint():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+    try:
+        yield _QuietSpawn(pool)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def export_many(jobs: Sequence[tuple[torch.nn.Module, torch.Tensor, str | os.PathLike]],
                 workers: int | None = None, progress: Callable[[], None] | None = None) -> list[Path]:
     """:func:`export_onnx` for many ``(module, example, path)`` jobs, in ``workers`` processes.
@@ -115,14 +172,9 @@ def export_many(jobs: Sequence[tuple[torch.nn.Module, torch.Tensor, str | os.Pat
     jobs = [(m, x, Path(p)) for m, x, p in jobs]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     with contextlib.ExitStack() as stack:
-        results = map(_export_job, jobs)
+        results: Iterable[Path] = map(_export_job, jobs)
         if workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn, not fork: a forked copy of a process that already ran torch ops can deadlock
-            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                           initializer=_worker_init))
+            pool = stack.enter_context(worker_pool(workers))
             results = _bounded_map(pool, _export_packed, map(_pack, jobs), 2 * workers)
         paths = []
         for path in results:

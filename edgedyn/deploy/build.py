@@ -4,7 +4,8 @@ For every chosen sub-net: extract it with its own BatchNorm statistics, export O
 the ONNX against PyTorch (fp32, max abs diff <= 1e-4), quantize to symmetric int8 QDQ when
 asked, compile with the backend (``Backend.build``), then measure all built sub-nets
 interleaved and write ``manifest.json`` last. The bundle is built in a temporary sibling
-directory and renamed into place, so ``out`` is never half-written.
+directory and renamed into place, so ``out`` is never half-written; ``out`` is checked
+before any of this (:func:`check_out`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +23,7 @@ import torch
 
 from ..backends import BackendOptions, get_backend
 from ..errors import EdgedynError
+from ..progress import Progress
 from .manifest import MANIFEST_NAME, Manifest, SubnetRecord, file_record
 from .quantize import CALIB_CACHE_NAME, CalibCache, data_digest, quantize_qdq
 from .run import RunInfo, load_run
@@ -151,6 +154,47 @@ def _predicts(lat_table: Any, table_path: Any, backend: str, precision: str, thr
 
 
 # -- the bundle directory --------------------------------------------------------------
+def file_ancestor(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` if it is not a folder (then nothing can be
+    written at ``path``), else None."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_out(out: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse, before any work, a bundle directory that deploy could not write or must not
+    replace: a file; a non-empty folder that is not an edgedyn bundle; a path under a file."""
+    out = Path(out)
+    blocker = file_ancestor(out)
+    if blocker is not None:
+        raise EdgedynError(f"{out}: {blocker} is a file, not a folder; choose another {option}")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise EdgedynError(f"{out}: exists and is a file, not an edgedyn bundle; choose another {option}")
+        if any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+            raise EdgedynError(f"{out}: exists and is not an edgedyn bundle (a non-empty folder without "
+                               f"{MANIFEST_NAME}); choose another {option}")
+    return out
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """Remove ``.<out>.building-<pid>`` / ``.<out>.old-<pid>`` siblings a killed deploy left behind."""
+    from ..profile.profiler import pid_alive
+
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(building|old)-(\d+)$")
+    try:
+        siblings = list(out.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        m = pattern.match(path.name)
+        if m and int(m[2]) != os.getpid() and not pid_alive(int(m[2])) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s (left behind by a killed deploy)", path)
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
     if out.exists():
         if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file()):
@@ -178,6 +222,7 @@ def deploy(
     check_samples: int = 8,
     backend_extra: dict[str, Any] | None = None,
     keep_dominated: bool = False,
+    progress: bool = True,
 ) -> Manifest:
     """Build a deployable bundle from a search run and return its (saved) manifest.
 
@@ -199,6 +244,8 @@ def deploy(
         keep_dominated: deploy every pick; by default a pick whose fp32 test accuracy is not
             above a cheaper pick's is left out and its budget served by the cheaper one
             (:func:`dominated`; the manifest's ``notes`` name it).
+        progress: a bar per sub-net built on a terminal; off a terminal, a plain line every
+            30 s or so while sub-nets are built and timed (:class:`~edgedyn.progress.Progress`).
     """
     if backend not in SUPPORTED:
         raise EdgedynError(f"backend {backend!r} cannot deploy; choose one of {', '.join(SUPPORTED)}")
@@ -207,11 +254,15 @@ def deploy(
                            f"(choose one of {', '.join(SUPPORTED[backend])})")
     if threads is not None and threads < 1:
         raise EdgedynError(f"threads must be >= 1, got {threads}")
+    out = check_out(out)  # before any work
     run = load_run(run_dir)
-    out = Path(out)
     if out.resolve() == run.path.resolve():
         raise EdgedynError(f"{out}: the bundle cannot be written into the run directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdgedynError(f"{out}: cannot create its folder ({err.strerror or err}); choose another --out") from None
+    _remove_stale_builds(out)
     tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -226,21 +277,28 @@ def deploy(
         extra.setdefault("timing_cache", str(tmp / "timing.cache"))
     be = get_backend(backend, BackendOptions(device="cpu" if backend == "onnxruntime" else "cuda",
                                              precision=precision, threads=threads, extra=extra))
+    # a step per distinct sub-net built; off a terminal, a line every 30 s or so, also while the
+    # test split is evaluated and while one large sub-net builds
+    bar = Progress(total=len({s.spec for s in run.subnets}), desc="deploy: sub-nets built", unit="sub-net", leave=False,
+                   disable=not progress)
     try:
         manifest = _build(run, be, backend, precision, calib, out, tmp, lat_table, table_path, search_cost,
-                          threads, measure_iters, test_limit, calib_limit, check_samples, keep_dominated)
+                          threads, measure_iters, test_limit, calib_limit, check_samples, keep_dominated, bar)
         manifest.save(tmp / MANIFEST_NAME)  # last
         _swap_into_place(tmp, out)
     except BaseException:
+        bar.close(done=False)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    bar.close()
     manifest.path = out / MANIFEST_NAME
     return manifest
 
 
 def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out: Path, tmp: Path,
            lat_table: Any, table_path: Any, search_cost: bool, threads: int | None, measure_iters: int,
-           test_limit: int | None, calib_limit: int, check_samples: int, keep_dominated: bool = False) -> Manifest:
+           test_limit: int | None, calib_limit: int, check_samples: int, keep_dominated: bool = False,
+           bar: Progress | None = None) -> Manifest:
     from ..export import export_onnx
 
     version = be.version()
@@ -300,6 +358,8 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
                          f"{100 * fp32_acc[i]:.2f}% is not above pick {j}'s {100 * fp32_acc[j]:.2f}%, which costs "
                          f"less; pick {j} serves its budget")
             log.info("%s", notes[-1])
+    bar = bar if bar is not None else Progress(disable=True)
+    bar.set_total(len({by_index[served_by.get(s.index, s.index)].spec for s in run.subnets}))
     for sub in sorted(run.subnets, key=lambda s: (s.macs, s.index)):
         i, spec = sub.index, by_index[served_by.get(sub.index, sub.index)].spec
         if spec in by_spec:  # several budgets picked the same sub-net: one artifact serves them all
@@ -369,6 +429,7 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
                                     params=int(sub.params), predicted_ms=predicted, accuracy=accuracy,
                                     budget=sub.budget, budgets=[sub.budget] if sub.budget else []))
         by_spec[spec] = records[-1]
+        bar.update()
 
     if runners:
         if backend == "onnxruntime" and be.options.device == "cpu":
@@ -377,7 +438,9 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
             busy = busy_before_timing(log.warning)
             if busy is not None:
                 device["cpu_busy_before_measure"] = busy
-        for rec, stats in zip(records, measure_runners(runners, iters=measure_iters)):
+        with Progress(desc=f"deploy: timing {len(runners)} sub-nets", bar=False, disable=bar.disabled):
+            measured = measure_runners(runners, iters=measure_iters)
+        for rec, stats in zip(records, measured):
             rec.measured = stats
         for r in runners:
             r.deactivate()

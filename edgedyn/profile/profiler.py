@@ -9,7 +9,11 @@ terms, then per-block corrections fitted jointly where cross-validation says the
 (3) optional validation on K other random sub-nets (MAPE, share within 10%, Spearman of
 the table and of FLOPs).
 
-Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it.
+Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it. A
+fresh profile refuses to start over an existing partial unless ``overwrite=True``.
+
+Build folders live in the temporary directory as ``edgedyn-<kind>-<pid>-XXXX``; each run
+first removes those that a killed run (its pid no longer alive) left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +34,7 @@ import numpy as np
 from ..artifacts import atomic_write_json, load_json
 from ..backends import BackendOptions, OnnxBackend
 from ..errors import ArtifactError, EdgedynError
+from ..progress import Progress
 from .blocks import BlockKey, all_keys
 from .measure import BLOCKS, WHOLE_NET, measure_calls, measure_interleaved
 from .calibration import FOLDS, Calibration, fit_calibration
@@ -38,6 +45,63 @@ DEVICE_BACKEND_DEFAULTS = {"cpu": ("onnxruntime", "fp32"), "cuda": ("tensorrt", 
 CALIBRATION_SEED = 10_000
 FLOOR_P = 0.5  # calibration's floor-heavy sub-nets: each group at its floor with this probability
 VALIDATION_SEED = 20_000
+#: Kinds of build folder the profiler makes in the temporary directory (``edgedyn-<kind>-<pid>-XXXX``).
+TEMP_KINDS = ("subnets", "blocks", "threads")
+_TEMP_NAME = re.compile(r"^edgedyn-(?P<kind>[a-z0-9]+)-(?P<pid>[0-9]+)-.+$")
+
+
+class ProfileInterrupted(EdgedynError):
+    """A profile stopped by Ctrl-C; its progress is kept in the partial file (the CLI exits 130)."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True  # unknown: never remove what might be in use
+    return True
+
+
+def owned_tempdir(kind: str) -> "tempfile.TemporaryDirectory[str]":
+    """A temporary build folder named ``edgedyn-<kind>-<this pid>-XXXX`` (see :func:`remove_stale_tempdirs`)."""
+    return tempfile.TemporaryDirectory(prefix=f"edgedyn-{kind}-{os.getpid()}-")
+
+
+def remove_stale_tempdirs(root: str | os.PathLike | None = None, kinds: tuple[str, ...] = TEMP_KINDS) -> list[Path]:
+    """Remove ``edgedyn-<kind>-<pid>-*`` folders in ``root`` (default: the temporary directory)
+    whose process is gone (a SIGKILLed run's); never a live process's, nor another user's.
+    Returns the folders removed."""
+    root = Path(root if root is not None else tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for path in entries:
+        m = _TEMP_NAME.match(path.name)
+        if m is None or m["kind"] not in kinds:
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if path.is_symlink() or not path.is_dir() or (uid is not None and st.st_uid != uid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
 
 
 @dataclass
@@ -60,6 +124,7 @@ class ProfileConfig:
     roofline_device: Path | None = None
     resume: bool = False
     merge: bool = False
+    overwrite: bool = False  # a fresh profile may replace an existing <out>.partial.json
     chunk: int = 512  # blocks timed together: a large pool leaves each block as cold as in a network
     passes: int = 3  # each block is timed in this many differently shuffled pools
 
@@ -76,7 +141,30 @@ class ProfileConfig:
             raise EdgedynError("batch, subsample and passes must be >= 1; calibrate and validate >= 0")
         if cfg.threads is not None and cfg.threads < 1:
             raise EdgedynError(f"threads must be >= 1, got {cfg.threads}")
+        if cfg.resume and cfg.overwrite:
+            raise EdgedynError("give --resume or --overwrite, not both")
         return cfg
+
+    @property
+    def partial_path(self) -> Path:
+        out = Path(self.out)
+        return out.with_name(out.name + ".partial.json")
+
+    def check_paths(self) -> None:
+        """Refuse, before anything is measured or written, an ``out`` that cannot be written
+        and a fresh profile that would overwrite an interrupted one's progress."""
+        out = Path(self.out)
+        if out.is_dir():
+            raise EdgedynError(f"{out}: is a folder; --out must be a table file (JSON)")
+        for parent in out.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise EdgedynError(f"{out}: {parent} is a file, not a folder; choose another --out")
+                break
+        partial = self.partial_path
+        if partial.exists() and not self.resume and not self.overwrite:
+            raise EdgedynError(f"{partial}: an interrupted profile's progress is there; continue it with "
+                               "--resume or discard it with --overwrite")
 
 
 def _subsample_keys(keys: list[BlockKey], step: int) -> tuple[list[BlockKey], list[BlockKey]]:
@@ -144,7 +232,7 @@ class Profiler:
         self.net = DynamicNet.from_name(c.model, num_classes=c.num_classes, input_size=c.input_size,
                                         channel_groups=c.channel_groups, group_size=c.group_size,
                                         min_groups=c.min_groups)
-        self.partial_path = c.out.with_name(c.out.name + ".partial.json")
+        self.partial_path = c.partial_path
         self.options = BackendOptions(device=c.device, precision=c.precision, threads=c.threads)
         self.block_passes: dict[str, list[float]] = {}  # key -> median of each pass so far (resume)
         self.thread_choice: dict | None = None  # timings behind an automatic thread count
@@ -186,6 +274,9 @@ class Profiler:
 
     def _start(self) -> tuple[LatencyTable, dict[str, dict]]:
         c = self.cfg
+        c.check_paths()  # before anything existing is touched
+        for stale in remove_stale_tempdirs():
+            self.log(f"removed {stale} (left behind by a killed run)")
         existing = partial = where = None
         if c.resume and self.partial_path.is_file():
             partial = load_json(self.partial_path, PARTIAL_SCHEMA)
@@ -200,6 +291,9 @@ class Profiler:
         if existing is None:
             if c.resume:
                 self.log(f"nothing to resume at {self.partial_path}; starting afresh")
+            elif c.overwrite and self.partial_path.exists():  # every input checked: now discard it
+                self.partial_path.unlink()
+                self.log(f"discarded {self.partial_path} (--overwrite)")
             return fresh, {}
         existing.check_matches(device=c.device, precision=c.precision, batch=c.batch,
                                fingerprint=fresh.device.get("fingerprint"))
@@ -243,7 +337,7 @@ class Profiler:
         example = self._example()
         self.log(f"threads: timing {', '.join(names)} sub-nets at {', '.join(map(str, candidates))} threads")
         backends = [self._backend(threads=t) for t in candidates]
-        with tempfile.TemporaryDirectory(prefix="edgedyn-threads-") as tmp:
+        with owned_tempdir("threads") as tmp:
             modules = [net.extract(s) for s in specs]
             if isinstance(backends[0], OnnxBackend):  # export once, a session per thread count
                 paths = export_many([(m, example, Path(tmp) / f"{n}.onnx") for m, n in zip(modules, names)])
@@ -283,7 +377,8 @@ class Profiler:
                     self._validate(table, whole)
         except KeyboardInterrupt:
             self._checkpoint(table, whole)
-            raise EdgedynError(f"interrupted; progress kept in {self.partial_path}; continue with --resume") from None
+            raise ProfileInterrupted(f"interrupted; progress kept in {self.partial_path}; "
+                                     "continue with --resume") from None
         except BaseException:
             self._checkpoint(table, whole)
             raise
@@ -311,17 +406,15 @@ class Profiler:
         todo = [k for k in measure if table.entries.get(k, Entry(0, "interpolated")).source != "measured"]
         self.log(f"{self.net.name}: {len(keys)} distinct blocks; measuring {len(todo)} in {c.passes} passes "
                  f"({len(measure) - len(todo)} already in the table), interpolating {len(interp)}")
-        from tqdm.auto import tqdm
-
         done = self.block_passes
-        bar = tqdm(total=len(todo) * c.passes, initial=sum(min(len(done.get(k.to_str(), [])), c.passes) for k in todo),
-                   desc="blocks", unit="blk", disable=not self.progress, dynamic_ncols=True)
+        bar = Progress(total=len(todo) * c.passes, initial=sum(min(len(done.get(k.to_str(), [])), c.passes) for k in todo),
+                       desc="blocks", unit="blk", disable=not self.progress, log=self.log)
         protocol = dataclasses.replace(BLOCKS, min_reps=-(-BLOCKS.min_reps // c.passes),
                                        max_reps=-(-BLOCKS.max_reps // c.passes), target_ms=BLOCKS.target_ms / c.passes)
         last_ckpt = time.monotonic()
         overheads = []
         # a build directory for backends that compile blocks to files (TensorRT); removed after
-        with tempfile.TemporaryDirectory(prefix="edgedyn-blocks-") as tmp:
+        with owned_tempdir("blocks") as tmp, bar:
             make = self._block_runner_factory(Path(tmp))
             empty = self._backend().overhead_runner()
             for p in range(c.passes):
@@ -347,7 +440,6 @@ class Profiler:
             # the median over passes; p10 / p90 hold the lowest and highest pass (spread across pools)
             table.entries[k] = Entry(float(np.median(per_pass)), "measured", float(per_pass.min()),
                                      float(per_pass.max()), None, len(per_pass))
-        bar.close()
         if overheads:  # measured alongside every chunk; a resumed or merged run keeps the old one
             table.call_overhead_ms = float(np.median(overheads))
             self.log(f"fixed cost of one {c.backend} call: {table.call_overhead_ms * 1e3:.1f} us "
@@ -375,18 +467,19 @@ class Profiler:
             backend = self._backend()
             example = self._example()
             runners = []
-            from tqdm.auto import tqdm
-
-            with tempfile.TemporaryDirectory(prefix="edgedyn-subnets-") as tmp:
+            with owned_tempdir("subnets") as tmp:
                 workdirs = [Path(tmp) / str(j) for j in range(len(todo))]
                 for wd in workdirs:
                     wd.mkdir()
-                with tqdm(total=len(todo), desc=f"{label}: build", disable=not self.progress,
-                          dynamic_ncols=True) as bar:
+                with Progress(total=len(todo), desc=f"{label} build", disable=not self.progress,
+                              log=self.log) as bar:
                     runners = backend.prepare_many([self.net.extract(s) for s in todo], example, workdirs,
                                                    progress=lambda: bar.update(1))
                 self.log(f"{label}: timing {len(runners)} sub-nets end to end (interleaved)")
-                for s, st in zip(todo, measure_calls(runners, WHOLE_NET, seed=len(whole))):
+                with Progress(desc=f"{label}: timing {len(runners)} sub-nets", bar=False, disable=not self.progress,
+                              log=self.log):  # off a terminal: a line every 30 s while it runs
+                    stats = measure_calls(runners, WHOLE_NET, seed=len(whole))
+                for s, st in zip(todo, stats):
                     whole[s.to_json()] = st.to_dict()
                 del runners
             self._checkpoint(table, whole)
