@@ -105,25 +105,31 @@ def _model_options(f):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Table to write (JSON).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted profile from <out>.partial.json.")
 @click.option("--merge", is_flag=True, help="Add this model's blocks to an existing table at --out.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--overwrite", is_flag=True, help="Start afresh, discarding an interrupted profile's <out>.partial.json.")
+@click.option("--quiet", is_flag=True, help="No progress bars or progress lines.")
 def profile(model_name, input_size, num_classes, channel_groups, group_size, min_groups, device, backend, precision,
             batch, threads, subsample, passes, calibrate, validate, roofline_device, out, resume, merge,
-            quiet) -> None:
+            overwrite, quiet) -> None:
     """Measure per-block latency on this device and write a latency lookup table."""
-    from .profile.profiler import ProfileConfig, profile as run_profile
+    from .profile.profiler import ProfileConfig, ProfileInterrupted, profile as run_profile
 
     cfg = ProfileConfig(model=model_name, input_size=input_size, num_classes=num_classes, device=device,
                         backend=backend, precision=precision, batch=batch, threads=threads,
                         channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
                         subsample=subsample, passes=passes, calibrate=calibrate, validate=validate,
-                        roofline_device=roofline_device, resume=resume, merge=merge,
+                        roofline_device=roofline_device, resume=resume, merge=merge, overwrite=overwrite,
                         out=out or Path("profiles") / f"{device}-{model_name}.json").resolved()
+    cfg.check_paths()  # before anything is measured or written
     if cfg.device == "jetson" and cfg.backend != "roofline":
         from .device import device_info
 
         for w in device_info("jetson").get("warnings", []):
             click.echo(f"warning: {w}", err=True)
-    table = run_profile(cfg, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    try:
+        table = run_profile(cfg, log=lambda m: click.echo(m, err=True), progress=not quiet)
+    except ProfileInterrupted as err:  # Ctrl-C: one line, the conventional status of SIGINT
+        click.echo(str(err), err=True)
+        sys.exit(130)
     if not table.measured:
         click.echo(f"warning: {table.warn_if_unmeasured()}", err=True)
     counts = {s: sum(1 for e in table.entries.values() if e.source == s) for s in ("measured", "interpolated",
