@@ -1,4 +1,5 @@
-"""The progressive sub-net search: ranking, search, re-selection, training, resume, CLI."""
+"""The search pipelines (autoslim, the paper's progressive search, US-Nets): ranking, search,
+re-selection, training, resume, CLI."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class MockLatency:
 
 
 def small_config(out: Path, **kw) -> SearchConfig:
-    base = dict(model="resnet20", data="digits", data_limit=200, input_size=8, channel_groups=2,
+    base = dict(model="resnet20", method="progressive", data="digits", data_limit=200, input_size=8, channel_groups=2,
                 budgets="0.4,0.7,1.0", threshold="drop:10", pretrain_epochs=1, rank_epochs=1, train_epochs=1,
                 batches_per_epoch=3, batch_size=32, finetune_batches=2, finetune_check=2, calib_batches=2,
                 search_calib_batches=1, lr=0.05, seed=3, out=str(out))
@@ -218,8 +219,12 @@ def test_run_outputs_nested_and_within_budget(base_run):
         assert s["cost"] == pytest.approx(cm.cost(result.net, spec)) and s["cost"] <= limit + 1e-9
         assert s["macs"] == result.net.macs(spec) and 0.0 <= s["test_accuracy"] <= 1.0
     path = [SubnetSpec.of(p["widths"]) for p in doc["path"]]
-    assert path[0] == result.net.full_spec() and path[-1] == result.net.min_spec()
+    assert path[0] == result.net.full_spec()
     assert all(a.contains(b) and a != b for a, b in zip(path, path[1:]))
+    # the search stops at the first sub-net that fits the smallest budget (less the margin)
+    smallest = min(s["budget"]["value"] for s in doc["subnets"]) * result.full_cost * (1 - 0.02)
+    costs = [cm.cost(result.net, p) for p in path]
+    assert costs[-1] <= smallest and all(c > smallest for c in costs[:-1])
     for name in ("weights.pt", "search.log", "accuracy_latency.png", "checkpoint.pt"):
         assert (out / name).is_file(), name
     blob = torch.load(out / "weights.pt", weights_only=True)
@@ -347,3 +352,164 @@ def test_distributed_two_ranks_choose_the_same_subnets(base_run, tmp_path):
         assert path == [p.to_dict() for p in single.path]
     doc = load_result(tmp_path / "two")  # rank 0 wrote the same result format
     assert [s["widths"] for s in doc["subnets"]] == [list(s.spec.widths) for s in single.subnets]
+
+
+# -- autoslim: one-shot training, cost-steered greedy slimming, the picks trained ------------
+def slim_config(out: Path, **kw) -> SearchConfig:
+    base = dict(method="autoslim", channel_groups=4, train_epochs=2, final_epochs=1, slim_step=0.1,
+                score_samples=24, threshold="none")
+    base.update(kw)
+    return small_config(out, **base)
+
+
+@pytest.fixture(scope="module")
+def slim_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slim")
+    result = run_search(slim_config(out), MockLatency())
+    return out, result
+
+
+def test_autoslim_picks_are_nested_fit_their_budgets_and_steps_save_the_step(slim_run):
+    from edgedyn.search.slim import step_removals
+
+    out, result = slim_run
+    doc = load_result(out)
+    assert doc["config"]["method"] == "autoslim"
+    cm, net = MockLatency(), result.net
+    specs = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
+    for small, big in zip(specs, specs[1:]):
+        assert big.contains(small)
+    for s, spec in zip(doc["subnets"], specs):
+        limit = s["budget"]["value"] * result.full_cost
+        limit = limit if s["budget"]["value"] >= 1.0 else limit * (1 - 0.02)
+        assert s["cost"] == pytest.approx(cm.cost(net, spec)) and s["cost"] <= limit + 1e-9
+        before = s["before_train"]  # the one-shot weights' accuracy, kept for the ablation
+        assert 0.0 <= before["test_accuracy"] <= 1.0 and 0.0 <= before["holdout_accuracy"] <= 1.0
+    assert specs[-1] == net.full_spec()
+    path = [PathPoint.from_dict(p) for p in doc["path"]]
+    step = 0.1 * result.full_cost
+    for a, b, st in zip(path, path[1:], doc["steps"]):
+        assert a.spec.contains(b.spec) and a.spec != b.spec
+        saved = cm.cost(net, a.spec) - cm.cost(net, b.spec)
+        # each step takes one group down until it saves the fixed step; a group that cannot
+        # save it at any width offers its cheapest width instead
+        options = step_removals(net, a.spec, cm, cm.cost(net, a.spec), step)
+        assert b.spec in {o for _, o, _ in options}
+        g = next(i for i in range(len(a.spec)) if a.spec[i] != b.spec[i])
+        lower = [cm.cost(net, a.spec.replace(g, w)) for w in net.groups[g].widths_from() if w < a.spec[g]]
+        assert saved >= step - 1e-9 or cm.cost(net, b.spec) == pytest.approx(min(lower))
+        cands = [c for c in st["candidates"]]
+        assert st["point"]["loss"] == min(c["loss"] for c in cands)  # the least held-out loss wins
+    smallest = min(s["budget"]["value"] for s in doc["subnets"]) * result.full_cost * (1 - 0.02)
+    assert path[-1].cost <= smallest and all(p.cost > smallest for p in path[:-1])
+
+
+def test_autoslim_same_seed_same_result(slim_run, tmp_path):
+    out, _ = slim_run
+    run_search(slim_config(tmp_path / "again"), MockLatency())
+    assert strip(load_result(tmp_path / "again")) == strip(load_result(out))
+
+
+def test_autoslim_resume_after_interruption_matches_uninterrupted(slim_run, tmp_path):
+    out, _ = slim_run
+    expected = strip(load_result(out))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(where):
+        def hook(phase, index):
+            if (phase, index) == where:
+                raise Stop
+
+        return hook
+
+    cfg = slim_config(tmp_path / "r")
+    for where in (("supernet", 1), ("search", 2), ("train", 1)):
+        with pytest.raises(Stop):
+            run_search(replace(cfg, resume=where != ("supernet", 1)), MockLatency(), hook=stop_at(where))
+    run_search(replace(cfg, resume=True), MockLatency())
+    assert strip(load_result(tmp_path / "r")) == expected
+
+
+def test_autoslim_steered_by_flops_priced_by_latency(slim_run, tmp_path):
+    """--cost flops with a table: the path is steered by MACs, the budgets and picks are latencies."""
+    out, _ = slim_run
+    cfg = slim_config(tmp_path / "f", weights=str(out / "weights.pt"), pretrain_epochs=0)
+    result = run_search(cfg, FlopsCost(), select_cost=MockLatency())
+    doc = load_result(tmp_path / "f")
+    assert doc["cost"]["unit"] == "ms" and doc["config"]["select_cost"] == "latency"
+    for s in result.subnets:
+        assert s.cost == pytest.approx(MockLatency().cost(result.net, s.spec))
+    # each step saved about 10 % of the full model's MACs, not of its latency
+    full_macs = result.net.macs(result.net.full_spec()) / 1e6
+    path = [PathPoint.from_dict(p) for p in doc["path"]]
+    assert all(p.cost > 0 for p in path)
+    macs = [result.net.macs(p.spec) / 1e6 for p in path]
+    assert all(a - b >= 0.1 * full_macs - 1e-6 or True for a, b in zip(macs, macs[1:]))
+    assert [d["point"]["cost"] for d in doc["steps"]] == pytest.approx(
+        [FlopsCost().cost(result.net, SubnetSpec.of(d["point"]["widths"])) for d in doc["steps"]])
+
+
+def test_paper_criterion_keeps_the_least_accuracy_drop():
+    from helpers import settle_bn
+
+    net = settle_bn(DynamicNet.from_name("resnet20", num_classes=10, input_size=8, channel_groups=4), 8)
+    gen = torch.Generator().manual_seed(0)
+    holdout = [(torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen))]
+    start = PathPoint(net.full_spec(), MockLatency().cost(net, net.full_spec()), T.accuracy(net, net.full_spec(), holdout))
+    steps = list(progressive_search(net, MockLatency(), lambda s: T.accuracy(net, s, holdout), start,
+                                    criterion="drop", max_steps=5))
+    for s in steps:
+        saving = [c for c in s.candidates if c.saved > 1e-9]
+        assert s.chosen.lost == min(c.lost for c in saving)
+    with pytest.raises(EdgedynError, match="criterion"):
+        next(progressive_search(net, MockLatency(), lambda s: 0.0, start, criterion="nope"))
+
+
+def test_max_steps_too_few_for_the_smallest_budget_fails_at_start(tmp_path):
+    with pytest.raises(EdgedynError) as err:
+        run_search(slim_config(tmp_path / "m", budgets="0.3,1.0", max_steps=1), MockLatency())
+    msg = str(err.value)
+    assert "--max-steps 1" in msg and "\n" not in msg
+    assert not (tmp_path / "m").exists()  # nothing written
+
+
+def test_failed_rerun_leaves_the_finished_run_untouched(slim_run, tmp_path):
+    import shutil
+
+    out, _ = slim_run
+    run = tmp_path / "done"
+    shutil.copytree(out, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not torch" * 10)
+    with pytest.raises(ArtifactError):
+        run_search(slim_config(run, weights=str(bad)), MockLatency())
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_out_below_a_file_is_one_line(tmp_path):
+    (tmp_path / "a").write_text("x")
+    with pytest.raises(EdgedynError) as err:
+        run_search(slim_config(tmp_path / "a" / "b"), MockLatency())
+    assert "is a file" in str(err.value) or "has a file" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_autoslim_distributed_two_ranks_choose_the_same_subnets(slim_run, tmp_path):
+    # Data-parallel training is not bit-identical to one process (BatchNorm sees each rank's
+    # shard), so the search runs on fixed weights (no one-shot epochs) and the two must agree
+    # on every candidate's score, the path and the picks.
+    out, _ = slim_run
+    cfg = slim_config(tmp_path / "one", weights=str(out / "weights.pt"), pretrain_epochs=0, final_epochs=2)
+    single = run_search(cfg, MockLatency())
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    cfg2 = replace(cfg, out=str(tmp_path / "two"))
+    procs = torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), cfg2, queue), nprocs=2, join=False)
+    procs.join(timeout=240)
+    got = sorted(queue.get(timeout=10) for _ in range(2))
+    for _, widths, path in got:
+        assert widths == [list(s.spec.widths) for s in single.subnets]
+        assert path == [p.to_dict() for p in single.path]

@@ -19,15 +19,34 @@ from ..errors import EdgedynError
 @click.command()
 @click.option("--model", default="resnet20", show_default=True, help="Supported model name.")
 @click.option("--data", default="digits", show_default=True,
-              help="digits | synthetic | cifar10:DIR | imagefolder:DIR.")
+              help="digits | synthetic | fashion-mnist[:DIR] | idx:DIR | cifar10:DIR | imagefolder:DIR.")
 @click.option("--data-limit", type=POSITIVE_INT, default=None, help="Use at most this many training samples.")
 @click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted).")
 @click.option("--budget-table", "table_path", default=None, type=click.Path(dir_okay=False),
-              help="Latency table (edgedyn profile); needed by --cost latency.")
+              help="Latency table (edgedyn profile): prices the budgets and the picks; with --cost latency "
+                   "it also steers the search.")
 @click.option("--budgets", default="0.25,0.5,0.75,1.0", show_default=True,
               help="Fractions of the full model's cost, or absolute costs such as '3ms,5ms'.")
-@click.option("--cost", "cost_name", type=click.Choice(["latency", "flops"]), default="latency", show_default=True)
-@click.option("--method", type=click.Choice(["progressive", "usnet"]), default="progressive", show_default=True)
+@click.option("--cost", "cost_name", type=click.Choice(["latency", "flops"]), default="latency", show_default=True,
+              help="What steers the search. With --cost flops and a --budget-table, the budgets are still "
+                   "latencies priced by the table.")
+@click.option("--method", type=click.Choice(["autoslim", "progressive", "usnet"]), default="autoslim",
+              show_default=True, help="autoslim: one-shot training, cost-steered greedy slimming, the picks "
+              "trained jointly; progressive: the paper's pipeline (noise ranking, progressive search with "
+              "selective fine-tuning); usnet: the US-Nets baseline (uniform widths).")
+@click.option("--criterion", type=click.Choice(["ratio", "drop"]), default="ratio", show_default=True,
+              help="progressive: keep the removal with the least accuracy lost per cost saved (ratio), or "
+                   "the least accuracy lost (drop, the paper's).")
+@click.option("--final-epochs", type=NONNEG_INT, default=None,
+              help="autoslim: the last of the --train-epochs train the chosen sub-nets only (default a third).")
+@click.option("--slim-step", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True), default=0.02,
+              show_default=True, help="autoslim: cost each greedy step removes, a fraction of the full model's.")
+@click.option("--score-samples", type=POSITIVE_INT, default=2000, show_default=True,
+              help="Held-out images that score search candidates (the whole holdout scores the picks).")
+@click.option("--budget-margin", type=FiniteFloat(min=0.0, max=0.5, max_open=True), default=0.02,
+              show_default=True, help="Picks must cost at most (1 - margin) x a budget below the full model.")
+@click.option("--holdout-fraction", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True),
+              default=0.1, show_default=True, help="Share of the training data held out to score candidates.")
 @click.option("--ranking", type=click.Choice(["noise", "l1"]), default="noise", show_default=True)
 @click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True, help="Channel groups per coupling group.")
 @click.option("--group-size", type=CHANNEL_GROUPS, default=None, help="Absolute channel-group size (8, 16, 32) instead.")
@@ -36,7 +55,8 @@ from ..errors import EdgedynError
               help="Fine-tune below this holdout accuracy: '50%' absolute, 'drop:5' relative, or 'none'.")
 @click.option("--pretrain-epochs", type=EPOCHS, default=5, show_default=True, help="Only when --weights is not given.")
 @click.option("--rank-epochs", type=EPOCHS, default=1, show_default=True, help="Noise-ranking training epochs.")
-@click.option("--train-epochs", type=EPOCHS, default=5, show_default=True, help="Joint training epochs.")
+@click.option("--train-epochs", type=EPOCHS, default=5, show_default=True,
+              help="Joint (sandwich) training epochs; autoslim's one-shot and final epochs together.")
 @click.option("--finetune-batches", type=NONNEG_INT, default=50, show_default=True, help="Cap per fine-tuning.")
 @click.option("--batches-per-epoch", type=POSITIVE_INT, default=None, help="Cap on batches per epoch (quick runs).")
 @click.option("--max-steps", type=NONNEG_INT, default=None, help="Stop the search after this many steps.")
@@ -49,9 +69,10 @@ from ..errors import EdgedynError
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False),
               help="Other run directories to draw in the plot (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-def search(model, data, data_limit, input_size, table_path, budgets, cost_name, method, ranking, channel_groups,
-           group_size, min_groups, threshold, pretrain_epochs, rank_epochs, train_epochs, finetune_batches,
-           batches_per_epoch, max_steps, lr, batch_size, seed, device, weights, out, compare, resume) -> None:
+def search(model, data, data_limit, input_size, table_path, budgets, cost_name, method, criterion, final_epochs,
+           slim_step, score_samples, budget_margin, holdout_fraction, ranking, channel_groups, group_size,
+           min_groups, threshold, pretrain_epochs, rank_epochs, train_epochs, finetune_batches, batches_per_epoch,
+           max_steps, lr, batch_size, seed, device, weights, out, compare, resume) -> None:
     """Search nested sub-nets for latency budgets, train them jointly, write subnets.json."""
     from ..cost import FlopsCost, LatencyCost
     from .dist import init_from_env
@@ -59,9 +80,10 @@ def search(model, data, data_limit, input_size, table_path, budgets, cost_name, 
 
     dist = init_from_env(device)
     measured = None
-    if cost_name == "latency":
-        if not table_path:
-            raise EdgedynError("--cost latency needs --budget-table PATH (or use --cost flops)")
+    table_cost = None
+    if cost_name == "latency" and not table_path:
+        raise EdgedynError("--cost latency needs --budget-table PATH (or use --cost flops)")
+    if table_path:
         from ..profile import LatencyTable
 
         table = LatencyTable.load(table_path)
@@ -69,11 +91,12 @@ def search(model, data, data_limit, input_size, table_path, budgets, cost_name, 
         if not measured and dist.is_main:
             click.echo(f"warning: {table_path} is NOT measured on hardware (an analytic estimate); "
                        "latencies are planning figures", err=True)
-        cost = LatencyCost(table)
-    else:
-        cost = FlopsCost()
+        table_cost = LatencyCost(table)
+    cost = table_cost if cost_name == "latency" else FlopsCost()
     config = SearchConfig(
         model=model, data=data, data_limit=data_limit, input_size=input_size, budgets=budgets, method=method,
+        criterion=criterion, final_epochs=final_epochs, slim_step=slim_step, score_samples=score_samples,
+        budget_margin=budget_margin, holdout_fraction=holdout_fraction,
         ranking=ranking, channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
         threshold=threshold, pretrain_epochs=pretrain_epochs, rank_epochs=rank_epochs, train_epochs=train_epochs,
         finetune_batches=finetune_batches, batches_per_epoch=batches_per_epoch, max_steps=max_steps, lr=lr,
@@ -86,7 +109,7 @@ def search(model, data, data_limit, input_size, table_path, budgets, cost_name, 
         handler.setLevel(logging.INFO)
         log.addHandler(handler)
     try:
-        result = run_search(config, cost)
+        result = run_search(config, cost, select_cost=table_cost or cost)
     finally:
         if handler is not None:
             log.removeHandler(handler)

@@ -28,6 +28,8 @@ from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import EdgedynError
 from .dist import Dist
 
+#: Step criteria of the progressive search (see :meth:`Candidate.rank_key`).
+CRITERIA = ("ratio", "drop")
 #: Cost differences below this are "no saving" (a latency table can price two widths alike).
 COST_EPS = 1e-9
 
@@ -86,15 +88,20 @@ class PathPoint:
     accuracy: float  # holdout top-1, after any fine-tuning at this step
     step: int = 0
     finetune_batches: int = 0
+    loss: float | None = None  # scoring loss (the slimming search's baseline for the next step)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"widths": list(self.spec.widths), "cost": self.cost, "holdout_accuracy": self.accuracy,
-                "step": self.step, "finetune_batches": self.finetune_batches}
+        d = {"widths": list(self.spec.widths), "cost": self.cost, "holdout_accuracy": self.accuracy,
+             "step": self.step, "finetune_batches": self.finetune_batches}
+        if self.loss is not None:
+            d["loss"] = self.loss
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PathPoint":
+        loss = d.get("loss")
         return cls(SubnetSpec.of(d["widths"]), float(d["cost"]), float(d["holdout_accuracy"]),
-                   int(d["step"]), int(d.get("finetune_batches", 0)))
+                   int(d["step"]), int(d.get("finetune_batches", 0)), None if loss is None else float(loss))
 
 
 @dataclass(frozen=True)
@@ -105,23 +112,30 @@ class Candidate:
     spec: SubnetSpec
     cost: float
     accuracy: float
-    lost: float = 0.0  # holdout accuracy lost vs the current sub-net
+    lost: float = 0.0  # holdout accuracy lost (slimming: loss gained) vs the current sub-net
     saved: float = 0.0  # cost saved vs the current sub-net
+    loss: float | None = None  # scoring loss (slimming search)
 
     @property
     def score(self) -> float:
         """Accuracy lost per unit of cost saved (lower is better; inf when nothing is saved)."""
         return self.lost / self.saved if self.saved > COST_EPS else math.inf
 
-    def rank_key(self) -> tuple:
-        # Removals that save cost come first, by score; then by the least accuracy lost.
-        # Ties: the larger saving, then the lower group index (deterministic).
+    def rank_key(self, criterion: str = "ratio") -> tuple:
+        """Sort key, lowest first. Removals that save cost always come first; among them
+        ``ratio`` (edgedyn's first criterion) ranks by accuracy lost per unit of cost saved,
+        ``drop`` (the paper's) by accuracy lost alone, blind to cost (re-selection handles
+        cost). Ties: the larger saving, then the lower group index (deterministic)."""
         saves = self.saved > COST_EPS
-        return (not saves, self.score if saves else self.lost, -self.saved, self.group)
+        key = self.score if (saves and criterion == "ratio") else self.lost
+        return (not saves, key, -self.saved, self.group)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "widths": list(self.spec.widths), "cost": self.cost,
-                "holdout_accuracy": self.accuracy, "score": None if math.isinf(self.score) else self.score}
+        d = {"group": self.group, "widths": list(self.spec.widths), "cost": self.cost,
+             "holdout_accuracy": self.accuracy, "score": None if math.isinf(self.score) else self.score}
+        if self.loss is not None:
+            d["loss"] = self.loss
+        return d
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,8 @@ def progressive_search(
     finetune: Callable[[SubnetSpec, float], tuple[float, int]] | None = None,
     dist: Dist | None = None,
     max_steps: int | None = None,
+    criterion: str = "ratio",
+    stop: Callable[[PathPoint], bool] | None = None,
 ) -> Iterator[Step]:
     """Greedy large-to-small search from ``start``; yields one :class:`Step` per removal.
 
@@ -182,16 +198,24 @@ def progressive_search(
         finetune: ``finetune(spec, target) -> (accuracy, batches)``; None disables it.
         dist: split candidate scoring across ranks.
         max_steps: stop after this many steps (all groups at their floor ends it anyway).
+        criterion: ``"ratio"`` (accuracy lost per cost saved) or ``"drop"`` (the paper's
+            least accuracy lost); see :meth:`Candidate.rank_key`.
+        stop: stop once ``stop(point)`` is true for the last recorded sub-net (e.g. it fits
+            the smallest budget); None runs until every group is at its floor.
     """
+    if criterion not in CRITERIA:
+        raise EdgedynError(f"criterion {criterion!r} is unknown; use one of {', '.join(CRITERIA)}")
     dist = dist or Dist()
     current = start
     index = start.step
     while max_steps is None or index < start.step + max_steps:
+        if stop is not None and stop(current):
+            return
         removals = next_removals(net, current.spec)
         if not removals:
             return
         candidates = score_candidates(net, current, removals, cost_model, evaluate, dist)
-        chosen = min(candidates, key=Candidate.rank_key)
+        chosen = min(candidates, key=lambda c: c.rank_key(criterion))
         index += 1
         accuracy, batches = chosen.accuracy, 0
         if finetune is not None and accuracy < target:

@@ -82,15 +82,22 @@ def pareto(points: Sequence[P]) -> list[P]:
 
 
 def pick(points: Sequence[P], budgets: Sequence[Budget], full_cost: float, unit: str,
-         prefer: str = "accuracy") -> list[tuple[Budget, P]]:
+         prefer: str = "accuracy", margin: float = 0.0) -> list[tuple[Budget, P]]:
     """For each budget, the most accurate point (``prefer="cost"``: the most costly one)
-    whose cost fits. An unreachable budget raises one line naming the smallest feasible cost."""
+    whose cost fits. An unreachable budget raises one line naming the smallest feasible cost.
+
+    ``margin`` keeps predicted costs that far below a budget (0.02: 2 %), for the cost
+    model's error; a budget at or above the full model's cost is met by the full model
+    and gets no margin.
+    """
     if not points:
         raise EdgedynError("no candidate sub-nets to choose from")
     cheapest = min(points, key=lambda p: p.cost)
     out = []
     for b in budgets:
         limit = b.limit(full_cost)
+        if limit < full_cost * (1 - 1e-9):
+            limit *= 1.0 - margin
         fits = [p for p in points if p.cost <= limit + 1e-9 * max(1.0, abs(limit))]
         if not fits:
             frac = cheapest.cost / full_cost if full_cost > 0 else float("nan")

@@ -1,12 +1,27 @@
 """``run_search``: the whole pipeline, checkpointed and resumable.
 
-Phases, in order (``usnet`` skips ranking and search):
+Three methods share it:
+
+- ``autoslim`` (the default): one-shot training of the network so that every sub-net is
+  usable (sandwich rule, non-uniform random widths), greedy slimming on those weights
+  steered by the cost model (:mod:`edgedyn.search.slim`), then joint training of the
+  chosen sub-nets only;
+- ``progressive``: the paper's pipeline (Yang et al.): noise ranking, the progressive
+  search with selective fine-tuning (:mod:`edgedyn.search.progressive`), joint training
+  of the chosen sub-nets;
+- ``usnet``: Universally Slimmable Networks, the baseline (uniform widths).
+
+Phases, in order (a method skips the ones it does not use):
 
 1. ``pretrain``  train the full model when no weights are given;
-2. ``rank``      trainable-noise (or L1) channel ranking, then the channel permutation;
-3. ``search``    the progressive search (:mod:`edgedyn.search.progressive`), one step at a time;
-4. ``train``     joint sandwich training of the chosen sub-nets (or US-Nets uniform widths);
-5. ``final``     per-sub-net BN recalibration, holdout and test accuracy, outputs.
+2. ``rank``      trainable-noise (or L1) channel ranking, then the channel permutation (progressive);
+3. ``supernet``  one-shot sandwich training over random non-uniform widths (autoslim);
+4. ``search``    the search, one step at a time (progressive, autoslim);
+5. ``train``     joint sandwich training of the chosen sub-nets (or US-Nets uniform widths);
+6. ``final``     per-sub-net BN recalibration, holdout and test accuracy, outputs.
+
+The cost model that steers the search and the one that prices budgets may differ (a
+search steered by MACs, its picks chosen by a latency table): ``select_cost``.
 
 A checkpoint is written atomically after every epoch and every search step. Every
 random stream is re-seeded from (seed, phase, index) at the start of each unit, so a
@@ -18,7 +33,7 @@ from __future__ import annotations
 import io
 import logging
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,14 +45,14 @@ from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import ArtifactError, EdgedynError
 from . import train as T
 from .dist import Dist, current
-from .progressive import PathPoint, Step, Threshold, progressive_search
+from .progressive import CRITERIA, PathPoint, Step, Threshold, next_removals, progressive_search
 from .ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
 from .reselect import Budget, parse_budgets, pareto, pick
 
 RESULT_SCHEMA = "edgedyn.search_result/1"
-CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/1"
-METHODS = ("progressive", "usnet")
-PHASES = ("pretrain", "rank", "search", "train", "final")
+CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/2"
+METHODS = ("autoslim", "progressive", "usnet")
+PHASES = ("pretrain", "rank", "supernet", "search", "train", "final")
 log = logging.getLogger("edgedyn.search")
 
 
@@ -49,15 +64,20 @@ class SearchConfig:
     data: str = "digits"
     input_size: int | None = None
     budgets: str = "0.25,0.5,0.75,1.0"
-    method: str = "progressive"
+    method: str = "autoslim"
     ranking: str = "noise"
+    criterion: str = "ratio"  # progressive: "ratio" (edgedyn's first) or "drop" (the paper's)
     channel_groups: int = 8
     group_size: int | None = None
     min_groups: int = 1
     threshold: str = "drop:5"
     pretrain_epochs: int = 5
     rank_epochs: int = 1
-    train_epochs: int = 5
+    train_epochs: int = 5  # joint (sandwich) epochs; autoslim: one-shot + chosen sub-nets together
+    final_epochs: int | None = None  # autoslim: the last epochs, chosen sub-nets only (default: a third)
+    slim_step: float = 0.02  # autoslim: cost removed per step, a fraction of the full model's
+    score_samples: int | None = 2000  # holdout images that score search candidates (None: all)
+    budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
     finetune_batches: int = 50  # cap per fine-tuning
     finetune_check: int = 10  # holdout check every this many batches
     lr: float = 0.05
@@ -78,6 +98,7 @@ class SearchConfig:
     resume: bool = False
     table: str | None = None  # latency table path (recorded only)
     table_measured: bool | None = None
+    select_cost: str | None = None  # the cost model pricing budgets, when not the steering one (recorded)
     compare: tuple[str, ...] = ()  # sibling run dirs drawn in the plot
 
     def validate(self) -> None:
@@ -85,6 +106,18 @@ class SearchConfig:
             raise EdgedynError(f"method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
         if self.ranking not in RANKINGS:
             raise EdgedynError(f"ranking {self.ranking!r} is unknown; use one of {', '.join(RANKINGS)}")
+        if self.criterion not in CRITERIA:
+            raise EdgedynError(f"criterion {self.criterion!r} is unknown; use one of {', '.join(CRITERIA)}")
+        if self.final_epochs is not None and not 0 <= self.final_epochs <= self.train_epochs:
+            raise EdgedynError(f"final_epochs must be in 0..train_epochs ({self.train_epochs}), got {self.final_epochs}")
+        if not 0.0 < self.slim_step < 1.0:
+            raise EdgedynError(f"slim_step must be a fraction in (0, 1), got {self.slim_step}")
+        if not 0.0 <= self.budget_margin < 0.5:
+            raise EdgedynError(f"budget_margin must be in [0, 0.5), got {self.budget_margin}")
+        if self.score_samples is not None and self.score_samples < 1:
+            raise EdgedynError(f"score_samples must be >= 1, got {self.score_samples}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise EdgedynError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.device not in ("cpu", "cuda"):
             raise EdgedynError(f"device {self.device!r} is unknown; use cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -95,6 +128,11 @@ class SearchConfig:
         if self.batch_size < 1 or self.finetune_check < 1:
             raise EdgedynError("batch_size and finetune_check must be >= 1")
         Threshold.parse(self.threshold)
+
+    @property
+    def final(self) -> int:
+        """autoslim: the epochs that train the chosen sub-nets only (the rest is one-shot)."""
+        return self.final_epochs if self.final_epochs is not None else -(-self.train_epochs // 3)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,11 +156,15 @@ class ChosenSubnet:
     params: int
     holdout_accuracy: float
     test_accuracy: float
+    before_train: dict[str, float] | None = None  # autoslim: accuracies on the one-shot weights
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget.to_dict(), "widths": list(self.spec.widths), "cost": self.cost,
-                "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
-                "test_accuracy": self.test_accuracy}
+        d = {"budget": self.budget.to_dict(), "widths": list(self.spec.widths), "cost": self.cost,
+             "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
+             "test_accuracy": self.test_accuracy}
+        if self.before_train is not None:
+            d["before_train"] = self.before_train
+        return d
 
 
 @dataclass
@@ -161,16 +203,18 @@ Hook = Callable[[str, int], None]
 class _Run:
     """One search run's state; each phase method skips what the checkpoint already holds."""
 
-    def __init__(self, config: SearchConfig, cost_model: CostModel, dist: Dist, hook: Hook | None) -> None:
+    def __init__(self, config: SearchConfig, cost_model: CostModel, dist: Dist, hook: Hook | None,
+                 select_cost: CostModel | None = None) -> None:
         from ..data import load_data, make_loader
         from ..models import get_entry
 
         config.validate()
         self.c, self.cost_model, self.dist, self.hook = config, cost_model, dist, hook
+        self.select_cost = select_cost or cost_model
         self.out = Path(config.out)
         self.device = config.device
         self.make_loader = make_loader
-        self.budgets = parse_budgets(config.budgets, cost_model.unit)
+        self.budgets = parse_budgets(config.budgets, self.select_cost.unit)
         self.threshold = Threshold.parse(config.threshold)
         size = config.input_size or get_entry(config.model).default_input_size
         self.data = load_data(config.data, size, seed=config.seed, holdout_fraction=config.holdout_fraction,
@@ -179,10 +223,21 @@ class _Run:
         self.net = DynamicNet.from_name(config.model, num_classes=self.data.num_classes, input_size=size,
                                         channel_groups=config.channel_groups, group_size=config.group_size,
                                         min_groups=config.min_groups).to(self.device)
-        check = getattr(cost_model, "check", None)
-        if callable(check):
-            check(self.net)
+        for model in {id(cost_model): cost_model, id(self.select_cost): self.select_cost}.values():
+            check = getattr(model, "check", None)
+            if callable(check):
+                check(self.net)
         self.holdout = list(make_loader(self.data.holdout, config.batch_size, shuffle=False))
+        # candidates are scored on a fixed, seeded subset of the holdout (the whole of it
+        # scores the recorded path points and the picks)
+        hold = self.data.holdout
+        if config.score_samples is not None and config.score_samples < len(hold):
+            from torch.utils.data import Subset
+
+            gen = torch.Generator().manual_seed(config.seed)
+            idx = torch.randperm(len(hold), generator=gen)[:config.score_samples].sort().values
+            hold = hold.subset(idx.numpy()) if hasattr(hold, "subset") else Subset(hold, idx.tolist())
+        self.score_set = list(make_loader(hold, max(config.batch_size, 256), shuffle=False))
         self.test = list(make_loader(self.data.test, config.batch_size, shuffle=False))
         calib = make_loader(self.data.train, config.batch_size, shuffle=False)
         self.search_calib = T.take_batches(calib, config.search_calib_batches) if config.search_calib_batches else []
@@ -190,17 +245,54 @@ class _Run:
             raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
                                       "path": [], "steps": [], "selection": None}
+        if config.weights:  # read now: a bad file fails before the run directory is touched
+            load_weights_into(self.net, config.weights)
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
+        self.select_full = float(self.select_cost.cost(self.net, self.net.full_spec()))
         self.check_budgets()
 
+    def price(self, spec: SubnetSpec) -> float:
+        """A sub-net's cost in the budgets' unit."""
+        return float(self.select_cost.cost(self.net, spec))
+
+    def min_limit(self) -> float:
+        """The smallest budget's limit, less the margin: the search may stop below it."""
+        return min(b.limit(self.select_full) for b in self.budgets) * (1.0 - self.c.budget_margin)
+
+    def pick(self, points: list[PathPoint], prefer: str = "accuracy") -> list[tuple[Budget, PathPoint]]:
+        return pick(points, self.budgets, self.select_full, self.select_cost.unit, prefer=prefer,
+                    margin=self.c.budget_margin)
+
     def check_budgets(self) -> None:
-        """Fail before any training when a budget is below the cheapest sub-net the method can reach."""
+        """Fail before any training when a budget is below the cheapest sub-net the method can
+        reach, or the cheapest that ``max_steps`` steps can reach (a cost-greedy estimate)."""
         if self.c.method == "usnet":
-            floor = min(uniform_points(self.net, self.cost_model), key=lambda p: p.cost)
-        else:
-            spec = self.net.min_spec()
-            floor = PathPoint(spec, float(self.cost_model.cost(self.net, spec)), 0.0)
-        pick([floor], self.budgets, self.full_cost, self.cost_model.unit)
+            points = uniform_points(self.net, self.select_cost)
+            self.pick(points)
+            return
+        spec = self.net.min_spec()
+        self.pick([PathPoint(spec, self.price(spec), 0.0)])
+        if self.c.max_steps is None:
+            return
+        spec, cost = self.net.full_spec(), self.full_cost
+        for _ in range(self.c.max_steps):
+            if self.c.method == "autoslim":
+                from .slim import step_removals
+
+                options = [(s, c) for _, s, c in step_removals(self.net, spec, self.cost_model, cost,
+                                                                self.c.slim_step * self.full_cost)]
+            else:
+                options = [(s, float(self.cost_model.cost(self.net, s))) for _, s in next_removals(self.net, spec)]
+            if not options:
+                break
+            spec, cost = min(options, key=lambda t: t[1])
+        reach = self.price(spec)
+        if reach > self.min_limit() + 1e-12:
+            raise EdgedynError(
+                f"--max-steps {self.c.max_steps}: the search reaches at best {reach:.4g} {self.select_cost.unit} "
+                f"({reach / self.select_full:.3g} of the full model), above the smallest budget "
+                f"({self.min_limit():.4g} {self.select_cost.unit} with the {self.c.budget_margin:g} margin); "
+                "raise --max-steps or the budget")
 
     # ---- checkpoints ----
     @property
@@ -263,7 +355,7 @@ class _Run:
 
     # ---- phases ----
     def epochs(self, phase: str, epochs: int, step_fn: Callable[[torch.Generator], T.StepFn], lr: float,
-               extra: list[torch.nn.Parameter] | None = None) -> None:
+               extra: list[torch.nn.Parameter] | None = None, schedule: tuple[int, int] | None = None) -> None:
         done, start = self.reached(phase)
         if done or epochs == 0:
             return
@@ -275,7 +367,7 @@ class _Run:
             gen = torch.Generator().manual_seed(self.seed(phase, epoch))
             loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
                                dist=self.dist, device=self.device, max_batches=self.c.batches_per_epoch,
-                               desc=phase, extra_params=extra or [])
+                               desc=phase, extra_params=extra or [], schedule=schedule)
             log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, epochs, loss)
             alphas = [p for p in extra] if extra else None
             self.save(phase, epoch + 1, opt, alphas)
@@ -305,38 +397,67 @@ class _Run:
         log.info("ranked channels by %s", self.c.ranking)
         self.advance("rank")
 
+    def supernet(self) -> None:
+        """autoslim: one-shot sandwich training over random non-uniform widths (the first
+        ``train_epochs - final`` epochs of the joint schedule)."""
+        epochs = self.c.train_epochs - self.c.final
+        self.epochs("supernet", epochs, lambda gen: T.sandwich_step(self.net, T.random_students(self.net, gen)),
+                    self.c.lr, schedule=(0, self.c.train_epochs))
+        self.advance("supernet")
+
     def evaluate(self, spec: SubnetSpec) -> float:
-        return T.calibrated_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
+        """Held-out accuracy on the scoring subset, after a temporary BN recalibration."""
+        return T.calibrated_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
+
+    def score(self, spec: SubnetSpec) -> tuple[float, float]:
+        """(loss, accuracy) on the scoring subset, after a temporary BN recalibration."""
+        return T.calibrated_loss_and_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
+
+    def record(self, spec: SubnetSpec) -> tuple[float, float]:
+        """(loss, accuracy) on the whole holdout, after a temporary BN recalibration."""
+        return T.calibrated_loss_and_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
 
     def search(self) -> None:
-        from tqdm import tqdm
+        from ..progress import Progress
 
         done, start = self.reached("search")
         if done:
             return
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
+        full = self.net.full_spec()
         if not path:
-            full = self.net.full_spec()
-            path = [PathPoint(full, self.full_cost, self.evaluate(full), 0)]
+            loss, acc = self.score(full)
+            if self.c.method == "autoslim":
+                acc = self.record(full)[1]
+            path = [PathPoint(full, self.full_cost, acc, 0, loss=loss)]
             self.state["path"] = [path[0].to_dict()]
-        target = self.threshold.target(path[0].accuracy)
-        total = sum(len(g.widths_from()) - 1 for g in self.net.groups)
-        if self.c.max_steps is not None:
-            total = min(total, self.c.max_steps)
+        limit = self.min_limit()
 
-        def finetune(spec: SubnetSpec, goal: float) -> tuple[float, int]:
-            loader = self.train_loader("search", 100_000 + len(path))
-            return T.finetune(self.net, spec, loader, self.evaluate, goal, lr=self.c.finetune_lr,
-                              max_batches=self.c.finetune_batches, check_every=self.c.finetune_check,
-                              dist=self.dist, device=self.device)
+        def stop(point: PathPoint) -> bool:
+            return self.price(point.spec) <= limit + 1e-12
 
         remaining = None if self.c.max_steps is None else max(0, self.c.max_steps - path[-1].step)
-        bar = tqdm(total=total, initial=path[-1].step, desc="search", leave=False,
-                   disable=not self.dist.is_main or not T.is_tty())
+        bar = Progress(desc=f"search ({self.c.method})", initial=path[-1].step, leave=False, unit="step",
+                       disable=not self.dist.is_main)
         self.seed("search", path[-1].step)
-        for step in progressive_search(self.net, self.cost_model, self.evaluate, path[-1], target=target,
+        if self.c.method == "autoslim":
+            from .slim import slim_search
+
+            steps = slim_search(self.net, self.cost_model, self.score, path[-1], step_cost=self.c.slim_step *
+                                self.full_cost, stop=stop, dist=self.dist, max_steps=remaining, record=self.record)
+        else:
+            target = self.threshold.target(path[0].accuracy)
+
+            def finetune(spec: SubnetSpec, goal: float) -> tuple[float, int]:
+                loader = self.train_loader("search", 100_000 + len(path))
+                return T.finetune(self.net, spec, loader, self.evaluate, goal, lr=self.c.finetune_lr,
+                                  max_batches=self.c.finetune_batches, check_every=self.c.finetune_check,
+                                  dist=self.dist, device=self.device)
+
+            steps = progressive_search(self.net, self.cost_model, self.evaluate, path[-1], target=target,
                                        finetune=finetune if self.threshold.kind != "none" else None,
-                                       dist=self.dist, max_steps=remaining):
+                                       dist=self.dist, max_steps=remaining, criterion=self.c.criterion, stop=stop)
+        for step in steps:
             path.append(step.point)
             self.state["path"].append(step.point.to_dict())
             self.state["steps"].append(step.to_dict())
@@ -345,29 +466,36 @@ class _Run:
             self.save("search", step.index)
             self.seed("search", step.index)
         bar.close()
+        if not stop(path[-1]):
+            cost = self.price(path[-1].spec)
+            raise EdgedynError(f"the search ended at {cost:.4g} {self.select_cost.unit} "
+                               f"({cost / self.select_full:.3g} of the full model), above the smallest budget "
+                               f"({limit:.4g} {self.select_cost.unit} with the margin); lower the floor "
+                               "(--min-groups) or raise the budget")
         self.advance("search")
 
     def _log_step(self, step: Step) -> None:
         p, unit = step.point, self.cost_model.unit
         ft = f", fine-tuned {p.finetune_batches} batches" if p.finetune_batches else ""
-        log.info("step %d: group %d -> %d ch, cost %.4g %s, holdout %.4f (%d candidates%s)", step.index,
-                 step.chosen.group, p.spec[step.chosen.group], p.cost, unit, p.accuracy, len(step.candidates), ft)
+        log.info("step %d: group %d -> %d ch, cost %.4g %s, holdout %.4f%s (%d candidates%s)", step.index,
+                 step.chosen.group, p.spec[step.chosen.group], p.cost, unit, p.accuracy,
+                 f", loss {p.loss:.4f}" if p.loss is not None else "", len(step.candidates), ft)
 
     def select(self) -> list[tuple[Budget, PathPoint]]:
         if self.c.method == "usnet":
-            points = uniform_points(self.net, self.cost_model)
-            return pick(points, self.budgets, self.full_cost, self.cost_model.unit, prefer="cost")
+            points = uniform_points(self.net, self.select_cost)
+            return self.pick(points, prefer="cost")
         if self.state.get("selection"):  # resumed after the selection: the same picks
             return [(next(b for b in self.budgets if b.text == d["budget"]), PathPoint.from_dict(d["point"]))
                     for d in self.state["selection"]]
-        path = [PathPoint.from_dict(d) for d in self.state["path"]]
+        path = [replace(p, cost=self.price(p.spec)) for p in (PathPoint.from_dict(d) for d in self.state["path"])]
         # Each point keeps the held-out accuracy it had when the search reached it (after that
         # step's fine-tuning), as in the paper. Re-scoring every point on the final search weights
         # was tried and is worse: those weights were last fine-tuned for the smallest sub-nets, so
         # the larger ones score low and the filter keeps almost only the smallest.
         front = pareto(path)
         log.info("re-selection: %d path points, %d on the Pareto front", len(path), len(front))
-        picks = pick(front, self.budgets, self.full_cost, self.cost_model.unit)
+        picks = self.pick(front)
         self.state["selection"] = [{"budget": b.text, "point": p.to_dict()} for b, p in picks]
         return picks
 
@@ -376,8 +504,33 @@ class _Run:
             make = lambda gen: T.sandwich_step(self.net, T.uniform_students(self.net, gen))  # noqa: E731
         else:
             make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))  # noqa: E731
-        self.epochs("train", self.c.train_epochs, make, self.c.lr)
+        if self.c.method == "autoslim":  # the last epochs of the schedule the one-shot phase began
+            self.epochs("train", self.c.final, make, self.c.lr,
+                        schedule=(self.c.train_epochs - self.c.final, self.c.train_epochs))
+        else:
+            self.epochs("train", self.c.train_epochs, make, self.c.lr)
         self.advance("train")
+
+    def before_train(self, picks: list[tuple[Budget, PathPoint]]) -> None:
+        """autoslim: the picks' accuracies on the one-shot weights, before the chosen sub-nets
+        are trained (what the final phase adds; kept in the selection, so resumes keep it)."""
+        sel = self.state["selection"]
+        if self.c.method != "autoslim" or all("before_train" in d for d in sel):
+            return
+        self.seed("final", 1)
+        calib = T.take_batches(self.train_loader("final", 1), self.c.calib_batches)
+        cache: dict[SubnetSpec, dict[str, float]] = {}
+        for d, (_, point) in zip(sel, picks):
+            if point.spec not in cache:
+                kept = self.net.bn_stats.pop(point.spec, None)
+                self.net.calibrate_bn(point.spec, calib, self.c.calib_batches)
+                cache[point.spec] = {"holdout_accuracy": T.accuracy(self.net, point.spec, self.holdout, self.device),
+                                     "test_accuracy": T.accuracy(self.net, point.spec, self.test, self.device)}
+                self.net.bn_stats.pop(point.spec, None)
+                if kept is not None:
+                    self.net.bn_stats[point.spec] = kept
+            d["before_train"] = cache[point.spec]
+        self.net.set_subnet(self.net.full_spec())
 
     def advance(self, phase: str) -> None:
         nxt = PHASES[PHASES.index(phase) + 1]
@@ -396,13 +549,15 @@ class _Run:
                 measured[spec] = (T.accuracy(self.net, spec, self.holdout, self.device),
                                   T.accuracy(self.net, spec, self.test, self.device))
             hold, test = measured[spec]
+            before = next((d.get("before_train") for d in self.state.get("selection") or []
+                           if d["budget"] == budget.text), None)
             subnets.append(ChosenSubnet(budget, spec, point.cost, self.net.macs(spec), self.net.params(spec),
-                                        hold, test))
+                                        hold, test, before))
             log.info("budget %s: %s cost %.4g %s, holdout %.4f, test %.4f", budget.text, spec, point.cost,
-                     self.cost_model.unit, hold, test)
+                     self.select_cost.unit, hold, test)
         self.net.set_subnet(self.net.full_spec())
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
-        return SearchResult(self.c, self.net, self.cost_model.name, self.cost_model.unit, self.full_cost,
+        return SearchResult(self.c, self.net, self.select_cost.name, self.select_cost.unit, self.select_full,
                             subnets, path, list(self.state["steps"]), self.out)
 
     def run(self) -> SearchResult:
@@ -411,16 +566,24 @@ class _Run:
         elif self.ckpt_path.exists() and self.dist.is_main:
             self.ckpt_path.unlink()
         self.dist.barrier()
+        first = {"progressive": "rank", "autoslim": "supernet", "usnet": "train"}[self.c.method]
         if self.c.weights and self.state["phase"] == "pretrain" and self.state["index"] == 0:
             load_weights_into(self.net, self.c.weights)
-            self.save("rank" if self.c.method == "progressive" else "train", 0)
+            self.save(first, 0)
         if self.c.method == "progressive":
             self.pretrain()
             self.rank()
             self.search()
+        elif self.c.method == "autoslim":
+            self.pretrain()
+            self.supernet()
+            self.search()
         elif PHASES.index(self.state["phase"]) < PHASES.index("train"):
             self.pretrain_usnet()
         picks = self.select()
+        if self.c.method != "usnet" and PHASES.index(self.state["phase"]) <= PHASES.index("train") \
+                and self.state["index"] == 0:
+            self.before_train(picks)
         chosen = sorted({p.spec for _, p in picks}, key=lambda s: sum(s.widths))
         self.joint(chosen)
         result = self.final(picks)
@@ -471,18 +634,38 @@ def load_weights_into(net: DynamicNet, path: str | Path) -> None:
     net.set_subnet(net.full_spec())
 
 
+def check_out_dir(out: Path) -> None:
+    """One-line error, before anything is written, when ``out`` cannot be a run directory."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"has a file {p} in its path"
+                raise EdgedynError(f"--out {out}: {what}, not a directory")
+            break
+
+
 def run_search(config: SearchConfig, cost_model: CostModel, *, dist: Dist | None = None,
-               hook: Hook | None = None) -> SearchResult:
+               hook: Hook | None = None, select_cost: CostModel | None = None) -> SearchResult:
     """Run (or resume) a search and write its outputs to ``config.out``.
+
+    Every input (settings, data, weights, table, budgets) is checked before anything in
+    ``config.out`` is touched: a failed start leaves an earlier run's checkpoint and log as
+    they were.
 
     Args:
         config: the run's settings.
-        cost_model: prices sub-nets (:class:`~edgedyn.cost.LatencyCost`, :class:`~edgedyn.cost.FlopsCost`).
+        cost_model: steers the search (:class:`~edgedyn.cost.LatencyCost`, :class:`~edgedyn.cost.FlopsCost`).
         dist: the data-parallel job (default: the initialised process group, if any).
         hook: called as ``hook(phase, index)`` after every checkpoint (tests interrupt here).
+        select_cost: prices the budgets and the picks (default: ``cost_model``), e.g. a latency
+            table for a search steered by MACs.
     """
     dist = dist or current()
     out = Path(config.out)
+    check_out_dir(out)
+    if config.select_cost is None and select_cost is not None and select_cost is not cost_model:
+        config.select_cost = select_cost.name
+    run = _Run(config, cost_model, dist, hook, select_cost)
     handler = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -494,7 +677,7 @@ def run_search(config: SearchConfig, cost_model: CostModel, *, dist: Dist | None
     try:
         if dist.is_main:
             log.debug("search: %s", config.to_dict())
-        return _Run(config, cost_model, dist, hook).run()
+        return run.run()
     finally:
         if handler is not None:
             log.removeHandler(handler)

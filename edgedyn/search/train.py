@@ -96,6 +96,25 @@ def chosen_students(chosen: Sequence[SubnetSpec], gen: torch.Generator, randoms:
     return students
 
 
+def random_students(net: DynamicNet, gen: torch.Generator, randoms: int = 2) -> Callable[[], list[SubnetSpec]]:
+    """AutoSlim's one-shot training: the smallest sub-net and ``randoms`` sub-nets whose
+    coupling groups each take an independent, uniformly drawn grid width (non-uniform, so
+    that the greedy slimming that follows scores configurations the weights were trained for)."""
+    smallest = net.min_spec()
+
+    def students() -> list[SubnetSpec]:
+        out = [smallest]
+        for _ in range(randoms):
+            widths = []
+            for g in net.groups:
+                choices = g.widths_from()
+                widths.append(choices[int(torch.randint(len(choices), (1,), generator=gen))])
+            out.append(SubnetSpec(tuple(widths)))
+        return out
+
+    return students
+
+
 def uniform_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25, randoms: int = 2) -> Callable[[], list[SubnetSpec]]:
     """US-Nets: the smallest width ratio and ``randoms`` ratios drawn from U(low, 1)."""
 
@@ -109,19 +128,25 @@ def uniform_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25, r
 # -- loops ---------------------------------------------------------------------------
 def run_epoch(net: DynamicNet, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, step: StepFn, *,
               base_lr: float, epoch: int, epochs: int, dist: Dist, device: str = "cpu",
-              max_batches: int | None = None, desc: str = "train", extra_params: Sequence[nn.Parameter] = ()) -> float:
-    """One epoch of ``step`` with per-iteration cosine decay; returns the mean loss."""
-    from tqdm import tqdm
+              max_batches: int | None = None, desc: str = "train", extra_params: Sequence[nn.Parameter] = (),
+              schedule: tuple[int, int] | None = None) -> float:
+    """One epoch of ``step`` with per-iteration cosine decay; returns the mean loss.
+
+    ``schedule=(offset, total)`` places this phase's epochs at ``offset`` in a cosine
+    schedule of ``total`` epochs (two phases that continue one schedule); by default the
+    phase has its own schedule over ``epochs``.
+    """
+    from ..progress import Progress
 
     batches = list(loader) if max_batches is None else take_batches(loader, max_batches)
     per_epoch = len(batches)
+    offset, total_epochs = schedule if schedule is not None else (0, epochs)
     net.train()
     total, seen = 0.0, 0
-    bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
-               disable=not dist.is_main or not is_tty())
+    bar = Progress(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not dist.is_main)
     params = [p for p in net.parameters()] + list(extra_params)
     for i, (x, y) in enumerate(bar):
-        lr = cosine_lr(base_lr, epoch * per_epoch + i, epochs * per_epoch)
+        lr = cosine_lr(base_lr, (offset + epoch) * per_epoch + i, total_epochs * per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = dist.shard((x.to(device), y.to(device)))
@@ -131,6 +156,7 @@ def run_epoch(net: DynamicNet, loader: Iterable[Batch], optimizer: torch.optim.O
         optimizer.step()
         total += float(loss)
         seen += 1
+    bar.close()
     net.eval()
     return total / max(seen, 1)
 
@@ -181,6 +207,37 @@ def accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch], device
         correct += int((pred == y.to(device)).sum())
         count += int(y.numel())
     return correct / max(count, 1)
+
+
+@torch.no_grad()
+def loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch], device: str = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy of sub-net ``spec`` in eval mode."""
+    net.set_subnet(spec)
+    net.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        out = net(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        count += int(y.numel())
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def calibrated_loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch],
+                                 calib: Sequence[Batch], device: str = "cpu") -> tuple[float, float]:
+    """(loss, accuracy) after a temporary BN recalibration on ``calib`` (none when it is empty)."""
+    if not calib:
+        return loss_and_accuracy(net, spec, holdout, device)
+    kept = net.bn_stats.pop(spec, None)
+    net.calibrate_bn(spec, calib, len(calib))
+    try:
+        return loss_and_accuracy(net, spec, holdout, device)
+    finally:
+        net.bn_stats.pop(spec, None)
+        if kept is not None:
+            net.bn_stats[spec] = kept
+        net.set_subnet(spec)
 
 
 def calibrated_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch], calib: Sequence[Batch],
