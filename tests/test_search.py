@@ -69,6 +69,7 @@ def strip(doc: dict) -> dict:
     doc = json.loads(json.dumps(doc))
     for k in ("out", "resume", "compare"):
         doc["config"].pop(k)
+    doc.pop("timings", None)  # wall seconds
     return doc
 
 
@@ -356,7 +357,7 @@ def test_distributed_two_ranks_choose_the_same_subnets(base_run, tmp_path):
 
 # -- autoslim: one-shot training, cost-steered greedy slimming, the picks trained ------------
 def slim_config(out: Path, **kw) -> SearchConfig:
-    base = dict(method="autoslim", channel_groups=4, train_epochs=2, final_epochs=1, slim_step=0.1,
+    base = dict(method="autoslim", channel_groups=4, train_epochs=2, final_epochs=1, slim_step=0.1, before_train=True,
                 score_samples=24, threshold="none")
     base.update(kw)
     return small_config(out, **base)

@@ -1,231 +1,384 @@
 #!/usr/bin/env python
-"""Benchmark the progressive search against its comparisons on the same data and budgets.
+"""Head-to-head of the search pipelines at equal MEASURED latency, over several seeds.
 
-Three methods, same data, seed, epochs, budgets and pre-trained start:
+    python tools/bench_search.py --data fashion-mnist --seeds 0,1,2 --out runs/bench_fmnist
 
-- ``progressive+latency``: the search steered by the latency table (needs ``--table``);
-- ``progressive+flops``:   the same search steered by MACs (the paper's setting);
-- ``usnet``:               US-Nets uniform widths (largest that fits each budget, priced by
-                           the table when one is given, else by MACs; ``usnet+flops`` forces MACs).
+Methods (``--methods``; every one starts from the same pre-trained weights per seed and
+gets the same joint-training epochs, ``--train-epochs``):
 
-For every chosen sub-net: the table's predicted latency, the MEASURED latency (ONNX
-export, onnxruntime CPU, pinned threads, per-call median in warm interleaved bursts) and
-the test accuracy; per method the average test accuracy over the budgets. Prints a table
-and writes ``bench_search.json`` and ``bench_search.png`` in ``--out``.
+- ``autoslim+latency``  edgedyn's default: one-shot training, greedy slimming steered by
+                        the latency table, the picks trained jointly (the last
+                        ``--final-epochs`` of the same schedule);
+- ``autoslim+flops``    the same, the slimming steered by MACs (budgets still priced by
+                        the table, so both are picked for the same latency budgets);
+- ``usnet``             Universally Slimmable Networks (uniform widths, sandwich rule);
+- ``paper``             the paper's pipeline: noise ranking, progressive search keeping the
+                        least accuracy drop, selective fine-tuning, channel groups of 1/4;
+- ``progressive+ratio`` edgedyn's former default (accuracy lost per ms, 1/8 groups);
+- ``autoslim+latency-uniform`` an ablation: one-shot training over uniform widths (as
+                        US-Nets trains), then the same slimming and final training.
 
-    python tools/bench_search.py --table profiles/cpu-x86.json --data digits --train-epochs 5
+Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
+with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
+median of warm bursts interleaved across all sub-nets of all runs, about 2 s each). A
+budget is a fraction of the full model's measured latency. At each budget a method
+serves the sub-net that is most accurate on the HOLDOUT among those it deployed whose
+measured latency fits; its TEST accuracy is reported. US-Nets deploys every uniform
+width of the grid (0.25 to 1 in eighths) and so gets the widest one that fits. A method
+with nothing that fits a budget scores nothing there (reported as a miss).
+
+Output: a table per budget (mean +- sd over seeds), the paired difference against US-Nets
+(mean +- standard error), each method's pipeline wall time against US-Nets', an ablation
+row for autoslim before its final training, ``bench_search.json`` and
+``bench_search.png`` in ``--out``. Every run is checkpointed: the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
+import math
+import statistics
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
+
+METHODS = {
+    # name: (SearchConfig overrides, steering cost)
+    "autoslim+latency": (dict(method="autoslim"), "latency"),
+    "autoslim+flops": (dict(method="autoslim"), "flops"),
+    "usnet": (dict(method="usnet"), "latency"),
+    "paper": (dict(method="progressive", criterion="drop", channel_groups=4, min_groups=1, ranking="noise"), "latency"),
+    "progressive+ratio": (dict(method="progressive", criterion="ratio", min_groups=1, ranking="noise"), "latency"),
+}
+DEFAULT_METHODS = "autoslim+latency,autoslim+flops,usnet,paper"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--table", default=None, help="latency table (profiles/cpu-*.json); without it the "
-                   "progressive+latency method is skipped and no latency is predicted")
+    p.add_argument("--table", default="profiles/cpu-resnet20.json", help="latency table of this CPU")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--data-limit", type=int, default=None)
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--budgets", default="0.3,0.5,0.75,1.0",
-                   help="fractions of the full model's predicted latency (0.25 is below US-Nets' "
-                        "smallest uniform width on CPU tables: fixed overheads)")
-    p.add_argument("--channel-groups", type=int, default=4)
-    p.add_argument("--group-size", type=int, default=None)
-    p.add_argument("--threshold", default="drop:5")
-    p.add_argument("--pretrain-epochs", type=int, default=5)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-limit", type=int, default=20000, help="training images (the rest of the pool unused)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2,
+                   help="with --data-limit 20000: a 5000-image holdout from the training file")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--budgets", default="0.3,0.5,0.75,1.0", help="fractions of the full model's latency")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default=DEFAULT_METHODS)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--train-epochs", type=int, default=6, help="joint (sandwich) epochs, every method")
+    p.add_argument("--final-epochs", type=int, default=2, help="autoslim: the last ones train the picks only")
     p.add_argument("--rank-epochs", type=int, default=1)
-    p.add_argument("--train-epochs", type=int, default=5)
-    p.add_argument("--batches-per-epoch", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="progressive+latency,progressive+flops,usnet")
-    p.add_argument("--threads", type=int, default=None,
-                   help="onnxruntime intra-op threads (default: the table's, else all cores)")
-    p.add_argument("--cores", default=None, help="CPU cores to pin the timing to, e.g. '0' or '0,1'")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--score-samples", type=int, default=1000)
+    p.add_argument("--slim-step", type=float, default=0.03)
+    p.add_argument("--batches-per-epoch", type=int, default=None, help="cap (smoke tests only)")
+    p.add_argument("--calib-batches", type=int, default=100, help="final per-sub-net BN recalibration batches")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training runs (timing: ORT CPU)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
+    p.add_argument("--measure-ms", type=float, default=2000.0, help="timing per sub-net (deploy's protocol)")
     p.add_argument("--out", default="runs/bench_search")
     return p.parse_args(argv)
 
 
-def measure(onnx_paths: list[Path], threads: int) -> list[dict]:
-    """Latency of each model as deploy runs it: edgedyn's ONNX Runtime session settings (pinned
-    threads, no spinning, full graph optimization) and the profiler's whole-sub-net protocol
-    (per-call timings in warm bursts, interleaved rounds; median, p10 / p90 / p99)."""
-    from edgedyn.backends import BackendOptions
-    from edgedyn.backends.onnxruntime import OrtRunner
-    from edgedyn.profile.measure import WHOLE_NET, measure_calls
+# -- running the methods ------------------------------------------------------------------
+def run_all(args: argparse.Namespace, table, log) -> dict:
+    """Train / search every (seed, method), resuming what an earlier call left; their results."""
+    from edgedyn.cost import FlopsCost, LatencyCost
+    from edgedyn.search import SearchConfig, run_search
+    from edgedyn.search.run import pretrain_only
 
-    opts = BackendOptions(device="cpu", threads=threads)
-    runners = [OrtRunner(str(p), opts) for p in onnx_paths]
-    return [st.to_dict() for st in measure_calls(runners, WHOLE_NET, seed=0)]
+    out = Path(args.out)
+    base = SearchConfig(model=args.model, data=args.data, data_limit=args.data_limit, input_size=args.input_size,
+                        holdout_fraction=args.holdout_fraction, budgets=args.budgets, channel_groups=8, min_groups=2,
+                        threshold="drop:5", pretrain_epochs=args.pretrain_epochs, rank_epochs=args.rank_epochs,
+                        train_epochs=args.train_epochs, final_epochs=args.final_epochs,
+                        batches_per_epoch=args.batches_per_epoch, batch_size=args.batch_size, lr=args.lr,
+                        score_samples=args.score_samples, search_calib_batches=2, calib_batches=args.calib_batches,
+                        slim_step=args.slim_step, before_train=True,
+                        device=args.device, table=args.table, table_measured=table.measured)
+    lat = LatencyCost(table)
+    runs: dict = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        sdir = out / f"seed{seed}"
+        weights = sdir / "pretrained.pt"
+        if not weights.is_file():
+            log(f"seed {seed}: pre-training {args.model} on {args.data} ({args.pretrain_epochs} epochs)")
+            t0 = time.time()
+            pretrain_only(replace(base, seed=seed, out=str(sdir / "pretrain")), weights)
+            _write(sdir / "pretrain_time.json", {"wall_s": time.time() - t0})
+        for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+            overrides, steer = METHODS[name.replace("-uniform", "")]
+            run_dir = sdir / name.replace("+", "_")
+            done = run_dir / "bench_done.json"
+            if done.is_file():
+                runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text())}
+                continue
+            cfg = replace(base, **overrides, seed=seed, weights=str(weights), pretrain_epochs=0, out=str(run_dir),
+                          resume=(run_dir / "checkpoint.pt").is_file())
+            if name.endswith("-uniform"):
+                cfg = replace(cfg, supernet_students="uniform")
+            log(f"seed {seed}: {name}{' (resumed)' if cfg.resume else ''}")
+            t0 = time.time()
+            result = run_search(cfg, lat if steer == "latency" else FlopsCost(), select_cost=lat)
+            # the ablation's extra evaluation (accuracy before the final training) is not part of the pipeline
+            extra = result.timings.get("before_train_s", 0.0)
+            info = {"wall_s": time.time() - t0 - extra, "diagnostic_s": extra, "resumed": cfg.resume}
+            _write(done, info)
+            runs[(seed, name)] = {"dir": run_dir, **info}
+    return runs
 
 
-def at_equal_latency(rows: list[dict], a: str, b: str) -> list[dict]:
-    """For each pick of method ``b``: the best test accuracy method ``a`` reaches within the same
-    MEASURED latency, beside ``b``'s. A positive ``gain`` means ``a`` is more accurate there."""
+# -- what each method deploys, and its accuracies ------------------------------------------
+def deployed(run_dir: Path, name: str, calib_batches: int, log) -> list[dict]:
+    """The sub-nets a run deploys, with holdout and test accuracy (US-Nets: every uniform width)."""
+    from edgedyn.search.run import load_result
+
+    doc = load_result(run_dir)
+    subs = [{"widths": s["widths"], "holdout": s["holdout_accuracy"], "test": s["test_accuracy"],
+             "budget": s["budget"]["text"], "before_train": s.get("before_train")} for s in doc["subnets"]]
+    if name != "usnet":
+        return subs
+    cache = run_dir / "uniform_widths.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["subnets"]
+    log(f"  {run_dir}: accuracy of every uniform width")
+    subs = _uniform_accuracies(run_dir, doc, calib_batches)
+    _write(cache, {"subnets": subs})
+    return subs
+
+
+def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int) -> list[dict]:
+    import torch
+
+    from edgedyn.data import load_data, make_loader
+    from edgedyn.dynamic import DynamicNet
+    from edgedyn.search import train as T
+
+    c = doc["config"]
+    net = DynamicNet.load(run_dir / "weights.pt")
+    data = load_data(c["data"], c["input_size"] or 32, seed=c["seed"], holdout_fraction=c["holdout_fraction"],
+                     limit=c["data_limit"])
+    hold = list(make_loader(data.holdout, 256, shuffle=False))
+    test = list(make_loader(data.test, 256, shuffle=False))
+    torch.manual_seed(c["seed"])
+    calib = T.take_batches(make_loader(data.train, c["batch_size"], shuffle=True, seed=c["seed"]), calib_batches)
+    specs = sorted({net.uniform_spec(r / 8) for r in range(2, 9)}, key=lambda s: sum(s.widths))
     out = []
-    pa = [r for r in rows if r["method"] == a]
-    for r in (r for r in rows if r["method"] == b):
-        fit = [q for q in pa if q["measured_ms"] <= r["measured_ms"] * 1.02]  # 2%: timing noise
-        if not fit:
-            out.append({"budget": r["budget"], "measured_ms": r["measured_ms"], b: r["test_accuracy"], a: None,
-                        "gain": None})
-            continue
-        best = max(fit, key=lambda q: q["test_accuracy"])
-        out.append({"budget": r["budget"], "measured_ms": r["measured_ms"], b: r["test_accuracy"],
-                    a: best["test_accuracy"], f"{a}_measured_ms": best["measured_ms"],
-                    "gain": best["test_accuracy"] - r["test_accuracy"]})
+    for spec in specs:
+        if spec not in net.bn_stats:
+            net.calibrate_bn(spec, calib, calib_batches)
+        out.append({"widths": list(spec.widths), "holdout": T.accuracy(net, spec, hold),
+                    "test": T.accuracy(net, spec, test), "budget": None, "before_train": None})
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_all(specs: list[tuple[int, ...]], args: argparse.Namespace, table, log) -> dict[tuple[int, ...], dict]:
+    """Deploy's timing of every distinct sub-net (the architecture alone decides latency)."""
+    import tempfile
+
     import torch
 
-    from edgedyn.cost import FlopsCost, LatencyCost
-    from edgedyn.errors import EdgedynError
-    from edgedyn.search import SearchConfig, run_search
-    from edgedyn.search.run import plot, pretrain_only
-
-    args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    table = None
-    if args.table:
-        from edgedyn.profile import LatencyTable
-
-        table = LatencyTable.load(args.table)
-        if not table.measured:
-            print(f"warning: {args.table} is NOT measured on hardware; predicted latencies are estimates",
-                  file=sys.stderr)
-    elif "progressive+latency" in methods:
-        print("warning: no --table given; skipping progressive+latency", file=sys.stderr)
-        methods.remove("progressive+latency")
-    if args.cores:
-        os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
-
-    base = SearchConfig(model=args.model, data=args.data, data_limit=args.data_limit, input_size=args.input_size,
-                        budgets=args.budgets, channel_groups=args.channel_groups, group_size=args.group_size,
-                        threshold=args.threshold, pretrain_epochs=args.pretrain_epochs, rank_epochs=args.rank_epochs,
-                        train_epochs=args.train_epochs, batches_per_epoch=args.batches_per_epoch,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=str(out / "pretrain"))
-    try:
-        weights = out / "pretrained.pt"
-        if not weights.is_file():
-            print(f"pre-training {args.model} on {args.data} ({args.pretrain_epochs} epochs)", file=sys.stderr)
-            pretrain_only(base, weights)
-        runs = {}
-        for method in methods:
-            kind, _, steer = method.partition("+")
-            steer = steer or ("latency" if table is not None else "flops")  # usnet: same budgets as ours
-            cost = LatencyCost(table) if steer == "latency" else FlopsCost()
-            run_dir = out / method.replace("+", "_")
-            cfg = replace(
-                base, method=kind, weights=str(weights), pretrain_epochs=0, out=str(run_dir),
-                table=args.table if steer == "latency" else None,
-                table_measured=table.measured if (table is not None and steer == "latency") else None)
-            print(f"running {method}", file=sys.stderr)
-            runs[method] = run_search(cfg, cost)
-    except EdgedynError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    predictor = LatencyCost(table) if table is not None else None
-    rows, paths = [], []
-    for method, res in runs.items():
-        onnx_dir = out / "onnx" / method.replace("+", "_")
-        onnx_dir.mkdir(parents=True, exist_ok=True)
-        for i, s in enumerate(res.subnets):
-            path = res.net.export_onnx(s.spec, onnx_dir / f"subnet{i}.onnx")
-            paths.append(path)
-            rows.append({"method": method, "budget": s.budget.text, "widths": list(s.spec.widths),
-                         "search_cost": s.cost, "search_cost_unit": res.cost_unit, "mmac": s.macs / 1e6,
-                         "params": s.params,
-                         "predicted_ms": predictor.cost(res.net, s.spec) if predictor is not None else None,
-                         "test_accuracy": s.test_accuracy, "holdout_accuracy": s.holdout_accuracy})
-    threads = args.threads or (table.backend.get("threads") if table is not None else None)
-    if threads is None:
-        from edgedyn.backends.onnxruntime import default_threads
-
-        threads = default_threads()
-    torch.set_num_threads(max(1, threads))
+    from edgedyn.backends import BackendOptions
+    from edgedyn.backends.onnxruntime import OrtRunner
+    from edgedyn.deploy.build import measure_runners
     from edgedyn.device import busy_before_timing
+    from edgedyn.dynamic import DynamicNet, SubnetSpec
 
-    busy = busy_before_timing(lambda m: print(m, file=sys.stderr), 1.0)
-    print(f"timing {len(paths)} sub-nets (onnxruntime CPU, {threads} threads, interleaved)", file=sys.stderr)
-    for row, st in zip(rows, measure(paths, threads)):
-        row["measured_ms"], row["measured_p10_ms"], row["measured_p90_ms"] = st["ms"], st["p10"], st["p90"]
-
-    summary = {m: sum(r["test_accuracy"] for r in rows if r["method"] == m) / max(1, sum(r["method"] == m for r in rows))
-               for m in runs}
-    print(f"{'method':<22}{'budget':>7}{'MMAC':>8}{'pred ms':>9}{'meas ms':>9}{'test %':>8}")
-    for r in rows:
-        pred = f"{r['predicted_ms']:9.3f}" if r["predicted_ms"] is not None else f"{'-':>9}"
-        print(f"{r['method']:<22}{r['budget']:>7}{r['mmac']:8.2f}{pred}{r['measured_ms']:9.3f}"
-              f"{100 * r['test_accuracy']:8.2f}")
-    print("average test accuracy over budgets:")
-    for m, acc in summary.items():
-        print(f"  {m:<22}{100 * acc:6.2f}%")
-    equal = {}
-    if "progressive+latency" in runs and "progressive+flops" in runs:
-        equal = {"progressive+latency_vs_flops": at_equal_latency(rows, "progressive+latency", "progressive+flops")}
-        print("at equal measured latency (best latency-steered pick within each FLOPs-steered pick's latency):")
-        for e in equal["progressive+latency_vs_flops"]:
-            if e["gain"] is None:
-                print(f"  {e['measured_ms']:.3f} ms: no latency-steered pick that fast")
-            else:
-                print(f"  {e['measured_ms']:.3f} ms: flops {100 * e['progressive+flops']:.2f}%  latency "
-                      f"{100 * e['progressive+latency']:.2f}%  gain {100 * e['gain']:+.2f}")
-    doc = {"schema": "edgedyn.bench_search/1", "args": vars(args), "table": args.table,
-           "table_measured": table.measured if table is not None else None,
-           "timing": {"backend": "onnxruntime-cpu", "threads": threads, "cores": args.cores,
-                      "protocol": "edgedyn.profile.measure.WHOLE_NET", "stat": "median",
-                      "cpu_busy_before_timing": busy},
-           "device": _device(), "rows": rows, "average_test_accuracy": summary, "equal_latency": equal,
-           "runs": {m: str(r.out_dir) for m, r in runs.items()}}
-    from edgedyn.artifacts import atomic_write_json
-
-    atomic_write_json(out / "bench_search.json", doc)
-    _plot(rows, out / "bench_search.png")
-    first = next(iter(runs.values()))
-    plot(first.to_dict(), Path(first.out_dir) / "accuracy_latency.png",
-         [Path(r.out_dir) for r in list(runs.values())[1:]])
-    print(f"wrote {out / 'bench_search.json'} and {out / 'bench_search.png'}")
-    return 0
+    threads = args.threads or table.backend.get("threads") or 1
+    net = DynamicNet.from_name(args.model, num_classes=10, input_size=args.input_size, channel_groups=8, min_groups=1)
+    with tempfile.TemporaryDirectory(prefix="edgedyn-bench-") as tmp:
+        paths = [net.export_onnx(SubnetSpec.of(s), Path(tmp) / f"s{i}.onnx") for i, s in enumerate(specs)]
+        runners = [OrtRunner(str(p), BackendOptions(device="cpu", threads=threads)) for p in paths]
+        torch.set_num_threads(max(1, threads))
+        busy = busy_before_timing(log, 1.0)
+        log(f"timing {len(specs)} distinct sub-nets (onnxruntime CPU, {threads} thread(s), interleaved, "
+            f"about {args.measure_ms / 1000:g} s each)")
+        stats = measure_runners(runners, target_ms=args.measure_ms)
+    return {"busy": busy, "threads": threads,
+            **{tuple(s): {**st, "predicted": table.predict(net, SubnetSpec.of(s))} for s, st in zip(specs, stats)}}
 
 
-def _device() -> dict:
-    from edgedyn.device import device_fingerprint, device_info
+# -- the comparison -----------------------------------------------------------------------
+def serve(subs: list[dict], lat: dict, budget_ms: float) -> dict | None:
+    """The deployed sub-net a selector serves at ``budget_ms``: the most accurate on the
+    holdout among those whose measured median fits (ties: the faster)."""
+    fit = [s for s in subs if lat[tuple(s["widths"])]["median"] <= budget_ms]
+    if not fit:
+        return None
+    return max(fit, key=lambda s: (s["holdout"], -lat[tuple(s["widths"])]["median"]))
 
-    info = device_info("cpu")
-    info["fingerprint"] = device_fingerprint(info)
-    return info
+
+def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
+    budgets = [float(b) for b in args.budgets.split(",")]
+    seeds = sorted({s for s, _ in runs})
+    methods = list(dict.fromkeys(m for _, m in runs))
+    net_full = max((tuple(s["widths"]) for v in subs.values() for s in v), key=sum)
+    full_ms = lat[net_full]["median"]
+    table: dict = {}
+    for m in methods:
+        per_budget = []
+        for b in budgets:
+            rows = []
+            for seed in seeds:
+                pick = serve(subs[(seed, m)], lat, b * full_ms)
+                rows.append(None if pick is None else {
+                    "seed": seed, "widths": pick["widths"], "measured_ms": lat[tuple(pick["widths"])]["median"],
+                    "test": pick["test"], "holdout": pick["holdout"], "before_train": pick.get("before_train")})
+            per_budget.append({"budget": b, "budget_ms": b * full_ms, "runs": rows})
+        table[m] = per_budget
+    summary = {}
+    for m in methods:
+        accs = [[r["test"] if r else None for r in pb["runs"]] for pb in table[m]]
+        summary[m] = {"per_budget": [_msd(a) for a in accs],
+                      "average": _msd([_avg([a[i] for a in accs]) for i in range(len(seeds))]),
+                      "misses": sum(a is None for row in accs for a in row)}
+        if "usnet" in table and m != "usnet":
+            base = [[r["test"] if r else None for r in pb["runs"]] for pb in table["usnet"]]
+            diffs = [[None if a is None or u is None else a - u for a, u in zip(ra, rb)] for ra, rb in zip(accs, base)]
+            avg_diff = [_avg([d[i] for d in diffs]) for i in range(len(seeds))]
+            summary[m]["vs_usnet"] = {"per_budget": [_mse(d) for d in diffs], "average": _mse(avg_diff)}
+        before = [[(r["before_train"] or {}).get("test_accuracy") if r else None for r in pb["runs"]]
+                  for pb in table[m]]
+        if all(x is not None for row in before for x in row):
+            summary[m]["before_final_training"] = {
+                "per_budget": [_msd(a) for a in before],
+                "average": _msd([_avg([a[i] for a in before]) for i in range(len(seeds))])}
+        walls = [runs[(s, m)]["wall_s"] for s in seeds]
+        summary[m]["wall_s"] = _msd(walls)
+        if "usnet" in methods:
+            ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in seeds]
+            summary[m]["wall_vs_usnet"] = _msd(ratio)
+    return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary}
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _avg(xs: list) -> float | None:
+    return None if any(x is None for x in xs) else sum(xs) / len(xs)
+
+
+def _msd(xs: list) -> dict:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def _mse(xs: list) -> dict:
+    """Mean and standard error of paired differences."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {"mean": None, "se": None, "n": 0}
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+    return {"mean": statistics.fmean(xs), "se": se, "n": len(xs)}
+
+
+def _pct(d: dict, key: str = "sd") -> str:
+    if d.get("mean") is None:
+        return "miss"
+    spread = d.get(key)
+    return f"{100 * d['mean']:.2f} ± {100 * spread:.2f}" if spread is not None else f"{100 * d['mean']:.2f}"
+
+
+def report(res: dict, log) -> None:
+    b = res["budgets"]
+    log(f"\nfull model measured: {res['full_ms']:.3f} ms; budgets {', '.join(f'{x:g}' for x in b)} of it; "
+        f"seeds {res['seeds']}")
+    full = res["full_ms"]
+    head = "".join(f"{f'{x:g} ({x * full:.3f} ms)':>22}" for x in b)
+    log(f"{'test accuracy %, mean ± sd':<30}{head}{'average':>18}{'wall x US-Nets':>16}")
+    for m, s in res["summary"].items():
+        wall = s.get("wall_vs_usnet")
+        log(f"{m:<30}" + "".join(f"{_pct(d):>22}" for d in s["per_budget"]) + f"{_pct(s['average']):>18}"
+            + (f"{wall['mean']:>13.2f}x" if wall else ""))
+        if "before_final_training" in s:
+            f = s["before_final_training"]
+            log(f"{'  before final training':<30}" + "".join(f"{_pct(d):>22}" for d in f["per_budget"])
+                + f"{_pct(f['average']):>18}")
+    log("\npaired difference against US-Nets, points (mean ± standard error over seeds):")
+    for m, s in res["summary"].items():
+        if "vs_usnet" in s:
+            v = s["vs_usnet"]
+            log(f"{m:<30}" + "".join(f"{_pct(d, 'se'):>22}" for d in v["per_budget"]) + f"{_pct(v['average'], 'se'):>18}")
+
+
+def plot(res: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r["measured_ms"], 100 * r["test_accuracy"]) for r in rows if r["method"] == m)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-    ax.set_xlabel("measured latency (ms, onnxruntime CPU)")
-    ax.set_ylabel("test top-1 (%)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, per in res["per_budget"].items():
+        xs, ys, es = [], [], []
+        for pb in per:
+            got = [r for r in pb["runs"] if r]
+            if not got:
+                continue
+            xs.append(statistics.fmean(r["measured_ms"] for r in got))
+            accs = [100 * r["test"] for r in got]
+            ys.append(statistics.fmean(accs))
+            es.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+    for b in res["budgets"]:
+        ax.axvline(b * res["full_ms"], color="0.85", lw=0.8, zorder=0)
+    ax.set_xlabel("measured latency of the served sub-net (ms, ONNX Runtime, this CPU)")
+    ax.set_ylabel("test top-1 (%), mean ± sd over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _write(path: Path, obj) -> None:
+    from edgedyn.artifacts import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edgedyn.errors import EdgedynError
+    from edgedyn.profile import LatencyTable
+
+    args = parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        table = LatencyTable.load(args.table)
+        t0 = time.time()
+        runs = run_all(args, table, log)
+        subs = {k: deployed(v["dir"], k[1], args.calib_batches, log) for k, v in runs.items()}
+        specs = sorted({tuple(s["widths"]) for v in subs.values() for s in v}, key=sum)
+        timing = measure_all(specs, args, table, log)
+        lat = {k: v for k, v in timing.items() if isinstance(k, tuple)}
+        res = compare(args, runs, subs, lat)
+    except EdgedynError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report(res, lambda m: print(m))
+    from edgedyn.device import device_fingerprint, device_info
+
+    info = device_info("cpu")
+    info["fingerprint"] = device_fingerprint(info)
+    out = Path(args.out)
+    doc = {"schema": "edgedyn.bench_search/2", "args": vars(args), "device": info,
+           "timing": {"backend": "onnxruntime-cpu", "threads": timing["threads"], "protocol":
+                      "edgedyn.deploy.build.measure_runners", "stat": "median", "cpu_busy_before_timing": timing["busy"]},
+           "latency": [{"widths": list(k), **v} for k, v in lat.items()],
+           "runs": {f"seed{s}/{m}": {"dir": str(v["dir"]), "wall_s": v["wall_s"], "resumed": v["resumed"],
+                                     "deployed": subs[(s, m)]} for (s, m), v in runs.items()},
+           "pretrain_wall_s": {str(p.parent.name): json.loads(p.read_text())["wall_s"]
+                               for p in sorted(out.glob("seed*/pretrain_time.json"))},
+           "bench_wall_s": time.time() - t0, **res}
+    _write(out / "bench_search.json", doc)
+    plot(res, out / "bench_search.png")
+    print(f"wrote {out / 'bench_search.json'} and {out / 'bench_search.png'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ class SearchConfig:
     train_epochs: int = 5  # joint (sandwich) epochs; autoslim: one-shot + chosen sub-nets together
     final_epochs: int | None = None  # autoslim: the last epochs, chosen sub-nets only (default: a third)
     slim_step: float = 0.02  # autoslim: cost removed per step, a fraction of the full model's
+    supernet_students: str = "random"  # autoslim's one-shot widths: "random" (per group) or "uniform" (US-Nets')
+    before_train: bool = False  # autoslim: also report the picks' accuracy on the one-shot weights (ablation)
     score_samples: int | None = 2000  # holdout images that score search candidates (None: all)
     budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
     finetune_batches: int = 50  # cap per fine-tuning
@@ -110,6 +112,8 @@ class SearchConfig:
             raise EdgedynError(f"criterion {self.criterion!r} is unknown; use one of {', '.join(CRITERIA)}")
         if self.final_epochs is not None and not 0 <= self.final_epochs <= self.train_epochs:
             raise EdgedynError(f"final_epochs must be in 0..train_epochs ({self.train_epochs}), got {self.final_epochs}")
+        if self.supernet_students not in ("random", "uniform"):
+            raise EdgedynError(f"supernet_students must be 'random' or 'uniform', got {self.supernet_students!r}")
         if not 0.0 < self.slim_step < 1.0:
             raise EdgedynError(f"slim_step must be a fraction in (0, 1), got {self.slim_step}")
         if not 0.0 <= self.budget_margin < 0.5:
@@ -178,6 +182,7 @@ class SearchResult:
     path: list[PathPoint]
     steps: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds of optional diagnostics
 
     def to_dict(self) -> dict[str, Any]:
         c = self.config
@@ -193,6 +198,7 @@ class SearchResult:
                                       if self.subnets else None),
             "path": [p.to_dict() for p in self.path],
             "steps": self.steps,
+            "timings": self.timings,
         }
 
 
@@ -244,7 +250,7 @@ class _Run:
         if not self.holdout:
             raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
-                                      "path": [], "steps": [], "selection": None}
+                                      "path": [], "steps": [], "selection": None, "timings": {}}
         if config.weights:  # read now: a bad file fails before the run directory is touched
             load_weights_into(self.net, config.weights)
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
@@ -401,7 +407,8 @@ class _Run:
         """autoslim: one-shot sandwich training over random non-uniform widths (the first
         ``train_epochs - final`` epochs of the joint schedule)."""
         epochs = self.c.train_epochs - self.c.final
-        self.epochs("supernet", epochs, lambda gen: T.sandwich_step(self.net, T.random_students(self.net, gen)),
+        students = T.random_students if self.c.supernet_students == "random" else T.uniform_students
+        self.epochs("supernet", epochs, lambda gen: T.sandwich_step(self.net, students(self.net, gen)),
                     self.c.lr, schedule=(0, self.c.train_epochs))
         self.advance("supernet")
 
@@ -515,8 +522,11 @@ class _Run:
         """autoslim: the picks' accuracies on the one-shot weights, before the chosen sub-nets
         are trained (what the final phase adds; kept in the selection, so resumes keep it)."""
         sel = self.state["selection"]
-        if self.c.method != "autoslim" or all("before_train" in d for d in sel):
+        if self.c.method != "autoslim" or not self.c.before_train or all("before_train" in d for d in sel):
             return
+        import time
+
+        start = time.perf_counter()
         self.seed("final", 1)
         calib = T.take_batches(self.train_loader("final", 1), self.c.calib_batches)
         cache: dict[SubnetSpec, dict[str, float]] = {}
@@ -530,6 +540,8 @@ class _Run:
                 if kept is not None:
                     self.net.bn_stats[point.spec] = kept
             d["before_train"] = cache[point.spec]
+        # what this diagnostic cost (a benchmark takes it out of the pipeline's time)
+        self.state.setdefault("timings", {})["before_train_s"] = round(time.perf_counter() - start, 3)
         self.net.set_subnet(self.net.full_spec())
 
     def advance(self, phase: str) -> None:
@@ -558,7 +570,7 @@ class _Run:
         self.net.set_subnet(self.net.full_spec())
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
         return SearchResult(self.c, self.net, self.select_cost.name, self.select_cost.unit, self.select_full,
-                            subnets, path, list(self.state["steps"]), self.out)
+                            subnets, path, list(self.state["steps"]), self.out, dict(self.state.get("timings") or {}))
 
     def run(self) -> SearchResult:
         if self.c.resume:
