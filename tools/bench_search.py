@@ -52,7 +52,7 @@ METHODS = {
     "paper": (dict(method="progressive", criterion="drop", channel_groups=4, min_groups=1, ranking="noise"), "latency"),
     "progressive+ratio": (dict(method="progressive", criterion="ratio", min_groups=1, ranking="noise"), "latency"),
 }
-DEFAULT_METHODS = "autoslim+latency,autoslim+flops,usnet,paper"
+DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,paper"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,24 +60,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table", default="profiles/cpu-resnet20.json", help="latency table of this CPU")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--data-limit", type=int, default=20000, help="training images (the rest of the pool unused)")
+    p.add_argument("--data-limit", type=int, default=8000, help="training images (the rest of the pool unused)")
     p.add_argument("--holdout-fraction", type=float, default=0.2,
-                   help="with --data-limit 20000: a 5000-image holdout from the training file")
+                   help="with --data-limit 8000: a 2000-image holdout from the training file")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--budgets", default="0.3,0.5,0.75,1.0", help="fractions of the full model's latency")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default=DEFAULT_METHODS)
-    p.add_argument("--pretrain-epochs", type=int, default=3)
-    p.add_argument("--train-epochs", type=int, default=6, help="joint (sandwich) epochs, every method")
-    p.add_argument("--final-epochs", type=int, default=2, help="autoslim: the last ones train the picks only")
+    p.add_argument("--pretrain-epochs", type=int, default=2)
+    p.add_argument("--train-epochs", type=int, default=3, help="joint (sandwich) epochs, every method")
+    p.add_argument("--final-epochs", type=int, default=1, help="autoslim: the last ones train the picks only")
     p.add_argument("--rank-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--score-samples", type=int, default=1000)
-    p.add_argument("--slim-step", type=float, default=0.03)
+    p.add_argument("--score-samples", type=int, default=500)
+    p.add_argument("--slim-step", type=float, default=0.05)
     p.add_argument("--batches-per-epoch", type=int, default=None, help="cap (smoke tests only)")
-    p.add_argument("--calib-batches", type=int, default=100, help="final per-sub-net BN recalibration batches")
+    p.add_argument("--calib-batches", type=int, default=40, help="final per-sub-net BN recalibration batches")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training runs (timing: ORT CPU)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="PyTorch threads for training (1 when several seeds run as parallel processes)")
+    p.add_argument("--search-calib-batches", type=int, default=2, help="BN recalibration batches per candidate")
+    p.add_argument("--no-measure", action="store_true",
+                   help="train and search only (seeds run as parallel processes; a last call times and reports)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
     p.add_argument("--measure-ms", type=float, default=2000.0, help="timing per sub-net (deploy's protocol)")
     p.add_argument("--out", default="runs/bench_search")
@@ -97,7 +102,8 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                         threshold="drop:5", pretrain_epochs=args.pretrain_epochs, rank_epochs=args.rank_epochs,
                         train_epochs=args.train_epochs, final_epochs=args.final_epochs,
                         batches_per_epoch=args.batches_per_epoch, batch_size=args.batch_size, lr=args.lr,
-                        score_samples=args.score_samples, search_calib_batches=2, calib_batches=args.calib_batches,
+                        score_samples=args.score_samples, search_calib_batches=args.search_calib_batches,
+                        calib_batches=args.calib_batches,
                         slim_step=args.slim_step, before_train=True,
                         device=args.device, table=args.table, table_measured=table.measured)
     lat = LatencyCost(table)
@@ -351,7 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = LatencyTable.load(args.table)
         t0 = time.time()
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
         runs = run_all(args, table, log)
+        if args.no_measure:
+            for k, v in runs.items():  # US-Nets: every uniform width's accuracy, cached for the report
+                deployed(v["dir"], k[1], args.calib_batches, log)
+            log("trained and searched; run again without --no-measure (all seeds) to time and report")
+            return 0
         subs = {k: deployed(v["dir"], k[1], args.calib_batches, log) for k, v in runs.items()}
         specs = sorted({tuple(s["widths"]) for v in subs.values() for s in v}, key=sum)
         timing = measure_all(specs, args, table, log)
