@@ -36,7 +36,7 @@ def bundle(run_dir, tmp_path_factory) -> Path:
     # higher accuracy, as training would (the manifest itself is not hashed)
     doc = json.loads((out / "manifest.json").read_text())
     for i, s in enumerate(doc["subnets"]):
-        s["accuracy"]["test"] = 0.6 + 0.2 * i
+        s["accuracy"]["test"] = s["accuracy"]["holdout_fp32"] = 0.6 + 0.2 * i
     (out / "manifest.json").write_text(json.dumps(doc))
     return out
 
@@ -299,3 +299,13 @@ def test_warmup_runs_every_subnet_outside_the_statistics():
     assert sel.stats()["counts"] == [0, 0, 0] and sel.slowdown == 1.0
     sel.infer(X, 10.0)
     assert sum(sel.stats()["counts"]) == 1
+
+
+def test_selector_ranks_by_holdout_accuracy_not_test() -> None:
+    """Decisions use the run's holdout; the test split only reports (older bundles: test)."""
+    sel = fake_selector(accs=(0.7, 0.8, 0.9))
+    for s, hold in zip(sel.manifest.subnets, (0.9, 0.8, 0.7)):
+        s.accuracy["holdout_fp32"] = hold
+    again = Selector(sel.manifest, [FakeRunner(i) for i in range(3)], policy="budget")
+    assert again.order == [0, 1, 2]
+    assert sel.order == [2, 1, 0]

@@ -54,11 +54,11 @@ def _load_splits(run: RunInfo) -> Any:
                      limit=d["limit"])
 
 
-def _test_split(splits: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _test_split(splits: Any, limit: int | None, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     from ..data import make_loader
 
     xs, ys, n = [], [], 0
-    for x, y in make_loader(splits.test, 256, shuffle=False):
+    for x, y in make_loader(getattr(splits, split), 256, shuffle=False):
         xs.append(x.numpy())
         ys.append(y.numpy())
         n += len(y)
@@ -217,7 +217,7 @@ def deploy(
     threads: int | None = None,
     *,
     measure_iters: int = 2000,
-    test_limit: int | None = 2000,
+    test_limit: int | None = None,
     calib_limit: int = 256,
     check_samples: int = 8,
     backend_extra: dict[str, Any] | None = None,
@@ -238,11 +238,12 @@ def deploy(
             predictions hold for that count only), else the CPUs this process may use.
         measure_iters: timed calls per sub-net at most (interleaved) for median/p90/p99;
             each sub-net is timed for about ``MEASURE_MS`` (at least 200 calls).
-        test_limit: test samples used for accuracy (None: all).
+        test_limit: test samples the reported accuracy uses (None: the whole test split).
         check_samples: test samples compared with PyTorch after export.
         backend_extra: extra ``BackendOptions`` (e.g. TensorRT ``workspace_bytes``).
-        keep_dominated: deploy every pick; by default a pick whose fp32 test accuracy is not
-            above a cheaper pick's is left out and its budget served by the cheaper one
+        keep_dominated: deploy every pick; by default a pick whose fp32 accuracy on the run's
+            holdout (a part of the training data: decisions never use the test split) is not
+            above a cheaper pick's is left out, and the cheaper pick serves its budget
             (:func:`dominated`; the manifest's ``notes`` name it).
         progress: a bar per sub-net built on a terminal; off a terminal, a plain line every
             30 s or so while sub-nets are built and timed (:class:`~edgedyn.progress.Progress`).
@@ -316,6 +317,9 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     x_test, y_test = _test_split(splits, test_limit)
     if len(x_test) == 0:
         raise EdgedynError(f"{run.path}: the run's test split ({run.data['spec']}) is empty")
+    # decisions (which picks to deploy, the selector's ranking) on the run's holdout, a part of
+    # the training data; the test split only reports
+    x_hold, y_hold = _test_split(splits, None, "holdout")
     check = x_test[:max(1, check_samples)]
 
     calib_x = cache = None
@@ -339,22 +343,30 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
     by_spec: dict[Any, SubnetRecord] = {}
     notes: list[str] = []
     references: dict[Any, tuple[torch.nn.Module, np.ndarray]] = {}
+    holdout_acc: dict[Any, float] = {}
+
+    def predict(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([model(torch.from_numpy(x[k:k + 512])).argmax(1).numpy()
+                                   for k in range(0, len(x), 512)])
 
     def reference(spec: Any) -> tuple[torch.nn.Module, np.ndarray]:
         """The sub-net's fp32 PyTorch model and its top-1 predictions on the test split."""
         if spec not in references:
             model = net.extract(spec).cpu().eval()
-            with torch.no_grad():
-                references[spec] = (model, model(torch.from_numpy(x_test)).argmax(1).numpy())
+            references[spec] = (model, predict(model, x_test))
+            holdout_acc[spec] = float(np.mean(predict(model, x_hold) == y_hold)) if len(y_hold) else float("nan")
         return references[spec]
 
     by_index = {s.index: s for s in run.subnets}
     served_by: dict[int, int] = {}
-    if not keep_dominated:
-        fp32_acc = {s.index: float(np.mean(reference(s.spec)[1] == y_test)) for s in run.subnets}
+    if not keep_dominated and len(y_hold):
+        for s in run.subnets:
+            reference(s.spec)
+        fp32_acc = {s.index: holdout_acc[s.spec] for s in run.subnets}
         served_by = dominated(run.subnets, fp32_acc)
         for i, j in served_by.items():
-            notes.append(f"search pick {i} {by_index[i].spec} left out: its fp32 test accuracy "
+            notes.append(f"search pick {i} {by_index[i].spec} left out: its fp32 holdout accuracy "
                          f"{100 * fp32_acc[i]:.2f}% is not above pick {j}'s {100 * fp32_acc[j]:.2f}%, which costs "
                          f"less; pick {j} serves its budget")
             log.info("%s", notes[-1])
@@ -396,6 +408,8 @@ def _build(run: RunInfo, be: Any, backend: str, precision: str, calib: Any, out:
             files["onnx_fp16"] = fp16
 
         accuracy: dict[str, Any] = {"test_fp32": float(np.mean(ref_pred == y_test)), "n_test": int(len(y_test)),
+                                    "holdout_fp32": holdout_acc[spec] if len(y_hold) else None,
+                                    "n_holdout": int(len(y_hold)),
                                     "search_test": sub.test_accuracy, "search_holdout": sub.holdout_accuracy}
         if execute:
             runner = be.load(artifact, shape)

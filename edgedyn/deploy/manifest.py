@@ -15,7 +15,7 @@ timing cache, int8 calibration ranges) and ``manifest.json``, written last::
                   "files": {"model": {...}, "onnx": {...}, ...},
                   "predicted_ms", "measured": {"median", "p90", "p99", "n"} or null,
                   "accuracy": {"test", "test_fp32", "delta", "agreement", "n_test",
-                               "search_test", "search_holdout"}}]}
+                               "holdout_fp32", "n_holdout", "search_test", "search_holdout"}}]}
 
 Every listed file carries its sha256; :func:`verify_files` checks them.
 """
@@ -36,7 +36,7 @@ from ..errors import ArtifactError
 
 BUNDLE_SCHEMA = "edgedyn.bundle/1"
 MANIFEST_NAME = "manifest.json"
-ACCURACIES = ("test", "test_fp32", "agreement", "search_test", "search_holdout")  # fractions in [0, 1]
+ACCURACIES = ("test", "test_fp32", "holdout_fp32", "agreement", "search_test", "search_holdout")  # fractions in [0, 1]
 MAX_THREADS = 4096  # a thread count above this in a manifest is corrupt, not a big machine
 MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32: no real request is larger
 
@@ -117,6 +117,7 @@ class SubnetRecord:
         V.optional(V.finite, accuracy.get("delta"), f"{where}.accuracy", "delta", lo=-1.0, hi=1.0)
         V.optional(V.nonneg, accuracy.get("max_abs_diff"), f"{where}.accuracy", "max_abs_diff")
         V.optional(V.integer, accuracy.get("n_test"), f"{where}.accuracy", "n_test")
+        V.optional(V.integer, accuracy.get("n_holdout"), f"{where}.accuracy", "n_holdout")
         budget = obj.get("budget")
         budgets = obj.get("budgets") or ([budget] if budget else [])
         if not isinstance(budgets, list):

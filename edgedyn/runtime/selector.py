@@ -163,13 +163,16 @@ class Selector:
         self._median = [float(b) if b is not None else float(s.macs) for b, s in zip(base, manifest.subnets)]
         # what decisions compare with the budget: the chosen tail of the deploy-time measurement
         self._base = [float((s.measured or {}).get(quantile) or m) for s, m in zip(manifest.subnets, self._median)]
-        # most accurate first: deployed test accuracy, then the search's; among equals the
-        # faster first (it fits more budgets at no cost in accuracy), then the larger
+        # most accurate first: on the run's holdout (decisions never use the test split; older
+        # bundles have only the test accuracy), then the search's; among equals the faster
+        # first (it fits more budgets at no cost in accuracy), then the larger
         def rank_key(i: int) -> tuple:
             acc = manifest.subnets[i].accuracy
-            test = acc.get("test")
-            search = acc.get("search_test")
-            return (-(test if test is not None else -1.0), -(search if search is not None else -1.0),
+            first = acc.get("holdout_fp32")
+            if first is None:
+                first = acc.get("test")
+            search = acc.get("search_holdout")
+            return (-(first if first is not None else -1.0), -(search if search is not None else -1.0),
                     self._base[i], -manifest.subnets[i].macs)
         self._order = sorted(range(n), key=rank_key)
         self._rank = [0] * n
@@ -188,6 +191,11 @@ class Selector:
         self._dtype = np.dtype(manifest.input_dtype)
         if tuple(getattr(first, "input_shape", self._shape)) != self._shape:
             raise EdgedynError(f"{manifest.path}: runner input shape {first.input_shape} != manifest {self._shape}")
+        for r in self._runners:  # a manifest's dtype the models do not take would fail every request
+            have = getattr(r, "input_dtype", None)
+            if have is not None and np.dtype(have) != self._dtype:
+                raise EdgedynError(f"{manifest.path}: field 'input.dtype' is {manifest.input_dtype!r}, but the "
+                                   f"sub-net models take {np.dtype(have)}")
         self._adaptive = policy == "adaptive"
         self._lock = threading.Lock()
         self._exec_lock = exec_lock
