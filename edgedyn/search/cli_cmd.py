@@ -39,9 +39,9 @@ from ..errors import EdgedynError
                    "the least accuracy lost (drop, the paper's).")
 @click.option("--final-epochs", type=NONNEG_INT, default=None,
               help="autoslim: the last of the --train-epochs train the chosen sub-nets only (default a third).")
-@click.option("--slim-step", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True), default=0.02,
+@click.option("--slim-step", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True), default=0.05,
               show_default=True, help="autoslim: cost each greedy step removes, a fraction of the full model's.")
-@click.option("--score-samples", type=POSITIVE_INT, default=2000, show_default=True,
+@click.option("--score-samples", type=POSITIVE_INT, default=500, show_default=True,
               help="Held-out images that score search candidates (the whole holdout scores the picks).")
 @click.option("--budget-margin", type=FiniteFloat(min=0.0, max=0.5, max_open=True), default=0.02,
               show_default=True, help="Picks must cost at most (1 - margin) x a budget below the full model.")

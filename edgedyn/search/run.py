@@ -75,10 +75,10 @@ class SearchConfig:
     rank_epochs: int = 1
     train_epochs: int = 5  # joint (sandwich) epochs; autoslim: one-shot + chosen sub-nets together
     final_epochs: int | None = None  # autoslim: the last epochs, chosen sub-nets only (default: a third)
-    slim_step: float = 0.02  # autoslim: cost removed per step, a fraction of the full model's
+    slim_step: float = 0.05  # autoslim: cost removed per step, a fraction of the full model's
     supernet_students: str = "random"  # autoslim's one-shot widths: "random" (per group) or "uniform" (US-Nets')
     before_train: bool = False  # autoslim: also report the picks' accuracy on the one-shot weights (ablation)
-    score_samples: int | None = 2000  # holdout images that score search candidates (None: all)
+    score_samples: int | None = 500  # holdout images that score search candidates (None: all)
     budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
     finetune_batches: int = 50  # cap per fine-tuning
     finetune_check: int = 10  # holdout check every this many batches
