@@ -11,8 +11,11 @@ Each step, starting from the full model:
 1. for every coupling group, remove channel groups one at a time until the sub-net is
    at least ``step_cost`` cheaper than the current one (on a latency table a single
    removal can save nothing, or even cost more: ONNX Runtime pads channels to its
-   block, so the step goes on to the width where the saving appears). A group at its
-   floor that cannot save the full step offers its cheapest saving width instead;
+   block, so the step goes on to the width where the saving appears). A group that
+   cannot save the full step at any width offers its cheapest saving width instead, and
+   such short candidates compete only when no group can save the full step (NetAdapt:
+   every proposal meets the step; otherwise a cheap, small removal would win on loss
+   alone while saving next to nothing);
 2. recalibrate BatchNorm for each candidate on a few training batches and score it by
    its cross-entropy on a held-out subset (a continuous score: top-1 on a small
    holdout is quantised and ranks by noise);
@@ -112,7 +115,8 @@ def slim_search(
         removals = step_removals(net, current.spec, cost_model, current.cost, step_cost)
         if not removals:
             return
-        candidates = score_removals(removals, current, score, dist)
+        full = [r for r in removals if current.cost - r[2] >= step_cost - COST_EPS]
+        candidates = score_removals(full or removals, current, score, dist)
         chosen = min(candidates, key=lambda c: (c.loss, -c.saved, c.group))
         index += 1
         acc = record(chosen.spec)[1] if record is not None else chosen.accuracy
