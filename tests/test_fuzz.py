@@ -1,0 +1,391 @@
+"""Fuzzing the artifacts and the command line (issue 12): every mutation either loads and
+gives finite, positive latencies, or fails with an EdgedynError of one line (exit status 2
+from the CLI). Nothing else is raised, nothing hangs, and no file is written.
+
+Mutated: a small latency table, a deployed bundle's ``manifest.json``, a search run's
+``subnets.json`` (the builders are shared with test_validation), and argument lists of
+``edgedyn run`` and ``edgedyn inspect``. A mutation changes, deletes or retypes fields,
+inserts NaN, +-inf, negatives, huge values and wrong types, or truncates the file.
+
+Hypothesis runs derandomized (a fixed seed; no example database), with a bounded example
+count per property, so the suite is deterministic and fast (see EXAMPLES).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+
+from edgedyn.artifacts import load_json
+from edgedyn.cli import cli
+from edgedyn.deploy import Manifest
+from edgedyn.errors import EdgedynError
+from edgedyn.profile import LatencyTable
+from edgedyn.runtime import Selector
+
+from test_validation import small_bundle, small_run_dir, small_table, table_net
+
+EXAMPLES = {"table": 120, "manifest": 120, "search_result": 80, "cli_run": 100, "cli_inspect": 40}
+
+
+def fuzz_settings(name: str):
+    return settings(derandomize=True, database=None, max_examples=EXAMPLES[name], deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# -- mutations of a JSON document -------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+VALUES: list[Any] = [NAN, INF, -INF, -1, -1.0, 0, 0.0, -1e-9, 1e-300, 1e300, 10 ** 30, 2 ** 63, 0.5, 1, 3,
+                     "abc", "", "1.5", None, True, False, [], {}, [1, 2], {"a": 1}]
+FACTORS = [-1.0, 0.0, 1e-12, 1e6, 1e300, -1e300]
+Path_ = tuple
+
+
+def doc_paths(doc: Any, prefix: Path_ = (), per_level: int = 4) -> list[Path_]:
+    """Paths to every field of ``doc``, keeping the first ``per_level`` items of each
+    object or list (a table has hundreds of interchangeable entries)."""
+    out: list[Path_] = [prefix] if prefix else []
+    if isinstance(doc, dict):
+        for k in list(doc)[:per_level] if len(doc) > 16 else list(doc):
+            out += doc_paths(doc[k], prefix + (k,), per_level)
+    elif isinstance(doc, list):
+        for i in range(min(len(doc), per_level)):
+            out += doc_paths(doc[i], prefix + (i,), per_level)
+    return out
+
+
+def _parent(doc: Any, path: Path_) -> tuple[Any, Any] | None:
+    node = doc
+    for k in path[:-1]:
+        try:
+            node = node[k]
+        except (KeyError, IndexError, TypeError):
+            return None
+    last = path[-1]
+    if isinstance(node, dict) and last in node or isinstance(node, list) and isinstance(last, int) \
+            and last < len(node):
+        return node, last
+    return None
+
+
+def mutate(doc: Any, ops: list[tuple]) -> Any:
+    """Apply ``(kind, path, arg)`` operations to a deep copy of ``doc``; paths that no longer
+    exist (a parent deleted or retyped before) are skipped."""
+    doc = json.loads(json.dumps(doc))
+    for kind, path, arg in ops:
+        at = _parent(doc, path)
+        if at is None:
+            continue
+        node, key = at
+        value = node[key]
+        if kind == "set":
+            node[key] = arg
+        elif kind == "delete":
+            del node[key]
+        elif kind == "scale":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                try:
+                    node[key] = value * arg
+                except OverflowError:
+                    node[key] = math.copysign(INF, arg)
+        elif kind == "retype":
+            node[key] = {"str": str(value), "list": [value], "bool": bool(value), "null": None,
+                         "object": {"value": value}}[arg]
+    return doc
+
+
+def ops_strategy(paths: list[Path_]) -> st.SearchStrategy:
+    path = st.sampled_from(paths)
+    op = st.one_of(
+        st.tuples(st.just("set"), path, st.sampled_from(VALUES)),
+        st.tuples(st.just("scale"), path, st.sampled_from(FACTORS)),
+        st.tuples(st.just("delete"), path, st.none()),
+        st.tuples(st.just("retype"), path, st.sampled_from(["str", "list", "bool", "null", "object"])),
+    )
+    return st.lists(op, min_size=1, max_size=3)
+
+
+def write_mutant(dst: Path, doc: Any, truncate: float | None) -> None:
+    # Python's json writes NaN / Infinity, as a careless tool would
+    text = json.dumps(doc, allow_nan=True)
+    if truncate is not None:
+        text = text[: int(len(text) * truncate)]
+    dst.write_text(text)
+
+
+def listing(*dirs: Path) -> list[tuple[str, int, int]]:
+    """Every file under ``dirs`` with its size and modification time."""
+    out = []
+    for d in dirs:
+        for p in sorted(d.rglob("*")):
+            st_ = p.stat()
+            out.append((str(p), st_.st_size, st_.st_mtime_ns))
+    return out
+
+
+def one_line(err: EdgedynError) -> None:
+    text = str(err)
+    assert text and "\n" not in text, repr(text)
+
+
+TRUNCATE = st.one_of(st.none(), st.none(), st.none(), st.floats(0.0, 0.999))
+
+
+# -- latency tables -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def table_case(tmp_path_factory):
+    src = small_table(tmp_path_factory)
+    doc = json.loads(src.read_text())
+    net = table_net()
+    specs = [net.min_spec(), net.full_spec(), net.random_spec(3)]
+    # besides the first few of everything, the entries the predicted sub-nets use
+    from edgedyn.profile import subnet_keys
+
+    used = [k.to_str() for s in specs[:2] for k in subnet_keys(net, s)[:3]]
+    paths = doc_paths(doc) + [("entries", k, f) for k in used for f in ("ms", "source", "n")] + \
+        [("entries", k) for k in used]
+    work = tmp_path_factory.mktemp("fuzz_table")
+    return doc, sorted(set(paths), key=str), work, net, specs
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("table")
+@given(data=st.data())
+def test_fuzz_latency_table(table_case, data) -> None:
+    doc, paths, work, net, specs = table_case
+    ops = data.draw(ops_strategy(paths), label="ops")
+    truncate = data.draw(TRUNCATE, label="truncate")
+    path = work / "table.json"
+    write_mutant(path, mutate(doc, ops), truncate)
+    before = listing(work)
+    try:
+        table = LatencyTable.load(path)
+    except EdgedynError as err:
+        one_line(err)
+        event("table refused on load")
+    else:
+        for spec in specs:
+            try:
+                ms = table.predict(net, spec)
+            except EdgedynError as err:  # a deleted entry, a prediction <= 0
+                one_line(err)
+                event("a prediction refused")
+            else:
+                assert isinstance(ms, float) and math.isfinite(ms) and ms > 0, ms
+                event("a prediction made")
+    assert listing(work) == before
+
+
+# -- bundle manifests --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def manifest_case(tmp_path_factory):
+    src = small_bundle(tmp_path_factory)
+    work = tmp_path_factory.mktemp("fuzz_manifest") / "bundle"
+    shutil.copytree(src, work)
+    doc = json.loads((work / "manifest.json").read_text())
+    return doc, sorted(set(doc_paths(doc, per_level=3)), key=str), work
+
+
+X = np.zeros((1, 3, 32, 32), np.float32)
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("manifest")
+@given(data=st.data())
+def test_fuzz_manifest(manifest_case, data) -> None:
+    doc, paths, work = manifest_case
+    ops = data.draw(ops_strategy(paths), label="ops")
+    truncate = data.draw(TRUNCATE, label="truncate")
+    policy = data.draw(st.sampled_from(["budget", "adaptive", "fixed"]), label="policy")
+    write_mutant(work / "manifest.json", mutate(doc, ops), truncate)
+    before = listing(work)
+    try:
+        Manifest.load(work)
+        sel = Selector.load(work, policy)
+    except EdgedynError as err:
+        one_line(err)
+        event(f"refused: {type(err).__name__}")
+    else:
+        event("loaded and served")
+        with sel:
+            expected = sel.expected_ms
+            if policy != "fixed":
+                assert all(isinstance(e, float) and math.isfinite(e) and e > 0 for e in expected), expected
+            for budget in (None, 1e-3, 0.5, 1e6):
+                out, info = sel.infer(X, budget)
+                assert 0 <= info.subnet < len(expected) and np.isfinite(out).all()
+                assert math.isfinite(info.latency_ms) and info.latency_ms >= 0
+    assert listing(work) == before
+
+
+# -- search results (subnets.json) ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def result_case(tmp_path_factory):
+    src = small_run_dir(tmp_path_factory)
+    work = tmp_path_factory.mktemp("fuzz_run") / "run"
+    work.mkdir()
+    shutil.copy(src / "weights.pt", work / "weights.pt")
+    doc = json.loads((src / "subnets.json").read_text())
+    return doc, sorted(set(doc_paths(doc)), key=str), work
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("search_result")
+@given(data=st.data())
+def test_fuzz_search_result(result_case, data) -> None:
+    """The validator the loaders call (``validate_search_result``) refuses the document, or
+    the deploy-side loader then reads finite, positive costs and accuracies in [0, 1]."""
+    from edgedyn.deploy.run import load_run
+    from edgedyn.search.run import RESULT_SCHEMA, load_result
+    from edgedyn.validate import validate_search_result
+
+    doc, paths, work = result_case
+    ops = data.draw(ops_strategy(paths), label="ops")
+    truncate = data.draw(TRUNCATE, label="truncate")
+    path = work / "subnets.json"
+    write_mutant(path, mutate(doc, ops), truncate)
+    before = listing(work)
+    try:
+        load_result(path)  # the search's loader: never anything but an EdgedynError
+    except EdgedynError as err:
+        one_line(err)
+    try:
+        validate_search_result(load_json(path, RESULT_SCHEMA), str(path))
+        run = load_run(work)
+    except EdgedynError as err:
+        one_line(err)
+        event("refused")
+    else:
+        event("loaded")
+        for s in run.subnets:
+            assert s.cost is None or (math.isfinite(s.cost) and s.cost > 0), s
+            assert s.macs >= 0 and s.params >= 0
+            for acc in (s.holdout_accuracy, s.test_accuracy):
+                assert acc is None or 0.0 <= acc <= 1.0, s
+            run.net.check_spec(s.spec)
+    assert listing(work) == before
+
+
+# -- the command line ------------------------------------------------------------------------------
+NUMBERS = ["nan", "NaN", "inf", "-inf", "+Infinity", "1e999", "-1", "-3", "0", "-0", "0.0", "1e-300", "1e308",
+           "100000", "2.5", "1", "2", "3", "16", "abc", "", " 4 ", "1_000", "0x10", "1e3", "5:0.5", "nan:0.3",
+           "0:1", "2:inf", "4:", "1:2:3", "10:0.0001"]
+# valid but large input sizes (1e3, 1_000) trace a net of 1000x1000 pixels: slow, not wrong
+INSPECT_NUMBERS = [n for n in NUMBERS if n not in ("1e3", "1_000")] + ["1e1", "64.0"]
+RUN_OPTIONS = ["--budget-ms", "--ramp", "--duration", "--requests", "--threads", "--subnet", "--quantile",
+               "--policy", "--schedule"]
+GOOD = {"--budget-ms": ["0.5", "3", "1e-300", "1e308", " 4 ", "2.5"],
+        "--ramp": ["5:0.5", "10:0.0001", "1e308:1e-300", "2:2"],
+        "--duration": ["0.001", "1e-300", "1e308", "2.5"],
+        "--requests": ["1", "3", "16", "100000", "1e308"],
+        "--threads": ["1", "2", "3", "100000"],
+        "--subnet": ["0", "1", "2"]}
+SCHEDULE_NUMBERS = [0, 1, 2.5, -1, 0.0, NAN, INF, -INF, 1e308, "x", None, True]
+
+
+@contextlib.contextmanager
+def _chdir(path: str):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _check_cli(res, before, after) -> None:
+    event(f"exit {res.exit_code}")
+    assert res.exit_code in (0, 2), (res.exit_code, res.output, res.exception)
+    assert "Traceback" not in res.output
+    if res.exit_code == 2:
+        errors = [ln for ln in res.output.splitlines() if ln.lower().startswith("error")]
+        assert len(errors) == 1 and len(errors[0]) > len("error: "), res.output
+    else:
+        assert res.exception is None, res.exception
+    assert after == before
+
+
+@pytest.fixture(scope="module")
+def run_case(tmp_path_factory):
+    """The bundle, a folder for schedule files, and ``serve`` wrapped to check what reaches it
+    and to cut a run short (a valid --requests 1e308 is legitimate, and would take forever)."""
+    import edgedyn.runtime.serve as serve_mod
+
+    bundle = small_bundle(tmp_path_factory)
+    work = tmp_path_factory.mktemp("fuzz_cli")
+    real_serve = serve_mod.serve
+    real_warmup = Selector.warmup
+
+    def checked_serve(selector, inputs, *, requests=None, duration_s=None, budget=None, keep_timeline=False):
+        assert (requests is None) != (duration_s is None)
+        if requests is not None:
+            assert isinstance(requests, int) and requests >= 1
+        else:
+            assert isinstance(duration_s, float) and math.isfinite(duration_s) and duration_s > 0
+        total = requests if requests is not None else duration_s
+        for k in (0, 1, total / 2, total, 2 * total):  # the budget over the whole run, and past it
+            b = budget(int(k), float(k)) if callable(budget) else budget
+            assert b is None or (math.isfinite(b) and b > 0), b
+        return real_serve(selector, inputs, requests=None if requests is None else min(requests, 4),
+                          duration_s=None if duration_s is None else min(duration_s, 0.005), budget=budget)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(serve_mod, "serve", checked_serve)
+        mp.setattr(Selector, "warmup", lambda self, calls=50: real_warmup(self, 1))
+        yield bundle, work
+
+
+@pytest.mark.timeout(180)
+@fuzz_settings("cli_run")
+@given(data=st.data())
+def test_fuzz_cli_run(run_case, data) -> None:
+    bundle, work = run_case
+    args = ["run", "--bundle", str(bundle)]
+    options = data.draw(st.lists(st.sampled_from(RUN_OPTIONS), min_size=1, max_size=4), label="options")
+    for opt in options:
+        if opt == "--schedule":
+            rows = data.draw(st.lists(st.lists(st.sampled_from(SCHEDULE_NUMBERS), min_size=1, max_size=3),
+                                      max_size=3), label="schedule")
+            (work / "schedule.json").write_text(json.dumps(rows, allow_nan=True))
+            args += [opt, str(work / "schedule.json")]
+        elif opt == "--quantile":
+            args += [opt, data.draw(st.sampled_from(["p99", "p90", "median", "p50", "nan"]), label="quantile")]
+        elif opt == "--policy":
+            args += [opt, data.draw(st.sampled_from(["budget", "fixed", "adaptive", "fast"]), label="policy")]
+        else:  # half the time a value the option takes, so that runs get through too
+            pool = st.one_of(st.sampled_from(NUMBERS), st.sampled_from(GOOD[opt]))
+            args += [opt, data.draw(pool, label=opt)]
+    if data.draw(st.integers(0, 4), label="drop a value") == 0:  # an option missing its value
+        args = args[:-1]
+    before = listing(bundle, work)
+    res = CliRunner().invoke(cli, args)
+    _check_cli(res, before, listing(bundle, work))
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("cli_inspect")
+@given(data=st.data())
+def test_fuzz_cli_inspect(data) -> None:
+    args = ["inspect", "--model", "resnet20"]
+    options = data.draw(st.lists(st.sampled_from(["--input-size", "--num-classes", "--channel-groups",
+                                                  "--group-size", "--min-groups"]), min_size=1, max_size=3),
+                        label="options")
+    for opt in options:
+        args += [opt, data.draw(st.sampled_from(INSPECT_NUMBERS), label=opt)]
+    if data.draw(st.booleans(), label="json"):
+        args.append("--json")
+    with tempfile.TemporaryDirectory() as cwd, _chdir(cwd):
+        before = listing(Path(cwd))
+        res = CliRunner().invoke(cli, args)
+        _check_cli(res, before, listing(Path(cwd)))
