@@ -727,9 +727,10 @@ def load_result(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "subnets.json"
+    from ..validate import validate_search_result
+
     doc = load_json(path, RESULT_SCHEMA)
-    if not isinstance(doc.get("subnets"), list):
-        raise ArtifactError(f"{path}: field 'subnets' must be a list")
+    validate_search_result(doc, str(path))  # every number finite and in its range
     return doc
 
 
