@@ -220,7 +220,10 @@ def validate_search_result(doc: dict, where: str) -> None:
     ``cost.full`` finite > 0; per sub-net ``widths`` positive integers, ``cost`` finite > 0,
     ``macs`` and ``params`` non-negative integers, ``holdout_accuracy`` / ``test_accuracy``
     in [0, 1] (or null), ``budget.value`` finite > 0; ``average_test_accuracy`` and the
-    search path's accuracies in [0, 1] and costs > 0; and no NaN or infinity anywhere.
+    search path's accuracies in [0, 1] and costs > 0; the settings deploy reads back
+    (``config.seed`` an integer >= 0, ``config.holdout_fraction`` in [0, 1),
+    ``config.data_limit`` an integer >= 1 or null, ``config.data`` a string); and no NaN
+    or infinity anywhere.
     """
     if not isinstance(doc, dict):
         raise ArtifactError(f"{where}: top level must be a JSON object")
@@ -246,6 +249,18 @@ def validate_search_result(doc: dict, where: str) -> None:
         if budget is not None and "value" in budget:
             positive(budget["value"], where, f"{f}.budget.value")
     optional(fraction, doc.get("average_test_accuracy"), where, "average_test_accuracy")
+    # the run settings deploy reads back (the data split it evaluates on)
+    config = _obj(doc.get("config", {}), where, "config")
+    if not isinstance(config.get("data", ""), str):
+        raise _fail(where, "config.data", f"must be a dataset spec (a string), got {_show(config['data'])}")
+    if "seed" in config:
+        integer(config["seed"], where, "config.seed", lo=0)
+    if "holdout_fraction" in config:
+        finite(config["holdout_fraction"], where, "config.holdout_fraction", lo=0.0, hi=1.0, hi_open=True)
+    optional(integer, config.get("data_limit"), where, "config.data_limit", lo=1)
+    table = doc.get("table")
+    if table is not None and not isinstance(table, (str, dict)):
+        raise _fail(where, "table", f"must be an object, a path or null, got {_show(table)}")
     path = doc.get("path", [])
     if not isinstance(path, list):
         raise _fail(where, "path", f"must be a list, got {_show(path)}")

@@ -273,6 +273,8 @@ def test_manifest_other_impossible_numbers_are_refused(bundle: Path, tmp_path: P
     (lambda d: d["subnets"][0].update(macs=1.5), "subnets[0].macs"),
     (lambda d: d["cost"].update(full=math.inf), "cost.full"),
     (lambda d: d["config"].update(lr=math.nan), "config.lr"),
+    (lambda d: d["config"].update(seed=None), "config.seed"),  # found by the fuzz: deploy's int(None)
+    (lambda d: d["config"].update(holdout_fraction=[0.1]), "config.holdout_fraction"),
 ])
 def test_search_result_validator(tmp_path_factory, edit, field: str) -> None:
     doc = json.loads((small_run_dir(tmp_path_factory) / "subnets.json").read_text())
@@ -411,3 +413,10 @@ def test_schedule_rows_must_be_finite(tmp_path: Path) -> None:
         with pytest.raises(EdgedynError) as err:
             load_schedule(p)
         _one_line(err.value, "s.json", f"entry {row}", what)
+
+
+def test_a_ramp_between_extremes_never_reaches_zero() -> None:
+    # found by the fuzz: a + (b - a) * f cancelled to a budget of 0.0 at the end of 1e308:1e-300
+    fn = make_budget(None, None, "1e308:1e-300", 10, None)
+    values = [fn(k, 0.0) for k in range(12)]
+    assert values[0] == 1e308 and values[10] == 1e-300 and all(0 < v < math.inf for v in values)

@@ -46,7 +46,15 @@ def ramp_budget(text: str | tuple[float, float], total: float, by_time: bool = F
     """
     a, b = parse_ramp(text) if isinstance(text, str) else parse_ramp(f"{text[0]}:{text[1]}")
     total = _check_total(total, by_time)
-    return lambda k, t: a + (b - a) * min(1.0, (t if by_time else k) / total)
+    lo = min(a, b)
+
+    def fn(k: int, t: float) -> float:
+        f = min(1.0, (t if by_time else k) / total)
+        # a convex combination (a + (b - a) * f cancels to 0 for a = 1e308, b = 1e-300),
+        # kept within [min(a, b), ...] against underflow: never 0, never below the ramp
+        return max(lo, a * (1.0 - f) + b * f)
+
+    return fn
 
 
 def load_schedule(path: str | Path) -> list[tuple[float, float]]:
