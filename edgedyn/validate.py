@@ -15,7 +15,7 @@ The same rule (:func:`number_problem`) backs the CLI's option types
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from .errors import ArtifactError, EdgedynError
 
