@@ -387,8 +387,6 @@ def test_autoslim_picks_are_nested_fit_their_budgets_and_steps_save_the_step(sli
         before = s["before_train"]  # the one-shot weights' accuracy, kept for the ablation
         assert 0.0 <= before["test_accuracy"] <= 1.0 and 0.0 <= before["holdout_accuracy"] <= 1.0
     path = [PathPoint.from_dict(p) for p in doc["path"]]
-    # re-selection: the budget of the whole model gets the most accurate point of the path
-    assert doc["subnets"][-1]["widths"] == list(max(path, key=lambda p: (p.accuracy, -p.cost)).spec.widths)
     step = 0.1 * result.full_cost
     for a, b, st in zip(path, path[1:], doc["steps"]):
         assert a.spec.contains(b.spec) and a.spec != b.spec
@@ -439,7 +437,8 @@ def test_autoslim_resume_after_interruption_matches_uninterrupted(slim_run, tmp_
 def test_autoslim_steered_by_flops_priced_by_latency(slim_run, tmp_path):
     """--cost flops with a table: the path is steered by MACs, the budgets and picks are latencies."""
     out, _ = slim_run
-    cfg = slim_config(tmp_path / "f", weights=str(out / "weights.pt"), pretrain_epochs=0)
+    cfg = slim_config(tmp_path / "f", weights=str(out / "weights.pt"), pretrain_epochs=0,
+                      supernet_students="random", uniform_candidates=False)
     result = run_search(cfg, FlopsCost(), select_cost=MockLatency())
     doc = load_result(tmp_path / "f")
     assert doc["cost"]["unit"] == "ms" and doc["config"]["select_cost"] == "latency"
@@ -517,3 +516,36 @@ def test_autoslim_distributed_two_ranks_choose_the_same_subnets(slim_run, tmp_pa
     for _, widths, path in got:
         assert widths == [list(s.spec.widths) for s in single.subnets]
         assert path == [p.to_dict() for p in single.path]
+
+
+def test_pick_nested_takes_the_best_nested_chain():
+    from dataclasses import dataclass
+
+    from edgedyn.search.reselect import pick_nested
+
+    @dataclass(frozen=True)
+    class P:
+        cost: float
+        accuracy: float
+        members: frozenset
+
+    a, b, c, d = (P(1, 0.5, frozenset({1})), P(2, 0.7, frozenset({1, 2})), P(2, 0.8, frozenset({3})),
+                  P(3, 0.9, frozenset({1, 2, 3})))
+    nested = lambda big, small: small.members <= big.members  # noqa: E731
+    picks = pick_nested([a, b, c, d], parse_budgets("1ms,2ms,3ms", "ms"), 3, "ms", nested)
+    assert [p for _, p in picks] == [a, b, d]  # c is more accurate but does not contain a
+    picks = pick_nested([b, c, d], parse_budgets("2ms,3ms", "ms"), 3, "ms", nested)
+    assert [p for _, p in picks] == [c, d]
+    with pytest.raises(EdgedynError, match="smallest feasible cost"):
+        pick_nested([b, d], parse_budgets("1ms", "ms"), 3, "ms", nested)
+
+
+def test_autoslim_weighs_the_uniform_widths_and_keeps_picks_nested(slim_run):
+    out, result = slim_run
+    doc = load_result(out)
+    specs = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
+    assert all(big.contains(small) for small, big in zip(specs, specs[1:]))
+    uniform = {p.spec for p in __import__("edgedyn.search.run", fromlist=["uniform_points"]).uniform_points(
+        result.net, MockLatency())}
+    path = {SubnetSpec.of(p["widths"]) for p in doc["path"]}
+    assert all(s in path or s in uniform for s in specs)

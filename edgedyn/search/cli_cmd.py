@@ -37,8 +37,8 @@ from ..errors import EdgedynError
 @click.option("--criterion", type=click.Choice(["ratio", "drop"]), default="ratio", show_default=True,
               help="progressive: keep the removal with the least accuracy lost per cost saved (ratio), or "
                    "the least accuracy lost (drop, the paper's).")
-@click.option("--final-epochs", type=NONNEG_INT, default=None,
-              help="autoslim: the last of the --train-epochs train the chosen sub-nets only (default a third).")
+@click.option("--final-epochs", type=NONNEG_INT, default=0, show_default=True,
+              help="autoslim: the last of the --train-epochs train the chosen sub-nets only.")
 @click.option("--slim-step", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True), default=0.05,
               show_default=True, help="autoslim: cost each greedy step removes, a fraction of the full model's.")
 @click.option("--score-samples", type=POSITIVE_INT, default=500, show_default=True,

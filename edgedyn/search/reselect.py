@@ -110,3 +110,46 @@ def pick(points: Sequence[P], budgets: Sequence[Budget], full_cost: float, unit:
             best = max(fits, key=lambda p: (p.accuracy, -p.cost))
         out.append((b, best))
     return out
+
+
+def pick_nested(points: Sequence[P], budgets: Sequence[Budget], full_cost: float, unit: str,
+                contains, margin: float = 0.0) -> list[tuple[Budget, P]]:
+    """One point per budget, nested (each pick contains the previous one), fitting its budget,
+    with the largest total accuracy; ties go to the cheaper chain.
+
+    A small dynamic program over the points sorted by cost: ``contains(a, b)`` says whether
+    point ``a``'s sub-net contains point ``b``'s. Candidates from different sources (a search
+    path and the uniform widths, say) mix only where they nest. Unreachable budgets raise as
+    :func:`pick` does.
+    """
+    pick(points, budgets, full_cost, unit, margin=margin)  # the same one-line error when unreachable
+    limits = []
+    for b in budgets:
+        limit = b.limit(full_cost)
+        if limit < full_cost * (1 - 1e-9):
+            limit *= 1.0 - margin
+        limits.append(limit + 1e-9 * max(1.0, abs(limit)))
+    pts = sorted(points, key=lambda p: (p.cost, -p.accuracy))
+    n = len(pts)
+    # best[k][i]: (total accuracy, -total cost, chain) of picks for budgets 0..k ending at point i
+    best: list[list[tuple[float, float, tuple[int, ...]] | None]] = []
+    for k, limit in enumerate(limits):
+        row: list[tuple[float, float, tuple[int, ...]] | None] = [None] * n
+        for i, p in enumerate(pts):
+            if p.cost > limit:
+                continue
+            if k == 0:
+                row[i] = (p.accuracy, -p.cost, (i,))
+                continue
+            for j, prev in enumerate(best[k - 1]):
+                if prev is None or not (j == i or contains(p, pts[j])):
+                    continue
+                cand = (prev[0] + p.accuracy, prev[1] - p.cost, prev[2] + (i,))
+                if row[i] is None or cand[:2] > row[i][:2]:
+                    row[i] = cand
+        best.append(row)
+    finals = [r for r in best[-1] if r is not None]
+    if not finals:
+        raise EdgedynError("no nested choice of sub-nets fits every budget")
+    chain = max(finals, key=lambda r: r[:2])[2]
+    return [(b, pts[i]) for b, i in zip(budgets, chain)]

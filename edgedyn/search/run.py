@@ -47,7 +47,7 @@ from . import train as T
 from .dist import Dist, current
 from .progressive import CRITERIA, PathPoint, Step, Threshold, next_removals, progressive_search
 from .ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
-from .reselect import Budget, parse_budgets, pareto, pick
+from .reselect import Budget, parse_budgets, pareto, pick, pick_nested
 
 RESULT_SCHEMA = "edgedyn.search_result/1"
 CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/2"
@@ -74,9 +74,10 @@ class SearchConfig:
     pretrain_epochs: int = 5
     rank_epochs: int = 1
     train_epochs: int = 5  # joint (sandwich) epochs; autoslim: one-shot + chosen sub-nets together
-    final_epochs: int | None = None  # autoslim: the last epochs, chosen sub-nets only (default: a third)
+    final_epochs: int = 0  # autoslim: the last epochs train the chosen sub-nets only
     slim_step: float = 0.05  # autoslim: cost removed per step, a fraction of the full model's
-    supernet_students: str = "random"  # autoslim's one-shot widths: "random" (per group) or "uniform" (US-Nets')
+    supernet_students: str = "uniform"  # autoslim's one-shot widths: "uniform" (US-Nets') or "random" (per group)
+    uniform_candidates: bool = True  # autoslim: re-selection also weighs the uniform widths (nested picks)
     before_train: bool = False  # autoslim: also report the picks' accuracy on the one-shot weights (ablation)
     score_samples: int | None = 500  # holdout images that score search candidates (None: all)
     budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
@@ -110,7 +111,7 @@ class SearchConfig:
             raise EdgedynError(f"ranking {self.ranking!r} is unknown; use one of {', '.join(RANKINGS)}")
         if self.criterion not in CRITERIA:
             raise EdgedynError(f"criterion {self.criterion!r} is unknown; use one of {', '.join(CRITERIA)}")
-        if self.final_epochs is not None and not 0 <= self.final_epochs <= self.train_epochs:
+        if not 0 <= self.final_epochs <= self.train_epochs:
             raise EdgedynError(f"final_epochs must be in 0..train_epochs ({self.train_epochs}), got {self.final_epochs}")
         if self.supernet_students not in ("random", "uniform"):
             raise EdgedynError(f"supernet_students must be 'random' or 'uniform', got {self.supernet_students!r}")
@@ -136,7 +137,7 @@ class SearchConfig:
     @property
     def final(self) -> int:
         """autoslim: the epochs that train the chosen sub-nets only (the rest is one-shot)."""
-        return self.final_epochs if self.final_epochs is not None else -(-self.train_epochs // 3)
+        return self.final_epochs
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -496,6 +497,21 @@ class _Run:
             return [(next(b for b in self.budgets if b.text == d["budget"]), PathPoint.from_dict(d["point"]))
                     for d in self.state["selection"]]
         path = [replace(p, cost=self.price(p.spec)) for p in (PathPoint.from_dict(d) for d in self.state["path"])]
+        if self.c.method == "autoslim":
+            # every point was scored on the same one-shot weights, so they compare as they are;
+            # the uniform widths join them (the one-shot training trained those), and the picks
+            # are the most accurate nested chain that fits the budgets
+            if self.c.uniform_candidates:
+                seen = {p.spec for p in path}
+                for u in uniform_points(self.net, self.select_cost):
+                    if u.spec not in seen:
+                        seen.add(u.spec)
+                        path.append(PathPoint(u.spec, u.cost, self.record(u.spec)[1], -1))
+            picks = pick_nested(path, self.budgets, self.select_full, self.select_cost.unit,
+                                lambda a, b: a.spec.contains(b.spec), margin=self.c.budget_margin)
+            log.info("re-selection: %d candidates (search path and uniform widths), nested picks", len(path))
+            self.state["selection"] = [{"budget": b.text, "point": p.to_dict()} for b, p in picks]
+            return picks
         # Each point keeps the held-out accuracy it had when the search reached it (after that
         # step's fine-tuning), as in the paper. Re-scoring every point on the final search weights
         # was tried and is worse: those weights were last fine-tuned for the smallest sub-nets, so
