@@ -140,10 +140,14 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
         log(f"deploy check: {problem}")
     if val:
         log(f"table validation (K={val['k']}): MAPE {val['mape']:.2f}%, within 10% {val['within_10pct']:.0f}%, "
-            f"Spearman {val['spearman_table']:.3f} (FLOPs {val['spearman_flops']:.3f})")
+            f"Spearman {_rho(val['spearman_table'])} (FLOPs {_rho(val['spearman_flops'])})")
     log("budget ramping down:")
     log(down.format())
     log("budget ramping up, then held at the top:")
     log(up.format())
     log(f"plot: {summary['plot']}   summary: {out / 'summary.json'}   total {summary['seconds']} s")
     return summary
+
+
+def _rho(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -55,7 +55,7 @@ def main() -> None:
           f"{'rho table':>9} {'rho FLOPs':>9}")
     for r in rows:
         print(f"{r['model']:<16} {r['backend']:<12} {r['threads'] or '-':>3} {r['profile_seconds']:>7.1f} {r['k']:>3} {r['mape']:>7.2f} "
-              f"{r['within_10pct']:>8.1f} {r['spearman_table']:>9.4f} {r['spearman_flops']:>9.4f}")
+              f"{r['within_10pct']:>8.1f} {r['spearman_table'] or float('nan'):>9.4f} {r['spearman_flops'] or float('nan'):>9.4f}")
     print(f"device: {rows[0]['device'].get('fingerprint')}  load at start: "
           f"{rows[0]['device'].get('load_average_at_start')}")
     atomic_write_json(args.out, {"benchmark": "profile", "rows": rows})

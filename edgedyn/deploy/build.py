@@ -264,15 +264,15 @@ def deploy(
     except OSError as err:
         raise EdgedynError(f"{out}: cannot create its folder ({err.strerror or err}); choose another --out") from None
     _remove_stale_builds(out)
-    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    lat_table, table_path = _load_table(run, table)
+    lat_table, table_path = _load_table(run, table)  # a bad table fails before anything is written
     # without any table, the search's own latency costs (from the run's table) are the prediction
     search_cost = lat_table is None
     threads = _serving_threads(lat_table, table_path, backend, threads)
     if lat_table is not None and not _predicts(lat_table, table_path, backend, precision, threads):
         lat_table = table_path = None
+    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     extra = dict(backend_extra or {})
     if backend == "tensorrt":
         extra.setdefault("timing_cache", str(tmp / "timing.cache"))

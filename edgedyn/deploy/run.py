@@ -67,6 +67,9 @@ def load_run(path: str | os.PathLike) -> RunInfo:
     doc_path = run_dir / "subnets.json" if path.is_dir() else path
     doc = load_json(doc_path, RESULT_SCHEMA)
     where = str(doc_path)
+    from ..validate import validate_search_result
+
+    validate_search_result(doc, where)  # every number finite and in its range
     weights = run_dir / "weights.pt"
     if not weights.is_file():
         raise ArtifactError(f"{weights}: weights file not found (the search run writes it next to subnets.json)")

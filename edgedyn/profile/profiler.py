@@ -561,16 +561,17 @@ class Profiler:
             "k": len(specs),
             "mape": round(float(err.mean() * 100), 3),
             "within_10pct": round(float((err <= 0.10).mean() * 100), 2),
-            "spearman_table": round(float(spearmanr(pred, measured).statistic), 4),
-            "spearman_flops": round(float(spearmanr(macs, measured).statistic), 4),
+            "spearman_table": _rank_corr(spearmanr, pred, measured),
+            "spearman_flops": _rank_corr(spearmanr, macs, measured),
             "points": [{"widths": list(s.widths), "predicted_ms": round(float(p), 4),
                         "measured_ms": round(float(m), 4), "mmacs": round(float(a) / 1e6, 3)}
                        for s, p, m, a in zip(specs, pred, measured, macs)],
         }
         table.validation[net.arch_signature()] = result
+        fmt = lambda r: "n/a" if r is None else f"{r:.4f}"  # noqa: E731
         self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
-                 f"within 10%: {result['within_10pct']:.1f}%  Spearman table {result['spearman_table']:.4f}  "
-                 f"Spearman FLOPs {result['spearman_flops']:.4f}")
+                 f"within 10%: {result['within_10pct']:.1f}%  Spearman table {fmt(result['spearman_table'])}  "
+                 f"Spearman FLOPs {fmt(result['spearman_flops'])}")
 
 
 def _check_layout(table: LatencyTable, fresh: LatencyTable, path: Path) -> None:
@@ -585,3 +586,10 @@ def _now() -> str:
 def profile(cfg: ProfileConfig, log: Callable[[str], None] = print, progress: bool = True) -> LatencyTable:
     """Profile ``cfg.model`` and write the table to ``cfg.out`` (see :class:`ProfileConfig`)."""
     return Profiler(cfg, log, progress).run()
+
+
+def _rank_corr(spearmanr, a, b) -> float | None:
+    """Spearman's rho rounded, or None where it is undefined (constant values: NaN, which JSON
+    must not hold)."""
+    rho = float(spearmanr(a, b).statistic)
+    return round(rho, 4) if np.isfinite(rho) else None
