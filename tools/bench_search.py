@@ -321,6 +321,36 @@ def report(res: dict, log) -> None:
             log(f"{m:<30}" + "".join(f"{_pct(d, 'se'):>22}" for d in v["per_budget"]) + f"{_pct(v['average'], 'se'):>18}")
 
 
+def markdown(res: dict, doc: dict) -> str:
+    """The result tables as Markdown (pasted into the README and docs/search.md)."""
+    b, full = res["budgets"], res["full_ms"]
+    lines = [f"| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b) + " | average | wall x US-Nets |",
+             "|---|" + "---|" * (len(b) + 2)]
+    for m, s in res["summary"].items():
+        wall = s.get("wall_vs_usnet")
+        lines.append(f"| {m} | " + " | ".join(_pct(d) for d in s["per_budget"]) + f" | {_pct(s['average'])} | "
+                     + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " |")
+        if "before_final_training" in s:
+            f = s["before_final_training"]
+            lines.append(f"| {m}, before its final epoch | " + " | ".join(_pct(d) for d in f["per_budget"])
+                         + f" | {_pct(f['average'])} | - |")
+    lines += ["", "| paired difference against US-Nets (points) | " + " | ".join(f"{x:g}" for x in b) + " | average |",
+              "|---|" + "---|" * (len(b) + 1)]
+    for m, s in res["summary"].items():
+        if "vs_usnet" in s:
+            v = s["vs_usnet"]
+            lines.append(f"| {m} | " + " | ".join(_pct(d, "se") for d in v["per_budget"]) + f" | {_pct(v['average'], 'se')} |")
+    lines += ["", "| method | seed | " + " | ".join(f"{x:g}" for x in b) + " |", "|---|---|" + "---|" * len(b)]
+    for m, per in res["per_budget"].items():
+        for i, seed in enumerate(res["seeds"]):
+            cells = []
+            for pb in per:
+                r = pb["runs"][i]
+                cells.append("miss" if r is None else f"{r['measured_ms']:.3f} ms, {100 * r['test']:.1f} %")
+            lines.append(f"| {m} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -402,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                                for p in sorted(out.glob("seed*/pretrain_time.json"))},
            "bench_wall_s": time.time() - t0, **res}
     _write(out / "bench_search.json", doc)
+    (out / "bench_search.md").write_text(markdown(res, doc))
     plot(res, out / "bench_search.png")
     print(f"wrote {out / 'bench_search.json'} and {out / 'bench_search.png'}")
     return 0
