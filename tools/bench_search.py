@@ -324,7 +324,7 @@ def report(res: dict, log) -> None:
 def markdown(res: dict, doc: dict) -> str:
     """The result tables as Markdown (pasted into the README and docs/search.md)."""
     b, full = res["budgets"], res["full_ms"]
-    lines = [f"| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b) + " | average | wall x US-Nets |",
+    lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b) + " | average | wall x US-Nets |",
              "|---|" + "---|" * (len(b) + 2)]
     for m, s in res["summary"].items():
         wall = s.get("wall_vs_usnet")
