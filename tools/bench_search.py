@@ -260,7 +260,7 @@ def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
             summary[m]["vs_usnet"] = {"per_budget": [_mse(d) for d in diffs], "average": _mse(avg_diff)}
         before = [[(r["before_train"] or {}).get("test_accuracy") if r else None for r in pb["runs"]]
                   for pb in table[m]]
-        if all(x is not None for row in before for x in row):
+        if m not in REUSE_USNET and all(x is not None for row in before for x in row):
             summary[m]["before_final_training"] = {
                 "per_budget": [_msd(a) for a in before],
                 "average": _msd([_avg([a[i] for a in before]) for i in range(len(seeds))])}
