@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=None,
                    help="PyTorch threads for training (1 when several seeds run as parallel processes)")
     p.add_argument("--search-calib-batches", type=int, default=2, help="BN recalibration batches per candidate")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: time and report the runs that finished (a method may have fewer seeds)")
     p.add_argument("--no-measure", action="store_true",
                    help="train and search only (seeds run as parallel processes; a last call times and reports)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
@@ -128,6 +130,9 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
             done = run_dir / "bench_done.json"
             if done.is_file():
                 runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text())}
+                continue
+            if args.report_only:
+                log(f"seed {seed}: {name} has not finished; left out of the report")
                 continue
             cfg = replace(base, **overrides, seed=seed, weights=str(weights), pretrain_epochs=0, out=str(run_dir),
                           resume=(run_dir / "checkpoint.pt").is_file())
@@ -236,11 +241,12 @@ def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
     net_full = max((tuple(s["widths"]) for v in subs.values() for s in v), key=sum)
     full_ms = lat[net_full]["median"]
     table: dict = {}
+    have = {m: [s for s in seeds if (s, m) in runs] for m in methods}
     for m in methods:
         per_budget = []
         for b in budgets:
             rows = []
-            for seed in seeds:
+            for seed in have[m]:
                 pick = serve(subs[(seed, m)], lat, b * full_ms)
                 rows.append(None if pick is None else {
                     "seed": seed, "widths": pick["widths"], "measured_ms": lat[tuple(pick["widths"])]["median"],
@@ -249,25 +255,27 @@ def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
         table[m] = per_budget
     summary = {}
     for m in methods:
+        n = len(have[m])
         accs = [[r["test"] if r else None for r in pb["runs"]] for pb in table[m]]
-        summary[m] = {"per_budget": [_msd(a) for a in accs],
-                      "average": _msd([_avg([a[i] for a in accs]) for i in range(len(seeds))]),
+        summary[m] = {"seeds": have[m], "per_budget": [_msd(a) for a in accs],
+                      "average": _msd([_avg([a[i] for a in accs]) for i in range(n)]),
                       "misses": sum(a is None for row in accs for a in row)}
         if "usnet" in table and m != "usnet":
-            base = [[r["test"] if r else None for r in pb["runs"]] for pb in table["usnet"]]
+            pos = [have["usnet"].index(s) for s in have[m]]  # the same seeds' US-Nets runs
+            base = [[pb["runs"][i]["test"] if pb["runs"][i] else None for i in pos] for pb in table["usnet"]]
             diffs = [[None if a is None or u is None else a - u for a, u in zip(ra, rb)] for ra, rb in zip(accs, base)]
-            avg_diff = [_avg([d[i] for d in diffs]) for i in range(len(seeds))]
+            avg_diff = [_avg([d[i] for d in diffs]) for i in range(n)]
             summary[m]["vs_usnet"] = {"per_budget": [_mse(d) for d in diffs], "average": _mse(avg_diff)}
         before = [[(r["before_train"] or {}).get("test_accuracy") if r else None for r in pb["runs"]]
                   for pb in table[m]]
         if m not in REUSE_USNET and all(x is not None for row in before for x in row):
             summary[m]["before_final_training"] = {
                 "per_budget": [_msd(a) for a in before],
-                "average": _msd([_avg([a[i] for a in before]) for i in range(len(seeds))])}
-        walls = [runs[(s, m)]["wall_s"] for s in seeds]
+                "average": _msd([_avg([a[i] for a in before]) for i in range(n)])}
+        walls = [runs[(s, m)]["wall_s"] for s in have[m]]
         summary[m]["wall_s"] = _msd(walls)
         if "usnet" in methods:
-            ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in seeds]
+            ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in have[m]]
             summary[m]["wall_vs_usnet"] = _msd(ratio)
     return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary}
 
@@ -326,9 +334,13 @@ def markdown(res: dict, doc: dict) -> str:
     b, full = res["budgets"], res["full_ms"]
     lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b) + " | average | wall x US-Nets |",
              "|---|" + "---|" * (len(b) + 2)]
+    def label(m: str) -> str:
+        n = len(res["summary"][m]["seeds"])
+        return m if n == len(res["seeds"]) else f"{m} ({n} seed{'s' if n > 1 else ''})"
+
     for m, s in res["summary"].items():
         wall = s.get("wall_vs_usnet")
-        lines.append(f"| {m} | " + " | ".join(_pct(d) for d in s["per_budget"]) + f" | {_pct(s['average'])} | "
+        lines.append(f"| {label(m)} | " + " | ".join(_pct(d) for d in s["per_budget"]) + f" | {_pct(s['average'])} | "
                      + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " |")
         if "before_final_training" in s:
             f = s["before_final_training"]
@@ -339,10 +351,11 @@ def markdown(res: dict, doc: dict) -> str:
     for m, s in res["summary"].items():
         if "vs_usnet" in s:
             v = s["vs_usnet"]
-            lines.append(f"| {m} | " + " | ".join(_pct(d, "se") for d in v["per_budget"]) + f" | {_pct(v['average'], 'se')} |")
+            lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
+                         + f" | {_pct(v['average'], 'se')} |")
     lines += ["", "| method | seed | " + " | ".join(f"{x:g}" for x in b) + " |", "|---|---|" + "---|" * len(b)]
     for m, per in res["per_budget"].items():
-        for i, seed in enumerate(res["seeds"]):
+        for i, seed in enumerate(res["summary"][m]["seeds"]):
             cells = []
             for pb in per:
                 r = pb["runs"][i]
