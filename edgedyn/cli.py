@@ -140,8 +140,8 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--data", default="digits", show_default=True, help="Dataset spec (digits, synthetic, ...).")
-@click.option("--epochs", type=EPOCHS, default=8, show_default=True, help="Pre-training and joint-training epochs.")
+@click.option("--data", default="synthetic", show_default=True, help="Dataset spec (digits, synthetic, ...).")
+@click.option("--epochs", type=EPOCHS, default=5, show_default=True, help="Pre-training and joint-training epochs.")
 @click.option("--validate", type=NONNEG_INT, default=10, show_default=True, help="Table validation sub-nets.")
 @click.option("--requests", type=POSITIVE_INT, default=10000, show_default=True,
               help="Requests served under the budget ramp (half down, half up).")

@@ -236,7 +236,12 @@ def test_run_outputs_nested_and_within_budget(base_run):
 
 def test_resume_after_interruption_matches_uninterrupted(base_run, tmp_path):
     out, _ = base_run
-    expected = strip(load_result(out))
+    interrupt_and_resume(small_config(tmp_path / "r"), (("rank", 1), ("search", 4), ("train", 1)))
+    assert strip(load_result(tmp_path / "r")) == strip(load_result(out))
+
+
+def interrupt_and_resume(cfg: SearchConfig, wheres) -> None:
+    """Stop the run at each (phase, index) in turn, resuming from the second on, then finish it."""
 
     class Stop(Exception):
         pass
@@ -248,12 +253,10 @@ def test_resume_after_interruption_matches_uninterrupted(base_run, tmp_path):
 
         return hook
 
-    cfg = small_config(tmp_path / "r")
-    for where in (("rank", 1), ("search", 4), ("train", 1)):
+    for k, where in enumerate(wheres):
         with pytest.raises(Stop):
-            run_search(replace(cfg, resume=where != ("rank", 1)), MockLatency(), hook=stop_at(where))
+            run_search(replace(cfg, resume=k > 0), MockLatency(), hook=stop_at(where))
     run_search(replace(cfg, resume=True), MockLatency())
-    assert strip(load_result(tmp_path / "r")) == expected
 
 
 def test_same_seed_same_result(base_run, tmp_path):
@@ -414,24 +417,8 @@ def test_autoslim_same_seed_same_result(slim_run, tmp_path):
 
 def test_autoslim_resume_after_interruption_matches_uninterrupted(slim_run, tmp_path):
     out, _ = slim_run
-    expected = strip(load_result(out))
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(where):
-        def hook(phase, index):
-            if (phase, index) == where:
-                raise Stop
-
-        return hook
-
-    cfg = slim_config(tmp_path / "r")
-    for where in (("supernet", 1), ("search", 2), ("train", 1)):
-        with pytest.raises(Stop):
-            run_search(replace(cfg, resume=where != ("supernet", 1)), MockLatency(), hook=stop_at(where))
-    run_search(replace(cfg, resume=True), MockLatency())
-    assert strip(load_result(tmp_path / "r")) == expected
+    interrupt_and_resume(slim_config(tmp_path / "r"), (("supernet", 1), ("search", 2), ("train", 1)))
+    assert strip(load_result(tmp_path / "r")) == strip(load_result(out))
 
 
 def test_autoslim_steered_by_flops_priced_by_latency(slim_run, tmp_path):

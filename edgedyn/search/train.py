@@ -243,17 +243,7 @@ def calibrated_loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Seq
 def calibrated_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch], calib: Sequence[Batch],
                         device: str = "cpu") -> float:
     """Accuracy after a temporary BN recalibration on ``calib`` (none when it is empty)."""
-    if not calib:
-        return accuracy(net, spec, holdout, device)
-    kept = net.bn_stats.pop(spec, None)
-    net.calibrate_bn(spec, calib, len(calib))
-    try:
-        return accuracy(net, spec, holdout, device)
-    finally:
-        net.bn_stats.pop(spec, None)
-        if kept is not None:
-            net.bn_stats[spec] = kept
-        net.set_subnet(spec)
+    return calibrated_loss_and_accuracy(net, spec, holdout, calib, device)[1]
 
 
 def take_batches(loader: Iterable[Batch], n: int) -> list[Batch]:
