@@ -137,8 +137,12 @@ def test_a_sigkilled_runs_folder_is_removed_by_the_next_profile(fake, tmp_path, 
 
 # -- 3. Ctrl-C: quiet workers, one line, exit 130 ---------------------------------------
 _CHILD = """
-import sys, tempfile, time
+import signal, sys, tempfile, time
 from pathlib import Path
+# Ctrl-C as a terminal-launched program gets it: a command started in the background by a
+# non-interactive shell (CI, `make test &`) inherits SIGINT ignored, and Python then never
+# raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 import edgedyn.export as ex
 
