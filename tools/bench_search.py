@@ -178,7 +178,9 @@ def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int) -> list[di
 
     from edgedyn.data import load_data, make_loader
     from edgedyn.dynamic import DynamicNet
+    from edgedyn.cost import FlopsCost
     from edgedyn.search import train as T
+    from edgedyn.search.run import uniform_points
 
     c = doc["config"]
     net = DynamicNet.load(run_dir / "weights.pt")
@@ -188,7 +190,7 @@ def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int) -> list[di
     test = list(make_loader(data.test, 256, shuffle=False))
     torch.manual_seed(c["seed"])
     calib = T.take_batches(make_loader(data.train, c["batch_size"], shuffle=True, seed=c["seed"]), calib_batches)
-    specs = sorted({net.uniform_spec(r / 8) for r in range(2, 9)}, key=lambda s: sum(s.widths))
+    specs = sorted((p.spec for p in uniform_points(net, FlopsCost())), key=lambda s: sum(s.widths))
     out = []
     for spec in specs:
         if spec not in net.bn_stats:

@@ -25,9 +25,11 @@ class Budget:
     unit: str  # "fraction" or the cost unit ("ms", "MMAC")
     text: str
 
-    def limit(self, full_cost: float) -> float:
-        """The budget in cost units."""
-        return self.value * full_cost if self.unit == "fraction" else self.value
+    def limit(self, full_cost: float, margin: float = 0.0) -> float:
+        """The budget in cost units; with ``margin``, that far below it (a budget at or above
+        the full model's cost is met by the full model and gets no margin)."""
+        limit = self.value * full_cost if self.unit == "fraction" else self.value
+        return limit * (1.0 - margin) if limit < full_cost * (1 - 1e-9) else limit
 
     def to_dict(self) -> dict:
         return {"text": self.text, "value": self.value, "unit": self.unit}
@@ -95,9 +97,7 @@ def pick(points: Sequence[P], budgets: Sequence[Budget], full_cost: float, unit:
     cheapest = min(points, key=lambda p: p.cost)
     out = []
     for b in budgets:
-        limit = b.limit(full_cost)
-        if limit < full_cost * (1 - 1e-9):
-            limit *= 1.0 - margin
+        limit = b.limit(full_cost, margin)
         fits = [p for p in points if p.cost <= limit + 1e-9 * max(1.0, abs(limit))]
         if not fits:
             frac = cheapest.cost / full_cost if full_cost > 0 else float("nan")
@@ -123,12 +123,7 @@ def pick_nested(points: Sequence[P], budgets: Sequence[Budget], full_cost: float
     :func:`pick` does.
     """
     pick(points, budgets, full_cost, unit, margin=margin)  # the same one-line error when unreachable
-    limits = []
-    for b in budgets:
-        limit = b.limit(full_cost)
-        if limit < full_cost * (1 - 1e-9):
-            limit *= 1.0 - margin
-        limits.append(limit + 1e-9 * max(1.0, abs(limit)))
+    limits = [lim + 1e-9 * max(1.0, abs(lim)) for lim in (b.limit(full_cost, margin) for b in budgets)]
     pts = sorted(points, key=lambda p: (p.cost, -p.accuracy))
     n = len(pts)
     # best[k][i]: (total accuracy, -total cost, chain) of picks for budgets 0..k ending at point i

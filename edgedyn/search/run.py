@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -264,7 +265,7 @@ class _Run:
 
     def min_limit(self) -> float:
         """The smallest budget's limit, less the margin: the search may stop below it."""
-        return min(b.limit(self.select_full) for b in self.budgets) * (1.0 - self.c.budget_margin)
+        return min(b.limit(self.select_full, self.c.budget_margin) for b in self.budgets)
 
     def pick(self, points: list[PathPoint], prefer: str = "accuracy") -> list[tuple[Budget, PathPoint]]:
         return pick(points, self.budgets, self.select_full, self.select_cost.unit, prefer=prefer,
@@ -540,21 +541,16 @@ class _Run:
         sel = self.state["selection"]
         if self.c.method != "autoslim" or not self.c.before_train or all("before_train" in d for d in sel):
             return
-        import time
-
         start = time.perf_counter()
         self.seed("final", 1)
         calib = T.take_batches(self.train_loader("final", 1), self.c.calib_batches)
         cache: dict[SubnetSpec, dict[str, float]] = {}
         for d, (_, point) in zip(sel, picks):
             if point.spec not in cache:
-                kept = self.net.bn_stats.pop(point.spec, None)
-                self.net.calibrate_bn(point.spec, calib, self.c.calib_batches)
-                cache[point.spec] = {"holdout_accuracy": T.accuracy(self.net, point.spec, self.holdout, self.device),
-                                     "test_accuracy": T.accuracy(self.net, point.spec, self.test, self.device)}
-                self.net.bn_stats.pop(point.spec, None)
-                if kept is not None:
-                    self.net.bn_stats[point.spec] = kept
+                with T.temporary_bn(self.net, point.spec, calib):
+                    cache[point.spec] = {
+                        "holdout_accuracy": T.accuracy(self.net, point.spec, self.holdout, self.device),
+                        "test_accuracy": T.accuracy(self.net, point.spec, self.test, self.device)}
             d["before_train"] = cache[point.spec]
         # what this diagnostic cost (a benchmark takes it out of the pipeline's time)
         self.state.setdefault("timings", {})["before_train_s"] = round(time.perf_counter() - start, 3)

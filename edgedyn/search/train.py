@@ -8,8 +8,9 @@ linear weights only, cosine decay per iteration, as in the authors' scripts.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -224,20 +225,29 @@ def loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def calibrated_loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch],
-                                 calib: Sequence[Batch], device: str = "cpu") -> tuple[float, float]:
-    """(loss, accuracy) after a temporary BN recalibration on ``calib`` (none when it is empty)."""
+@contextlib.contextmanager
+def temporary_bn(net: DynamicNet, spec: SubnetSpec, calib: Sequence[Batch]) -> Iterator[None]:
+    """BatchNorm statistics of ``spec`` recalibrated on ``calib`` inside the block, and the
+    sub-net's earlier statistics (if any) back afterwards (none recalibrated when empty)."""
     if not calib:
-        return loss_and_accuracy(net, spec, holdout, device)
+        yield
+        return
     kept = net.bn_stats.pop(spec, None)
     net.calibrate_bn(spec, calib, len(calib))
     try:
-        return loss_and_accuracy(net, spec, holdout, device)
+        yield
     finally:
         net.bn_stats.pop(spec, None)
         if kept is not None:
             net.bn_stats[spec] = kept
         net.set_subnet(spec)
+
+
+def calibrated_loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch],
+                                 calib: Sequence[Batch], device: str = "cpu") -> tuple[float, float]:
+    """(loss, accuracy) after a temporary BN recalibration on ``calib`` (none when it is empty)."""
+    with temporary_bn(net, spec, calib):
+        return loss_and_accuracy(net, spec, holdout, device)
 
 
 def calibrated_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Batch], calib: Sequence[Batch],
