@@ -116,6 +116,14 @@ def ops_strategy(paths: list[Path_]) -> st.SearchStrategy:
     return st.lists(op, min_size=1, max_size=3)
 
 
+def draw_mutant(data: Any, doc: Any, paths: Any, dst: Path) -> Path:
+    """Draw mutations of ``doc`` (and maybe a truncation) and write the mutant to ``dst``."""
+    ops = data.draw(ops_strategy(paths), label="ops")
+    truncate = data.draw(TRUNCATE, label="truncate")
+    write_mutant(dst, mutate(doc, ops), truncate)
+    return dst
+
+
 def write_mutant(dst: Path, doc: Any, truncate: float | None) -> None:
     # Python's json writes NaN / Infinity, as a careless tool would
     text = json.dumps(doc, allow_nan=True)
@@ -164,10 +172,7 @@ def table_case(tmp_path_factory):
 @given(data=st.data())
 def test_fuzz_latency_table(table_case, data) -> None:
     doc, paths, work, net, specs = table_case
-    ops = data.draw(ops_strategy(paths), label="ops")
-    truncate = data.draw(TRUNCATE, label="truncate")
-    path = work / "table.json"
-    write_mutant(path, mutate(doc, ops), truncate)
+    path = draw_mutant(data, doc, paths, work / "table.json")
     before = listing(work)
     try:
         table = LatencyTable.load(path)
@@ -267,10 +272,7 @@ def test_fuzz_search_result(result_case, data) -> None:
     from edgedyn.validate import validate_search_result
 
     doc, paths, work = result_case
-    ops = data.draw(ops_strategy(paths), label="ops")
-    truncate = data.draw(TRUNCATE, label="truncate")
-    path = work / "subnets.json"
-    write_mutant(path, mutate(doc, ops), truncate)
+    path = draw_mutant(data, doc, paths, work / "subnets.json")
     before = listing(work)
     try:
         load_result(path)  # the search's loader: never anything but an EdgedynError
