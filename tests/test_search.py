@@ -395,22 +395,29 @@ def test_autoslim_picks_are_nested_fit_their_budgets_and_steps_save_the_step(sli
         assert 0.0 <= before["test_accuracy"] <= 1.0 and 0.0 <= before["holdout_accuracy"] <= 1.0
     path = [PathPoint.from_dict(p) for p in doc["path"]]
     step = 0.1 * result.full_cost
-    for a, b, st in zip(path, path[1:], doc["steps"]):
-        assert a.spec.contains(b.spec) and a.spec != b.spec
-        saved = cm.cost(net, a.spec) - cm.cost(net, b.spec)
-        # each step takes one group down until it saves the fixed step; a group that cannot
-        # save it at any width offers its cheapest width instead
-        options = step_removals(net, a.spec, cm, cm.cost(net, a.spec), step)
-        assert b.spec in {o for _, o, _ in options}
-        g = next(i for i in range(len(a.spec)) if a.spec[i] != b.spec[i])
-        lower = [cm.cost(net, a.spec.replace(g, w)) for w in net.groups[g].widths_from() if w < a.spec[g]]
-        assert saved >= step - 1e-9 or cm.cost(net, b.spec) == pytest.approx(min(lower))
-        if any(cm.cost(net, a.spec) - c >= step - 1e-9 for _, _, c in options):
-            assert saved >= step - 1e-9  # short candidates compete only when no group saves the step
-        cands = [c for c in st["candidates"]]
-        assert st["point"]["loss"] == min(c["loss"] for c in cands)  # the least held-out loss wins
-    smallest = min(s["budget"]["value"] for s in doc["subnets"]) * result.full_cost * (1 - 0.02)
-    assert path[-1].cost <= smallest and all(p.cost > smallest for p in path[:-1])
+    legs = doc["legs"]
+    assert legs and legs[0]["floor"] == list(net.min_spec().widths) and legs[0]["points"][0] == 0
+    assert sorted(i for g in legs for i in g["points"][1:]) == list(range(1, len(path)))  # each point in one leg
+    for leg in legs:
+        floor = SubnetSpec.of(leg["floor"])
+        limit = next(s["budget"]["value"] for s in doc["subnets"] if s["budget"]["text"] == leg["budget"])
+        limit *= result.full_cost * (1 - 0.02)
+        pts = [path[i] for i in leg["points"]]
+        assert pts[-1].cost <= limit and all(p.cost > limit for p in pts[:-1])  # slimmed down to its budget
+        for ia, ib in zip(leg["points"], leg["points"][1:]):
+            a, b, st = path[ia], path[ib], doc["steps"][ib - 1]
+            assert a.spec.contains(b.spec) and a.spec != b.spec and b.spec.contains(floor)
+            saved = cm.cost(net, a.spec) - cm.cost(net, b.spec)
+            # each step takes one group down until it saves the fixed step; a group that cannot
+            # save it at any width offers its cheapest width instead
+            options = step_removals(net, a.spec, cm, cm.cost(net, a.spec), step, floor)
+            assert b.spec in {o for _, o, _ in options}
+            g = next(i for i in range(len(a.spec)) if a.spec[i] != b.spec[i])
+            lower = [cm.cost(net, a.spec.replace(g, w)) for w in net.groups[g].widths_from(floor[g]) if w < a.spec[g]]
+            assert saved >= step - 1e-9 or cm.cost(net, b.spec) == pytest.approx(min(lower))
+            if any(cm.cost(net, a.spec) - c >= step - 1e-9 for _, _, c in options):
+                assert saved >= step - 1e-9  # short candidates compete only when no group saves the step
+            assert st["point"]["loss"] == min(c["loss"] for c in st["candidates"])  # the least held-out loss wins
 
 
 def test_autoslim_same_seed_same_result(slim_run, tmp_path):
@@ -437,8 +444,18 @@ def test_autoslim_steered_by_flops_priced_by_latency(slim_run, tmp_path):
     full_macs = result.net.macs(result.net.full_spec()) / 1e6
     path = [PathPoint.from_dict(p) for p in doc["path"]]
     assert all(p.cost > 0 for p in path)
-    macs = [result.net.macs(p.spec) / 1e6 for p in path]
-    assert all(a - b >= 0.1 * full_macs - 1e-6 or True for a, b in zip(macs, macs[1:]))
+    from edgedyn.search.slim import step_removals
+
+    fc, step = FlopsCost(), 0.1 * full_macs
+    for leg in doc["legs"]:
+        floor = SubnetSpec.of(leg["floor"])
+        for a, b in zip(leg["points"], leg["points"][1:]):
+            a, b = path[a].spec, path[b].spec
+            saved = fc.cost(result.net, a) - fc.cost(result.net, b)
+            # a step saves the fixed step unless no group can (near the floors)
+            options = step_removals(result.net, a, fc, fc.cost(result.net, a), step, floor)
+            assert saved >= step - 1e-6 or (saved > 0 and all(fc.cost(result.net, a) - c < step - 1e-6
+                                                              for _, _, c in options))
     assert [d["point"]["cost"] for d in doc["steps"]] == pytest.approx(
         [FlopsCost().cost(result.net, SubnetSpec.of(d["point"]["widths"])) for d in doc["steps"]])
 
@@ -538,3 +555,50 @@ def test_autoslim_weighs_the_uniform_widths_and_keeps_picks_nested(slim_run):
         result.net, MockLatency())}
     path = {SubnetSpec.of(p["widths"]) for p in doc["path"]}
     assert all(s in path or s in uniform for s in specs)
+
+
+def test_slim_search_never_goes_below_its_floor():
+    from edgedyn.search.progressive import PathPoint as PP
+    from edgedyn.search.slim import slim_search
+
+    torch.manual_seed(0)
+    net = DynamicNet.from_name("resnet20", num_classes=10, input_size=8, channel_groups=4, min_groups=1)
+    cm = MockLatency()
+    floor = net.uniform_spec(0.5)
+    full = net.full_spec()
+    score = lambda spec: (float(sum(spec.widths)) / 100.0, 0.5)  # noqa: E731 - prefers the narrowest removals
+    start = PP(full, cm.cost(net, full), 0.5, 0, loss=0.0)
+    points = [s.point for s in slim_search(net, cm, score, start, step_cost=0.05 * start.cost,
+                                           stop=lambda p: False, floor=floor)]
+    assert points and all(p.spec.contains(floor) for p in points)
+    assert points[-1].spec == floor  # it slims until nothing above the floor is left
+
+
+def test_autoslim_legs_nest_over_the_previous_pick(slim_run, tmp_path, monkeypatch):
+    """When the pick for a small budget is above the floors (here: the uniform widths score
+    best), the next budget gets a leg of its own that never slims below that pick."""
+    from edgedyn.search import run as R
+
+    out, _ = slim_run
+    real = R._Run.record
+    uniform: set = set()
+
+    def record(self, spec):
+        if not uniform:
+            uniform.update(p.spec for p in R.uniform_points(self.net, self.select_cost))
+        loss, acc = real(self, spec)
+        return loss, acc / 2.0 + (0.5 if spec in uniform else 0.0)
+
+    monkeypatch.setattr(R._Run, "record", record)
+    cfg = slim_config(tmp_path / "legs", weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,0.9,1.0")
+    result = run_search(cfg, MockLatency())
+    doc = load_result(tmp_path / "legs")
+    legs, path = doc["legs"], [PathPoint.from_dict(p) for p in doc["path"]]
+    picks = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
+    assert all(big.contains(small) for small, big in zip(picks, picks[1:]))
+    assert len(legs) >= 2 and len({tuple(g["floor"]) for g in legs}) == len(legs)  # one leg per distinct floor
+    assert legs[1]["floor"] != list(result.net.min_spec().widths)
+    for leg in legs:
+        floor = SubnetSpec.of(leg["floor"])
+        assert all(path[i].spec.contains(floor) for i in leg["points"])
+        assert any(p.contains(floor) and p != floor for p in picks) or floor in picks

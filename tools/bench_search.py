@@ -141,14 +141,19 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                 if (seed, "usnet") not in runs:
                     raise EdgedynError(f"{name} reuses the US-Nets run of seed {seed}: list usnet before it")
                 charged = runs[(seed, "usnet")]["wall_s"]
-                cfg = replace(cfg, weights=str(runs[(seed, "usnet")]["dir"] / "weights.pt"), train_epochs=0)
+                # no before-train diagnostic: with no training of their own it would equal the result
+                cfg = replace(cfg, weights=str(runs[(seed, "usnet")]["dir"] / "weights.pt"), train_epochs=0,
+                              before_train=False)
             log(f"seed {seed}: {name}{' (resumed)' if cfg.resume else ''}")
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             result = run_search(cfg, lat if steer == "latency" else FlopsCost(), select_cost=lat)
             # the ablation's extra evaluation (accuracy before the final training) is not part of the pipeline
             extra = result.timings.get("before_train_s", 0.0)
+            # cpu_s: this process's CPU seconds for the method's own work (not the reused US-Nets
+            # run), which other jobs on the machine do not inflate as they do the wall time
             info = {"wall_s": time.time() - t0 - extra + charged, "diagnostic_s": extra, "resumed": cfg.resume,
-                    "reused_usnet_s": charged}
+                    "reused_usnet_s": charged, "own_wall_s": time.time() - t0 - extra,
+                    "own_cpu_s": time.process_time() - c0}
             _write(done, info)
             runs[(seed, name)] = {"dir": run_dir, **info}
     return runs

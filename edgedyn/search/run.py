@@ -36,7 +36,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -51,7 +51,7 @@ from .ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
 from .reselect import Budget, parse_budgets, pareto, pick, pick_nested
 
 RESULT_SCHEMA = "edgedyn.search_result/1"
-CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/2"
+CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/3"
 METHODS = ("autoslim", "progressive", "usnet")
 PHASES = ("pretrain", "rank", "supernet", "search", "train", "final")
 log = logging.getLogger("edgedyn.search")
@@ -185,6 +185,7 @@ class SearchResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds of optional diagnostics
+    legs: list[dict[str, Any]] = field(default_factory=list)  # autoslim: the search's legs (floor, path indices)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.config
@@ -200,6 +201,7 @@ class SearchResult:
                                       if self.subnets else None),
             "path": [p.to_dict() for p in self.path],
             "steps": self.steps,
+            "legs": self.legs,
             "timings": self.timings,
         }
 
@@ -252,7 +254,8 @@ class _Run:
         if not self.holdout:
             raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
-                                      "path": [], "steps": [], "selection": None, "timings": {}}
+                                      "path": [], "steps": [], "selection": None, "timings": {}, "legs": []}
+        self._uniform_scores: dict[SubnetSpec, float] = {}
         if config.weights:  # read now: a bad file fails before the run directory is touched
             load_weights_into(self.net, config.weights)
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
@@ -427,9 +430,7 @@ class _Run:
         return T.calibrated_loss_and_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
 
     def search(self) -> None:
-        from ..progress import Progress
-
-        done, start = self.reached("search")
+        done, _ = self.reached("search")
         if done:
             return
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
@@ -440,48 +441,138 @@ class _Run:
                 acc = self.record(full)[1]
             path = [PathPoint(full, self.full_cost, acc, 0, loss=loss)]
             self.state["path"] = [path[0].to_dict()]
-        limit = self.min_limit()
-
-        def stop(point: PathPoint) -> bool:
-            return self.price(point.spec) <= limit + 1e-12
-
-        remaining = None if self.c.max_steps is None else max(0, self.c.max_steps - path[-1].step)
-        bar = Progress(desc=f"search ({self.c.method})", initial=path[-1].step, leave=False, unit="step",
-                       disable=not self.dist.is_main)
-        self.seed("search", path[-1].step)
         if self.c.method == "autoslim":
-            from .slim import slim_search
-
-            steps = slim_search(self.net, self.cost_model, self.score, path[-1], step_cost=self.c.slim_step *
-                                self.full_cost, stop=stop, dist=self.dist, max_steps=remaining, record=self.record)
+            self._slim_legs(path)
         else:
-            target = self.threshold.target(path[0].accuracy)
+            self._progressive(path)
+        self.advance("search")
 
-            def finetune(spec: SubnetSpec, goal: float) -> tuple[float, int]:
-                loader = self.train_loader("search", 100_000 + len(path))
-                return T.finetune(self.net, spec, loader, self.evaluate, goal, lr=self.c.finetune_lr,
-                                  max_batches=self.c.finetune_batches, check_every=self.c.finetune_check,
-                                  dist=self.dist, device=self.device)
+    def _stop(self, limit: float) -> Callable[[PathPoint], bool]:
+        return lambda point: self.price(point.spec) <= limit + 1e-12
 
-            steps = progressive_search(self.net, self.cost_model, self.evaluate, path[-1], target=target,
-                                       finetune=finetune if self.threshold.kind != "none" else None,
-                                       dist=self.dist, max_steps=remaining, criterion=self.c.criterion, stop=stop)
+    def _run_steps(self, path: list[PathPoint], steps: Iterator[Step], desc: str, leg: dict | None = None) -> None:
+        """Record every step of a search generator on the path, checkpointing after each."""
+        from ..progress import Progress
+
+        bar = Progress(desc=desc, initial=path[-1].step, leave=False, unit="step", disable=not self.dist.is_main)
         for step in steps:
             path.append(step.point)
             self.state["path"].append(step.point.to_dict())
             self.state["steps"].append(step.to_dict())
+            if leg is not None:
+                leg["points"].append(len(path) - 1)
             self._log_step(step)
             bar.update(1)
             self.save("search", step.index)
             self.seed("search", step.index)
         bar.close()
+
+    def _ended_above(self, cost: float, limit: float) -> EdgedynError:
+        return EdgedynError(f"the search ended at {cost:.4g} {self.select_cost.unit} "
+                            f"({cost / self.select_full:.3g} of the full model), above the smallest budget "
+                            f"({limit:.4g} {self.select_cost.unit} with the margin); lower the floor "
+                            "(--min-groups) or raise the budget")
+
+    def _progressive(self, path: list[PathPoint]) -> None:
+        """The paper's progressive search: one path from the full model to the smallest budget."""
+        limit = self.min_limit()
+        stop = self._stop(limit)
+        remaining = None if self.c.max_steps is None else max(0, self.c.max_steps - path[-1].step)
+        self.seed("search", path[-1].step)
+        target = self.threshold.target(path[0].accuracy)
+
+        def finetune(spec: SubnetSpec, goal: float) -> tuple[float, int]:
+            loader = self.train_loader("search", 100_000 + len(path))
+            return T.finetune(self.net, spec, loader, self.evaluate, goal, lr=self.c.finetune_lr,
+                              max_batches=self.c.finetune_batches, check_every=self.c.finetune_check,
+                              dist=self.dist, device=self.device)
+
+        steps = progressive_search(self.net, self.cost_model, self.evaluate, path[-1], target=target,
+                                   finetune=finetune if self.threshold.kind != "none" else None,
+                                   dist=self.dist, max_steps=remaining, criterion=self.c.criterion, stop=stop)
+        self._run_steps(path, steps, f"search ({self.c.method})")
         if not stop(path[-1]):
-            cost = self.price(path[-1].spec)
-            raise EdgedynError(f"the search ended at {cost:.4g} {self.select_cost.unit} "
-                               f"({cost / self.select_full:.3g} of the full model), above the smallest budget "
-                               f"({limit:.4g} {self.select_cost.unit} with the margin); lower the floor "
-                               "(--min-groups) or raise the budget")
-        self.advance("search")
+            raise self._ended_above(self.price(path[-1].spec), limit)
+
+    def _candidates(self, path: list[PathPoint]) -> list[PathPoint]:
+        """Re-selection's candidates: every recorded point (all legs), priced in the budgets'
+        unit, and the uniform widths (the one-shot training trained those), each once."""
+        out = {}
+        for p in path:
+            out.setdefault(p.spec, replace(p, cost=self.price(p.spec)))
+        if self.c.uniform_candidates:
+            for u in uniform_points(self.net, self.select_cost):
+                if u.spec not in out:
+                    if u.spec not in self._uniform_scores:
+                        self._uniform_scores[u.spec] = self.record(u.spec)[1]
+                    out[u.spec] = PathPoint(u.spec, u.cost, self._uniform_scores[u.spec], -1)
+        return list(out.values())
+
+    def _slim_legs(self, path: list[PathPoint]) -> None:
+        """autoslim: greedy slimming in legs, budget by budget from the smallest up.
+
+        A leg slims from the full model down to a budget, never below its floor (a sub-net
+        every point it records contains). For budget k:
+
+        1. a leg with floor F (the pick for budget k-1; at first the groups' floors);
+        2. the pick: the most accurate recorded point or uniform width that fits and
+           contains F;
+        3. when that pick leaves at least one slimming step of the budget unused (a uniform
+           width, or a point of a deeper leg), a second leg with the pick as its floor
+           fills the budget with channels on top of it, and the pick is made again.
+
+        The pick becomes budget k+1's floor. A leg whose floor an earlier leg already had,
+        down to this budget or below, is not run again (the greedy path from the full model
+        would be the same). Re-selection then takes the best nested chain over everything
+        recorded (:func:`pick_nested`). One path to the smallest budget (AutoSlim's) leaves
+        the larger budgets only sub-nets that do not contain the best small ones; the legs
+        make the chain good at every budget.
+        """
+        room = self.c.slim_step * self.select_full
+        floor = self.net.min_spec()
+        for budget in self.budgets:
+            limit = budget.limit(self.select_full, self.c.budget_margin)
+            if limit >= self.select_full * (1 - 1e-9):
+                break  # the full model meets it
+            self._leg(path, floor, budget, limit)
+            best = self._best(path, floor, limit)
+            if best.spec != floor and limit - best.cost >= room - 1e-12:
+                self._leg(path, best.spec, budget, limit)
+                best = self._best(path, floor, limit)
+            log.info("budget %s (floor %s): pick %s, cost %.4g %s, holdout %.4f", budget.text, list(floor.widths),
+                     list(best.spec.widths), best.cost, self.select_cost.unit, best.accuracy)
+            floor = best.spec
+
+    def _best(self, path: list[PathPoint], floor: SubnetSpec, limit: float) -> PathPoint:
+        """The most accurate candidate that fits ``limit`` and contains ``floor`` (ties: the cheaper)."""
+        fits = [p for p in self._candidates(path) if p.cost <= limit + 1e-12 and p.spec.contains(floor)]
+        return max(fits, key=lambda p: (p.accuracy, -p.cost))
+
+    def _leg(self, path: list[PathPoint], floor: SubnetSpec, budget: Budget, limit: float) -> None:
+        """Slim from the full model to ``limit`` above ``floor``, unless a leg with this floor
+        already went that far; an interrupted leg continues where it stopped."""
+        from .slim import slim_search
+
+        legs: list[dict] = self.state["legs"]
+        same = [g for g in legs if g["floor"] == list(floor.widths)]
+        leg = next((g for g in same if not g["done"] or g["limit"] <= limit + 1e-12), None)
+        if leg is None:
+            leg = {"floor": list(floor.widths), "budget": budget.text, "limit": limit, "points": [0], "done": False}
+            legs.append(leg)
+        if leg["done"]:
+            return
+        stop = self._stop(leg["limit"])
+        start = path[leg["points"][-1]] if len(leg["points"]) > 1 else replace(path[0], step=len(self.state["steps"]))
+        remaining = None if self.c.max_steps is None else max(0, self.c.max_steps - start.step)
+        self.seed("search", start.step)
+        steps = slim_search(self.net, self.cost_model, self.score, start, step_cost=self.c.slim_step * self.full_cost,
+                            stop=stop, dist=self.dist, max_steps=remaining, record=self.record, floor=floor)
+        self._run_steps(path, steps, f"search leg {len(legs)} (budget {leg['budget']})", leg)
+        end = path[leg["points"][-1]]
+        if not stop(end):
+            raise self._ended_above(self.price(end.spec), leg["limit"])
+        leg["done"] = True
+        self.save("search", len(self.state["steps"]))
 
     def _log_step(self, step: Step) -> None:
         p, unit = step.point, self.cost_model.unit
@@ -500,14 +591,8 @@ class _Run:
         path = [replace(p, cost=self.price(p.spec)) for p in (PathPoint.from_dict(d) for d in self.state["path"])]
         if self.c.method == "autoslim":
             # every point was scored on the same one-shot weights, so they compare as they are;
-            # the uniform widths join them (the one-shot training trained those), and the picks
-            # are the most accurate nested chain that fits the budgets
-            if self.c.uniform_candidates:
-                seen = {p.spec for p in path}
-                for u in uniform_points(self.net, self.select_cost):
-                    if u.spec not in seen:
-                        seen.add(u.spec)
-                        path.append(PathPoint(u.spec, u.cost, self.record(u.spec)[1], -1))
+            # the picks are the most accurate nested chain that fits the budgets
+            path = self._candidates(path)
             picks = pick_nested(path, self.budgets, self.select_full, self.select_cost.unit,
                                 lambda a, b: a.spec.contains(b.spec), margin=self.c.budget_margin)
             log.info("re-selection: %d candidates (search path and uniform widths), nested picks", len(path))
@@ -582,7 +667,8 @@ class _Run:
         self.net.set_subnet(self.net.full_spec())
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
         return SearchResult(self.c, self.net, self.select_cost.name, self.select_cost.unit, self.select_full,
-                            subnets, path, list(self.state["steps"]), self.out, dict(self.state.get("timings") or {}))
+                            subnets, path, list(self.state["steps"]), self.out, dict(self.state.get("timings") or {}),
+                            [{k: g[k] for k in ("budget", "floor", "points")} for g in self.state["legs"]])
 
     def run(self) -> SearchResult:
         if self.c.resume:

@@ -43,13 +43,14 @@ Score = Callable[[SubnetSpec], tuple[float, float]]
 
 
 def step_removals(net: DynamicNet, spec: SubnetSpec, cost_model: CostModel, current_cost: float,
-                  step_cost: float) -> list[tuple[int, SubnetSpec, float]]:
+                  step_cost: float, floor: SubnetSpec | None = None) -> list[tuple[int, SubnetSpec, float]]:
     """For each coupling group above its floor: ``(group, spec, cost)`` of the widest width
     below the current one that saves at least ``step_cost``; else the cheapest lower width,
-    if it saves anything at all."""
+    if it saves anything at all. ``floor`` (a sub-net ``spec`` contains) raises the floors:
+    no width goes below it."""
     out = []
     for g in net.groups:
-        widths = g.widths_from()
+        widths = g.widths_from(None if floor is None else floor[g.index])
         i = widths.index(spec[g.index])
         if i == 0:
             continue
@@ -92,6 +93,7 @@ def slim_search(
     dist: Dist | None = None,
     max_steps: int | None = None,
     record: Score | None = None,
+    floor: SubnetSpec | None = None,
 ) -> Iterator[Step]:
     """Greedy large-to-small slimming from ``start``; yields one :class:`Step` per step.
 
@@ -107,12 +109,13 @@ def slim_search(
         max_steps: stop after this many steps.
         record: ``(loss, accuracy)`` of the chosen sub-net on the whole holdout; its accuracy
             is recorded on the path (default: the candidate's accuracy on the scoring subset).
+        floor: a sub-net every point of the path must contain (default: the groups' floors).
     """
     dist = dist or Dist()
     current = start
     index = start.step
     while (max_steps is None or index < start.step + max_steps) and not stop(current):
-        removals = step_removals(net, current.spec, cost_model, current.cost, step_cost)
+        removals = step_removals(net, current.spec, cost_model, current.cost, step_cost, floor)
         if not removals:
             return
         full = [r for r in removals if current.cost - r[2] >= step_cost - COST_EPS]
