@@ -3,8 +3,10 @@
 Three methods share it:
 
 - ``autoslim`` (the default): one-shot training of the network so that every sub-net is
-  usable (sandwich rule, non-uniform random widths), greedy slimming on those weights
-  steered by the cost model (:mod:`edgedyn.search.slim`), then joint training of the
+  usable (sandwich rule over uniform widths, as US-Nets trains; ``supernet_students=
+  "random"`` draws each group's width independently), greedy slimming on those weights
+  steered by the cost model (:mod:`edgedyn.search.slim`) in one leg per budget, each
+  leg above the previous budget's pick, then (``final_epochs``) joint training of the
   chosen sub-nets only;
 - ``progressive``: the paper's pipeline (Yang et al.): noise ranking, the progressive
   search with selective fine-tuning (:mod:`edgedyn.search.progressive`), joint training
@@ -15,7 +17,7 @@ Phases, in order (a method skips the ones it does not use):
 
 1. ``pretrain``  train the full model when no weights are given;
 2. ``rank``      trainable-noise (or L1) channel ranking, then the channel permutation (progressive);
-3. ``supernet``  one-shot sandwich training over random non-uniform widths (autoslim);
+3. ``supernet``  one-shot sandwich training, uniform or random per-group widths (autoslim);
 4. ``search``    the search, one step at a time (progressive, autoslim);
 5. ``train``     joint sandwich training of the chosen sub-nets (or US-Nets uniform widths);
 6. ``final``     per-sub-net BN recalibration, holdout and test accuracy, outputs.
@@ -409,7 +411,7 @@ class _Run:
         self.advance("rank")
 
     def supernet(self) -> None:
-        """autoslim: one-shot sandwich training over random non-uniform widths (the first
+        """autoslim: one-shot sandwich training, uniform or random per-group widths (the first
         ``train_epochs - final`` epochs of the joint schedule)."""
         epochs = self.c.train_epochs - self.c.final
         students = T.random_students if self.c.supernet_students == "random" else T.uniform_students

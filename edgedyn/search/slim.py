@@ -23,9 +23,10 @@ Each step, starting from the full model:
    so no accuracy-per-millisecond ratio is needed (that ratio favours the removals that
    save most, and drove the inner widths of the residual blocks to the floor).
 
-The search stops once the sub-net fits the smallest budget (``stop``). Every
-recorded sub-net is a subset of the one before, so the picks are nested by
-construction. :func:`slim_search` is a generator of
+A search (one *leg*) stops once ``stop`` holds, and never slims a group below
+``floor``. Every recorded sub-net is a subset of the one before and contains the floor:
+``run.py`` runs one leg per budget, each with the previous budget's pick as its floor,
+so the picks nest. :func:`slim_search` is a generator of
 :class:`~edgedyn.search.progressive.Step` records, as the progressive search is.
 """
 
