@@ -377,10 +377,57 @@ def slim_run(tmp_path_factory):
     return out, result
 
 
-def test_autoslim_picks_are_nested_fit_their_budgets_and_steps_save_the_step(slim_run):
-    from edgedyn.search.slim import step_removals
+@pytest.fixture(scope="module")
+def slimmed_run(slim_run, tmp_path_factory):
+    """``direction="slim"``: legs slimmed from the full model (on slim_run's weights)."""
+    out = tmp_path_factory.mktemp("slimmed")
+    cfg = slim_config(out, direction="slim", weights=str(slim_run[0] / "weights.pt"), pretrain_epochs=0,
+                      budgets="0.4,0.7,0.9,1.0")
+    return out, run_search(cfg, MockLatency())
+
+
+def test_autoslim_grown_picks_are_nested_fit_their_budgets_and_steps_add_the_step(slim_run):
+    from edgedyn.search.slim import step_additions
 
     out, result = slim_run
+    doc = load_result(out)
+    assert doc["config"]["method"] == "autoslim" and doc["config"]["direction"] == "grow"
+    cm, net = MockLatency(), result.net
+    picks = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
+    assert all(big.contains(small) for small, big in zip(picks, picks[1:]))
+    for s, spec in zip(doc["subnets"], picks):
+        limit = s["budget"]["value"] * result.full_cost
+        limit = limit if s["budget"]["value"] >= 1.0 else limit * (1 - 0.02)
+        assert s["cost"] == pytest.approx(cm.cost(net, spec)) and s["cost"] <= limit + 1e-9
+    path = [PathPoint.from_dict(p) for p in doc["path"]]
+    step = 0.1 * result.full_cost
+    legs = doc["legs"]
+    assert [g["budget"] for g in legs] == ["0.4", "0.7"]  # one leg per budget below the full model
+    assert sorted(i for g in legs for i in g["points"]) == list(range(1, len(path)))
+    previous = net.min_spec()
+    for leg in legs:
+        start = SubnetSpec.of(leg["floor"])
+        assert start.contains(previous)  # each leg grows from something above the previous pick
+        limit = float(leg["budget"]) * result.full_cost * (1 - 0.02)
+        fits = lambda spec: cm.cost(net, spec) <= limit + 1e-9  # noqa: E731
+        chain = [start] + [path[i].spec for i in leg["points"]]
+        for a, b in zip(chain, chain[1:]):
+            assert b.contains(a) and a != b and fits(b)
+            added = cm.cost(net, b) - cm.cost(net, a)
+            options = step_additions(net, a, cm, cm.cost(net, a), step, fits)
+            assert b in {o for _, o, _ in options}
+            if any(c - cm.cost(net, a) >= step - 1e-9 for _, _, c in options):
+                assert added >= step - 1e-9  # short additions compete only when none adds the step
+        assert not step_additions(net, chain[-1], cm, cm.cost(net, chain[-1]), step, fits)  # grown to the budget
+        previous = next(p for p, sub in zip(picks, doc["subnets"]) if sub["budget"]["text"] == leg["budget"])
+        for st in (doc["steps"][i - 1] for i in leg["points"]):
+            assert st["point"]["loss"] == min(c["loss"] for c in st["candidates"])  # the least held-out loss wins
+
+
+def test_autoslim_slimmed_picks_are_nested_fit_their_budgets_and_steps_save_the_step(slimmed_run):
+    from edgedyn.search.slim import step_removals
+
+    out, result = slimmed_run
     doc = load_result(out)
     assert doc["config"]["method"] == "autoslim"
     cm, net = MockLatency(), result.net
@@ -440,21 +487,22 @@ def test_autoslim_steered_by_flops_priced_by_latency(slim_run, tmp_path):
     assert doc["cost"]["unit"] == "ms" and doc["config"]["select_cost"] == "latency"
     for s in result.subnets:
         assert s.cost == pytest.approx(MockLatency().cost(result.net, s.spec))
-    # each step saved about 10 % of the full model's MACs, not of its latency
+    # each step added about 10 % of the full model's MACs, not of its latency
     full_macs = result.net.macs(result.net.full_spec()) / 1e6
     path = [PathPoint.from_dict(p) for p in doc["path"]]
     assert all(p.cost > 0 for p in path)
-    from edgedyn.search.slim import step_removals
+    from edgedyn.search.slim import step_additions
 
     fc, step = FlopsCost(), 0.1 * full_macs
     for leg in doc["legs"]:
-        floor = SubnetSpec.of(leg["floor"])
-        for a, b in zip(leg["points"], leg["points"][1:]):
-            a, b = path[a].spec, path[b].spec
-            saved = fc.cost(result.net, a) - fc.cost(result.net, b)
-            # a step saves the fixed step unless no group can (near the floors)
-            options = step_removals(result.net, a, fc, fc.cost(result.net, a), step, floor)
-            assert saved >= step - 1e-6 or (saved > 0 and all(fc.cost(result.net, a) - c < step - 1e-6
+        lim = float(leg["budget"]) * MockLatency().cost(result.net, result.net.full_spec()) * (1 - 0.02)
+        fits = lambda spec: MockLatency().cost(result.net, spec) <= lim + 1e-9  # noqa: E731
+        chain = [SubnetSpec.of(leg["floor"])] + [path[i].spec for i in leg["points"]]
+        for a, b in zip(chain, chain[1:]):
+            added = fc.cost(result.net, b) - fc.cost(result.net, a)
+            # a step adds the fixed step of MACs unless no group can within the latency budget
+            options = step_additions(result.net, a, fc, fc.cost(result.net, a), step, fits)
+            assert added >= step - 1e-6 or (added > 0 and all(c - fc.cost(result.net, a) < step - 1e-6
                                                               for _, _, c in options))
     assert [d["point"]["cost"] for d in doc["steps"]] == pytest.approx(
         [FlopsCost().cost(result.net, SubnetSpec.of(d["point"]["widths"])) for d in doc["steps"]])
@@ -587,10 +635,12 @@ def test_autoslim_legs_nest_over_the_previous_pick(slim_run, tmp_path, monkeypat
         if not uniform:
             uniform.update(p.spec for p in R.uniform_points(self.net, self.select_cost))
         loss, acc = real(self, spec)
-        return loss, acc / 2.0 + (0.5 if spec in uniform else 0.0)
+        # the uniform widths score best, the wider the better
+        return loss, acc / 2.0 + (0.5 * sum(spec.widths) / sum(self.net.full_spec().widths) if spec in uniform else 0.0)
 
     monkeypatch.setattr(R._Run, "record", record)
-    cfg = slim_config(tmp_path / "legs", weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,0.9,1.0")
+    cfg = slim_config(tmp_path / "legs", weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,0.9,1.0",
+                      direction="slim")
     result = run_search(cfg, MockLatency())
     doc = load_result(tmp_path / "legs")
     legs, path = doc["legs"], [PathPoint.from_dict(p) for p in doc["path"]]

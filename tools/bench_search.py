@@ -6,11 +6,14 @@
 Methods (``--methods``; every one starts from the same pre-trained weights per seed and
 gets the same joint-training epochs, ``--train-epochs``):
 
-- ``autoslim+latency``  edgedyn's default: one-shot training, greedy slimming steered by
-                        the latency table, the picks trained jointly (the last
-                        ``--final-epochs`` of the same schedule);
-- ``autoslim+flops``    the same, the slimming steered by MACs (budgets still priced by
+- ``autoslim+latency``  edgedyn's default: one-shot training (uniform widths: the seed's
+                        US-Nets run), then per budget, from the smallest up, the best
+                        candidate above the previous pick grown greedily to the budget,
+                        steered by the latency table; the best nested chain is deployed;
+- ``autoslim+flops``    the same, the search steered by MACs (budgets still priced by
                         the table, so both are picked for the same latency budgets);
+- ``autoslim-slim+latency`` an ablation: the legs slimmed from the full model
+                        (``direction="slim"``, AutoSlim's direction) instead of grown;
 - ``usnet``             Universally Slimmable Networks (uniform widths, sandwich rule);
 - ``paper``             the paper's pipeline: noise ranking, progressive search keeping the
                         least accuracy drop, selective fine-tuning, channel groups of 1/4;
@@ -48,6 +51,8 @@ METHODS = {
     # name: (SearchConfig overrides, steering cost)
     "autoslim+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0), "latency"),
     "autoslim+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0), "flops"),
+    "autoslim-slim+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="slim"),
+                              "latency"),
     "autoslim-random+latency": (dict(method="autoslim", supernet_students="random", final_epochs=1,
                                      uniform_candidates=False), "latency"),
     "usnet": (dict(method="usnet"), "latency"),
@@ -57,7 +62,7 @@ METHODS = {
 DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency,paper"
 #: autoslim with uniform one-shot training and no final epochs trains exactly as US-Nets does:
 #: these reuse the seed's US-Nets run for it (and are charged its wall time)
-REUSE_USNET = {"autoslim+latency", "autoslim+flops"}
+REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-slim+latency"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -81,6 +81,7 @@ class SearchConfig:
     slim_step: float = 0.05  # autoslim: cost removed per step, a fraction of the full model's
     supernet_students: str = "uniform"  # autoslim's one-shot widths: "uniform" (US-Nets') or "random" (per group)
     uniform_candidates: bool = True  # autoslim: re-selection also weighs the uniform widths (nested picks)
+    direction: str = "grow"  # autoslim: "grow" each pick up to its budget, or "slim" from the full model
     before_train: bool = False  # autoslim: also report the picks' accuracy on the one-shot weights (ablation)
     score_samples: int | None = 500  # holdout images that score search candidates (None: all)
     budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
@@ -118,6 +119,8 @@ class SearchConfig:
             raise EdgedynError(f"final_epochs must be in 0..train_epochs ({self.train_epochs}), got {self.final_epochs}")
         if self.supernet_students not in ("random", "uniform"):
             raise EdgedynError(f"supernet_students must be 'random' or 'uniform', got {self.supernet_students!r}")
+        if self.direction not in ("grow", "slim"):
+            raise EdgedynError(f"direction must be 'grow' or 'slim', got {self.direction!r}")
         if not 0.0 < self.slim_step < 1.0:
             raise EdgedynError(f"slim_step must be a fraction in (0, 1), got {self.slim_step}")
         if not 0.0 <= self.budget_margin < 0.5:
@@ -257,7 +260,7 @@ class _Run:
             raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
                                       "path": [], "steps": [], "selection": None, "timings": {}, "legs": []}
-        self._uniform_scores: dict[SubnetSpec, float] = {}
+        self._scores: dict[SubnetSpec, float] = {}  # autoslim: holdout accuracy of the non-path candidates
         if config.weights:  # read now: a bad file fails before the run directory is touched
             load_weights_into(self.net, config.weights)
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
@@ -443,7 +446,9 @@ class _Run:
                 acc = self.record(full)[1]
             path = [PathPoint(full, self.full_cost, acc, 0, loss=loss)]
             self.state["path"] = [path[0].to_dict()]
-        if self.c.method == "autoslim":
+        if self.c.method == "autoslim" and self.c.direction == "grow":
+            self._grow_legs(path)
+        elif self.c.method == "autoslim":
             self._slim_legs(path)
         else:
             self._progressive(path)
@@ -498,16 +503,19 @@ class _Run:
 
     def _candidates(self, path: list[PathPoint]) -> list[PathPoint]:
         """Re-selection's candidates: every recorded point (all legs), priced in the budgets'
-        unit, and the uniform widths (the one-shot training trained those), each once."""
+        unit, the groups' floors, and the uniform widths (the one-shot training trained
+        those), each once."""
         out = {}
         for p in path:
             out.setdefault(p.spec, replace(p, cost=self.price(p.spec)))
+        extra = [self.net.min_spec()]
         if self.c.uniform_candidates:
-            for u in uniform_points(self.net, self.select_cost):
-                if u.spec not in out:
-                    if u.spec not in self._uniform_scores:
-                        self._uniform_scores[u.spec] = self.record(u.spec)[1]
-                    out[u.spec] = PathPoint(u.spec, u.cost, self._uniform_scores[u.spec], -1)
+            extra += [u.spec for u in uniform_points(self.net, self.select_cost)]
+        for spec in extra:
+            if spec not in out:
+                if spec not in self._scores:
+                    self._scores[spec] = self.record(spec)[1]
+                out[spec] = PathPoint(spec, self.price(spec), self._scores[spec], -1)
         return list(out.values())
 
     def _slim_legs(self, path: list[PathPoint]) -> None:
@@ -545,34 +553,84 @@ class _Run:
                      list(best.spec.widths), best.cost, self.select_cost.unit, best.accuracy)
             floor = best.spec
 
+    def _grow_legs(self, path: list[PathPoint]) -> None:
+        """autoslim, ``direction="grow"``: budget by budget from the smallest up, start from
+        the most accurate candidate that fits and contains the previous pick (a uniform
+        width, the groups' floors, or a point recorded before), and grow it greedily until
+        nothing wider fits the budget (:func:`~edgedyn.search.slim.grow_search`). The pick is
+        then the most accurate candidate that fits and contains the previous pick, and the
+        next budget starts from it. Re-selection takes the best nested chain over every
+        recorded point (:func:`pick_nested`).
+
+        Growing spends each budget where the held-out loss falls most, on top of a sub-net
+        that is already good at the budget below; it scores thin candidates, which cost far
+        less than slimming from the full model does (``direction="slim"``).
+        """
+        floor = self.net.min_spec()
+        for budget in self.budgets:
+            limit = budget.limit(self.select_full, self.c.budget_margin)
+            if limit >= self.select_full * (1 - 1e-9):
+                break  # the full model meets it
+            leg = next((g for g in self.state["legs"] if g["budget"] == budget.text), None)  # resumed
+            start = SubnetSpec.of(leg["floor"]) if leg else self._best(path, floor, limit).spec
+            self._leg(path, start, budget, limit, grow=True)
+            best = self._best(path, floor, limit)
+            log.info("budget %s (above %s): grown from %s, pick %s, cost %.4g %s, holdout %.4f", budget.text,
+                     list(floor.widths), list(start.widths), list(best.spec.widths), best.cost,
+                     self.select_cost.unit, best.accuracy)
+            floor = best.spec
+
     def _best(self, path: list[PathPoint], floor: SubnetSpec, limit: float) -> PathPoint:
         """The most accurate candidate that fits ``limit`` and contains ``floor`` (ties: the cheaper)."""
         fits = [p for p in self._candidates(path) if p.cost <= limit + 1e-12 and p.spec.contains(floor)]
         return max(fits, key=lambda p: (p.accuracy, -p.cost))
 
-    def _leg(self, path: list[PathPoint], floor: SubnetSpec, budget: Budget, limit: float) -> None:
-        """Slim from the full model to ``limit`` above ``floor``, unless a leg with this floor
-        already went that far; an interrupted leg continues where it stopped."""
-        from .slim import slim_search
+    def _leg(self, path: list[PathPoint], floor: SubnetSpec, budget: Budget, limit: float, grow: bool = False) -> None:
+        """Slim from the full model to ``limit`` above ``floor`` (``grow``: grow ``floor`` up to
+        ``limit``), unless a leg from this floor already did; an interrupted leg continues
+        where it stopped."""
+        from .slim import grow_search, slim_search
 
         legs: list[dict] = self.state["legs"]
         same = [g for g in legs if g["floor"] == list(floor.widths)]
-        leg = next((g for g in same if not g["done"] or g["limit"] <= limit + 1e-12), None)
+        if grow:
+            leg = next((g for g in same if g["budget"] == budget.text), None)
+        else:
+            leg = next((g for g in same if not g["done"] or g["limit"] <= limit + 1e-12), None)
         if leg is None:
-            leg = {"floor": list(floor.widths), "budget": budget.text, "limit": limit, "points": [0], "done": False}
+            leg = {"floor": list(floor.widths), "budget": budget.text, "limit": limit, "points": [], "done": False}
+            if not grow:
+                leg["points"] = [0]
             legs.append(leg)
         if leg["done"]:
             return
-        stop = self._stop(leg["limit"])
-        start = path[leg["points"][-1]] if len(leg["points"]) > 1 else replace(path[0], step=len(self.state["steps"]))
+        step_cost = self.c.slim_step * self.full_cost
+        if grow:
+            if leg["points"]:
+                start = path[leg["points"][-1]]
+            else:  # a candidate that fits (a uniform width, the floors, a recorded point)
+                acc = next(p.accuracy for p in self._candidates(path) if p.spec == floor)
+                start = PathPoint(floor, float(self.cost_model.cost(self.net, floor)), acc,
+                                  len(self.state["steps"]), loss=self.score(floor)[0])
+        else:
+            start = path[leg["points"][-1]] if len(leg["points"]) > 1 else replace(path[0], step=len(self.state["steps"]))
         remaining = None if self.c.max_steps is None else max(0, self.c.max_steps - start.step)
         self.seed("search", start.step)
-        steps = slim_search(self.net, self.cost_model, self.score, start, step_cost=self.c.slim_step * self.full_cost,
-                            stop=stop, dist=self.dist, max_steps=remaining, record=self.record, floor=floor)
-        self._run_steps(path, steps, f"search leg {len(legs)} (budget {leg['budget']})", leg)
-        end = path[leg["points"][-1]]
-        if not stop(end):
-            raise self._ended_above(self.price(end.spec), leg["limit"])
+        desc = f"search leg {len(legs)} (budget {leg['budget']})"
+        if grow:
+            lim = leg["limit"]
+            steps = grow_search(self.net, self.cost_model, self.score, start, step_cost=step_cost,
+                                fits=lambda spec: self.price(spec) <= lim + 1e-12, dist=self.dist,
+                                max_steps=remaining, record=self.record)
+            self._run_steps(path, steps, desc, leg)
+        else:
+            stop = self._stop(leg["limit"])
+            steps = slim_search(self.net, self.cost_model, self.score, start, step_cost=step_cost, stop=stop,
+                                dist=self.dist, max_steps=remaining, record=self.record, floor=floor)
+            self._run_steps(path, steps, desc, leg)
+            end = path[leg["points"][-1]]
+            if not stop(end):
+                raise self._ended_above(self.price(end.spec), leg["limit"])
         leg["done"] = True
         self.save("search", len(self.state["steps"]))
 

@@ -126,3 +126,69 @@ def slim_search(
         acc = record(chosen.spec)[1] if record is not None else chosen.accuracy
         current = PathPoint(chosen.spec, chosen.cost, acc, index, 0, loss=chosen.loss)
         yield Step(index, tuple(candidates), chosen, current)
+
+
+# -- growing: the same greedy search, from a small sub-net up to a budget ------------------
+def step_additions(net: DynamicNet, spec: SubnetSpec, cost_model: CostModel, current_cost: float,
+                   step_cost: float, fits: Callable[[SubnetSpec], bool]) -> list[tuple[int, SubnetSpec, float]]:
+    """For each coupling group below its full width: ``(group, spec, cost)`` of the narrowest
+    wider width that adds at least ``step_cost`` and still ``fits`` (the budget); else the
+    widest wider width that fits, if it adds anything at all (:func:`step_removals` mirrored)."""
+    out = []
+    for g in net.groups:
+        widths = g.widths_from()
+        i = widths.index(spec[g.index])
+        chosen = None
+        widest: tuple[SubnetSpec, float] | None = None
+        for w in widths[i + 1:]:
+            cand = spec.replace(g.index, w)
+            if not fits(cand):
+                continue  # on a latency table a wider width can be cheaper (channel blocks)
+            cost = float(cost_model.cost(net, cand))
+            if cost - current_cost > COST_EPS:
+                widest = (cand, cost)
+            if cost - current_cost >= step_cost - COST_EPS:
+                chosen = (cand, cost)
+                break
+        if chosen is None:
+            chosen = widest
+        if chosen is not None:
+            out.append((g.index, chosen[0], chosen[1]))
+    return out
+
+
+def grow_search(
+    net: DynamicNet,
+    cost_model: CostModel,
+    score: Score,
+    start: PathPoint,
+    *,
+    step_cost: float,
+    fits: Callable[[SubnetSpec], bool],
+    dist: Dist | None = None,
+    max_steps: int | None = None,
+    record: Score | None = None,
+) -> Iterator[Step]:
+    """Greedy small-to-large growing from ``start`` while the sub-net ``fits``; one
+    :class:`Step` per step.
+
+    Each step widens one coupling group by (about) ``step_cost`` and keeps the candidate
+    with the lowest held-out loss; a candidate that adds less than the step (the budget is
+    near) competes only when none adds the full step. It stops when no wider sub-net fits.
+    Every recorded sub-net contains the one before, and so ``start``. Arguments as
+    :func:`slim_search`; a step's ``saved`` is negative (cost added).
+    """
+    dist = dist or Dist()
+    current = start
+    index = start.step
+    while max_steps is None or index < start.step + max_steps:
+        additions = step_additions(net, current.spec, cost_model, current.cost, step_cost, fits)
+        if not additions:
+            return
+        full = [a for a in additions if a[2] - current.cost >= step_cost - COST_EPS]
+        candidates = score_removals(full or additions, current, score, dist)
+        chosen = min(candidates, key=lambda c: (c.loss, -c.saved, c.group))  # ties: the smaller addition
+        index += 1
+        acc = record(chosen.spec)[1] if record is not None else chosen.accuracy
+        current = PathPoint(chosen.spec, chosen.cost, acc, index, 0, loss=chosen.loss)
+        yield Step(index, tuple(candidates), chosen, current)
