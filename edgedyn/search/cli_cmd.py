@@ -39,8 +39,11 @@ from ..errors import EdgedynError
                    "the least accuracy lost (drop, the paper's).")
 @click.option("--final-epochs", type=NONNEG_INT, default=0, show_default=True,
               help="autoslim: the last of the --train-epochs train the chosen sub-nets only.")
+@click.option("--direction", type=click.Choice(["grow", "slim"]), default="grow", show_default=True,
+              help="autoslim: grow each budget's best candidate up to the budget, or slim from the full "
+                   "model down to it (AutoSlim's direction).")
 @click.option("--slim-step", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True), default=0.05,
-              show_default=True, help="autoslim: cost each greedy step removes, a fraction of the full model's.")
+              show_default=True, help="autoslim: cost each greedy step adds or removes, a fraction of the full model's.")
 @click.option("--score-samples", type=POSITIVE_INT, default=500, show_default=True,
               help="Held-out images that score search candidates (the whole holdout scores the picks).")
 @click.option("--budget-margin", type=FiniteFloat(min=0.0, max=0.5, max_open=True), default=0.02,
@@ -70,7 +73,7 @@ from ..errors import EdgedynError
               help="Other run directories to draw in the plot (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 def search(model, data, data_limit, input_size, table_path, budgets, cost_name, method, criterion, final_epochs,
-           slim_step, score_samples, budget_margin, holdout_fraction, ranking, channel_groups, group_size,
+           direction, slim_step, score_samples, budget_margin, holdout_fraction, ranking, channel_groups, group_size,
            min_groups, threshold, pretrain_epochs, rank_epochs, train_epochs, finetune_batches, batches_per_epoch,
            max_steps, lr, batch_size, seed, device, weights, out, compare, resume) -> None:
     """Search nested sub-nets for latency budgets, train them jointly, write subnets.json."""
@@ -95,7 +98,7 @@ def search(model, data, data_limit, input_size, table_path, budgets, cost_name, 
     cost = table_cost if cost_name == "latency" else FlopsCost()
     config = SearchConfig(
         model=model, data=data, data_limit=data_limit, input_size=input_size, budgets=budgets, method=method,
-        criterion=criterion, final_epochs=final_epochs, slim_step=slim_step, score_samples=score_samples,
+        criterion=criterion, final_epochs=final_epochs, direction=direction, slim_step=slim_step, score_samples=score_samples,
         budget_margin=budget_margin, holdout_fraction=holdout_fraction,
         ranking=ranking, channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
         threshold=threshold, pretrain_epochs=pretrain_epochs, rank_epochs=rank_epochs, train_epochs=train_epochs,
