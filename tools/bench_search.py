@@ -237,21 +237,25 @@ def measure_all(specs: list[tuple[int, ...]], args: argparse.Namespace, table, l
 
 
 # -- the comparison -----------------------------------------------------------------------
-def serve(subs: list[dict], lat: dict, budget_ms: float) -> dict | None:
+def serve(subs: list[dict], lat: dict, budget_ms: float, key: str = "median") -> dict | None:
     """The deployed sub-net a selector serves at ``budget_ms``: the most accurate on the
-    holdout among those whose measured median fits (ties: the faster)."""
-    fit = [s for s in subs if lat[tuple(s["widths"])]["median"] <= budget_ms]
+    holdout among those whose measured median (``key="predicted"``: the table's
+    prediction) fits (ties: the faster)."""
+    fit = [s for s in subs if lat[tuple(s["widths"])][key] <= budget_ms]
     if not fit:
         return None
-    return max(fit, key=lambda s: (s["holdout"], -lat[tuple(s["widths"])]["median"]))
+    return max(fit, key=lambda s: (s["holdout"], -lat[tuple(s["widths"])][key]))
 
 
-def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
+def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dict:
+    """Per budget and method, the served sub-nets and the summary; budgets are fractions of
+    the full model's measured latency (``key="predicted"``: everything by the table, a
+    diagnostic that separates the search from the table's error)."""
     budgets = [float(b) for b in args.budgets.split(",")]
     seeds = sorted({s for s, _ in runs})
     methods = list(dict.fromkeys(m for _, m in runs))
     net_full = max((tuple(s["widths"]) for v in subs.values() for s in v), key=sum)
-    full_ms = lat[net_full]["median"]
+    full_ms = lat[net_full][key]
     table: dict = {}
     have = {m: [s for s in seeds if (s, m) in runs] for m in methods}
     for m in methods:
@@ -259,9 +263,9 @@ def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
         for b in budgets:
             rows = []
             for seed in have[m]:
-                pick = serve(subs[(seed, m)], lat, b * full_ms)
+                pick = serve(subs[(seed, m)], lat, b * full_ms, key)
                 rows.append(None if pick is None else {
-                    "seed": seed, "widths": pick["widths"], "measured_ms": lat[tuple(pick["widths"])]["median"],
+                    "seed": seed, "widths": pick["widths"], "measured_ms": lat[tuple(pick["widths"])][key],
                     "test": pick["test"], "holdout": pick["holdout"], "before_train": pick.get("before_train")})
             per_budget.append({"budget": b, "budget_ms": b * full_ms, "runs": rows})
         table[m] = per_budget
@@ -286,6 +290,9 @@ def compare(args, runs: dict, subs: dict, lat: dict) -> dict:
                 "average": _msd([_avg([a[i] for a in before]) for i in range(n)])}
         walls = [runs[(s, m)]["wall_s"] for s in have[m]]
         summary[m]["wall_s"] = _msd(walls)
+        cpu = [runs[(s, m)].get("own_cpu_s") for s in have[m]]
+        if all(c is not None for c in cpu):
+            summary[m]["own_cpu_s"] = _msd(cpu)
         if "usnet" in methods:
             ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in have[m]]
             summary[m]["wall_vs_usnet"] = _msd(ratio)
@@ -344,8 +351,8 @@ def report(res: dict, log) -> None:
 def markdown(res: dict, doc: dict) -> str:
     """The result tables as Markdown (pasted into the README and docs/search.md)."""
     b, full = res["budgets"], res["full_ms"]
-    lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b) + " | average | wall x US-Nets |",
-             "|---|" + "---|" * (len(b) + 2)]
+    lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b)
+             + " | average | wall x US-Nets | own CPU s |", "|---|" + "---|" * (len(b) + 3)]
     def label(m: str) -> str:
         n = len(res["summary"][m]["seeds"])
         return m if n == len(res["seeds"]) else f"{m} ({n} seed{'s' if n > 1 else ''})"
@@ -353,16 +360,23 @@ def markdown(res: dict, doc: dict) -> str:
     for m, s in res["summary"].items():
         wall = s.get("wall_vs_usnet")
         lines.append(f"| {label(m)} | " + " | ".join(_pct(d) for d in s["per_budget"]) + f" | {_pct(s['average'])} | "
-                     + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " |")
+                     + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " | "
+                     + (f"{s['own_cpu_s']['mean']:.0f} ± {s['own_cpu_s']['sd']:.0f}" if "own_cpu_s" in s else "-") + " |")
         if "before_final_training" in s:
             f = s["before_final_training"]
             lines.append(f"| {m}, before its final epoch | " + " | ".join(_pct(d) for d in f["per_budget"])
-                         + f" | {_pct(f['average'])} | - |")
+                         + f" | {_pct(f['average'])} | - | - |")
     lines += ["", "| paired difference against US-Nets (points) | " + " | ".join(f"{x:g}" for x in b) + " | average |",
               "|---|" + "---|" * (len(b) + 1)]
     for m, s in res["summary"].items():
         if "vs_usnet" in s:
             v = s["vs_usnet"]
+            lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
+                         + f" | {_pct(v['average'], 'se')} |")
+    if res.get("at_predicted_latency"):
+        lines += ["", "| paired difference against US-Nets at equal PREDICTED latency (diagnostic) | "
+                  + " | ".join(f"{x:g}" for x in b) + " | average |", "|---|" + "---|" * (len(b) + 1)]
+        for m, v in res["at_predicted_latency"].items():
             lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
                          + f" | {_pct(v['average'], 'se')} |")
     lines += ["", "| method | seed | " + " | ".join(f"{x:g}" for x in b) + " |", "|---|---|" + "---|" * len(b)]
@@ -438,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = measure_all(specs, args, table, log)
         lat = {k: v for k, v in timing.items() if isinstance(k, tuple)}
         res = compare(args, runs, subs, lat)
+        res["at_predicted_latency"] = {m: v["vs_usnet"] for m, v in compare(args, runs, subs, lat, "predicted")[
+            "summary"].items() if "vs_usnet" in v}
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -452,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                       "edgedyn.deploy.build.measure_runners", "stat": "median", "cpu_busy_before_timing": timing["busy"]},
            "latency": [{"widths": list(k), **v} for k, v in lat.items()],
            "runs": {f"seed{s}/{m}": {"dir": str(v["dir"]), "wall_s": v["wall_s"], "resumed": v["resumed"],
-                                     "deployed": subs[(s, m)]} for (s, m), v in runs.items()},
+                                     "own_cpu_s": v.get("own_cpu_s"), "deployed": subs[(s, m)]}
+                    for (s, m), v in runs.items()},
            "pretrain_wall_s": {str(p.parent.name): json.loads(p.read_text())["wall_s"]
                                for p in sorted(out.glob("seed*/pretrain_time.json"))},
            "bench_wall_s": time.time() - t0, **res}
