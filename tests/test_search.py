@@ -365,7 +365,7 @@ def test_distributed_two_ranks_choose_the_same_subnets(base_run, tmp_path):
 # -- autoslim: one-shot training, cost-steered greedy slimming, the picks trained ------------
 def slim_config(out: Path, **kw) -> SearchConfig:
     base = dict(method="autoslim", channel_groups=4, train_epochs=2, final_epochs=1, slim_step=0.1, before_train=True,
-                score_samples=24, threshold="none")
+                score_samples=24, threshold="none", direction="grow")
     base.update(kw)
     return small_config(out, **base)
 
@@ -422,6 +422,17 @@ def test_autoslim_grown_picks_are_nested_fit_their_budgets_and_steps_add_the_ste
         previous = next(p for p, sub in zip(picks, doc["subnets"]) if sub["budget"]["text"] == leg["budget"])
         for st in (doc["steps"][i - 1] for i in leg["points"]):
             assert st["point"]["loss"] == min(c["loss"] for c in st["candidates"])  # the least held-out loss wins
+
+
+def test_autoslim_slimmed_resume_mid_leg_matches_uninterrupted(slim_run, slimmed_run, tmp_path):
+    out, result = slimmed_run
+    legs = load_result(out)["legs"]
+    assert len(legs) >= 2
+    mid = legs[1]["points"][len(legs[1]["points"]) // 2]  # a step inside the second leg
+    cfg = slim_config(tmp_path / "r", direction="slim", weights=str(slim_run[0] / "weights.pt"), pretrain_epochs=0,
+                      budgets="0.4,0.7,0.9,1.0")
+    interrupt_and_resume(cfg, (("search", 1), ("search", mid)))
+    assert strip(load_result(tmp_path / "r")) == strip(load_result(out))
 
 
 def test_autoslim_slimmed_picks_are_nested_fit_their_budgets_and_steps_save_the_step(slimmed_run):
