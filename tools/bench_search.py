@@ -7,13 +7,15 @@ Methods (``--methods``; every one starts from the same pre-trained weights per s
 gets the same joint-training epochs, ``--train-epochs``):
 
 - ``autoslim+latency``  edgedyn's default: one-shot training (uniform widths: the seed's
-                        US-Nets run), then per budget, from the smallest up, the best
-                        candidate above the previous pick grown greedily to the budget,
-                        steered by the latency table; the best nested chain is deployed;
+                        US-Nets run), then per budget, from the smallest up, a greedy leg
+                        slimmed from the full model down to the budget and never below the
+                        previous pick, steered by the latency table; the best nested chain
+                        is deployed;
 - ``autoslim+flops``    the same, the search steered by MACs (budgets still priced by
                         the table, so both are picked for the same latency budgets);
-- ``autoslim-slim+latency`` an ablation: the legs slimmed from the full model
-                        (``direction="slim"``, AutoSlim's direction) instead of grown;
+- ``autoslim-grow+latency``, ``autoslim-grow+flops`` an ablation: each budget's best
+                        candidate grown up to the budget (``direction="grow"``, cheaper)
+                        instead of slimmed from the full model;
 - ``usnet``             Universally Slimmable Networks (uniform widths, sandwich rule);
 - ``paper``             the paper's pipeline: noise ranking, progressive search keeping the
                         least accuracy drop, selective fine-tuning, channel groups of 1/4;
@@ -49,10 +51,13 @@ from pathlib import Path
 
 METHODS = {
     # name: (SearchConfig overrides, steering cost)
-    "autoslim+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0), "latency"),
-    "autoslim+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0), "flops"),
-    "autoslim-slim+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="slim"),
+    "autoslim+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="slim"),
+                         "latency"),
+    "autoslim+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="slim"), "flops"),
+    "autoslim-grow+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="grow"),
                               "latency"),
+    "autoslim-grow+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="grow"),
+                            "flops"),
     "autoslim-random+latency": (dict(method="autoslim", supernet_students="random", final_epochs=1,
                                      uniform_candidates=False), "latency"),
     "usnet": (dict(method="usnet"), "latency"),
@@ -62,7 +67,7 @@ METHODS = {
 DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency,paper"
 #: autoslim with uniform one-shot training and no final epochs trains exactly as US-Nets does:
 #: these reuse the seed's US-Nets run for it (and are charged its wall time)
-REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-slim+latency"}
+REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,9 +39,9 @@ from ..errors import EdgedynError
                    "the least accuracy lost (drop, the paper's).")
 @click.option("--final-epochs", type=NONNEG_INT, default=0, show_default=True,
               help="autoslim: the last of the --train-epochs train the chosen sub-nets only.")
-@click.option("--direction", type=click.Choice(["grow", "slim"]), default="grow", show_default=True,
-              help="autoslim: grow each budget's best candidate up to the budget, or slim from the full "
-                   "model down to it (AutoSlim's direction).")
+@click.option("--direction", type=click.Choice(["slim", "grow"]), default="slim", show_default=True,
+              help="autoslim: slim from the full model down to each budget, above the previous budget's pick "
+                   "(AutoSlim's direction), or grow each budget's best candidate up to it (cheaper).")
 @click.option("--slim-step", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True), default=0.05,
               show_default=True, help="autoslim: cost each greedy step adds or removes, a fraction of the full model's.")
 @click.option("--score-samples", type=POSITIVE_INT, default=500, show_default=True,

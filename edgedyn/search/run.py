@@ -81,7 +81,7 @@ class SearchConfig:
     slim_step: float = 0.05  # autoslim: cost removed per step, a fraction of the full model's
     supernet_students: str = "uniform"  # autoslim's one-shot widths: "uniform" (US-Nets') or "random" (per group)
     uniform_candidates: bool = True  # autoslim: re-selection also weighs the uniform widths (nested picks)
-    direction: str = "grow"  # autoslim: "grow" each pick up to its budget, or "slim" from the full model
+    direction: str = "slim"  # autoslim: "slim" from the full model to each budget, or "grow" each pick up to it
     before_train: bool = False  # autoslim: also report the picks' accuracy on the one-shot weights (ablation)
     score_samples: int | None = 500  # holdout images that score search candidates (None: all)
     budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
