@@ -112,15 +112,25 @@ def slim_search(
             is recorded on the path (default: the candidate's accuracy on the scoring subset).
         floor: a sub-net every point of the path must contain (default: the groups' floors).
     """
+    return _greedy(lambda p: step_removals(net, p.spec, cost_model, p.cost, step_cost, floor), score, start,
+                   step_cost=step_cost, stop=stop, dist=dist, max_steps=max_steps, record=record)
+
+
+def _greedy(moves: Callable[[PathPoint], list[tuple[int, SubnetSpec, float]]], score: Score, start: PathPoint, *,
+            step_cost: float, stop: Callable[[PathPoint], bool], dist: Dist | None, max_steps: int | None,
+            record: Score | None) -> Iterator[Step]:
+    """The loop :func:`slim_search` and :func:`grow_search` share: each step scores the
+    ``moves`` that change the cost by the full ``step_cost`` (the shorter ones only when
+    there are none) and keeps the lowest loss (ties: the larger saving, the lower group)."""
     dist = dist or Dist()
     current = start
     index = start.step
     while (max_steps is None or index < start.step + max_steps) and not stop(current):
-        removals = step_removals(net, current.spec, cost_model, current.cost, step_cost, floor)
-        if not removals:
+        options = moves(current)
+        if not options:
             return
-        full = [r for r in removals if current.cost - r[2] >= step_cost - COST_EPS]
-        candidates = score_removals(full or removals, current, score, dist)
+        full = [m for m in options if abs(current.cost - m[2]) >= step_cost - COST_EPS]
+        candidates = score_removals(full or options, current, score, dist)
         chosen = min(candidates, key=lambda c: (c.loss, -c.saved, c.group))
         index += 1
         acc = record(chosen.spec)[1] if record is not None else chosen.accuracy
@@ -178,17 +188,5 @@ def grow_search(
     Every recorded sub-net contains the one before, and so ``start``. Arguments as
     :func:`slim_search`; a step's ``saved`` is negative (cost added).
     """
-    dist = dist or Dist()
-    current = start
-    index = start.step
-    while max_steps is None or index < start.step + max_steps:
-        additions = step_additions(net, current.spec, cost_model, current.cost, step_cost, fits)
-        if not additions:
-            return
-        full = [a for a in additions if a[2] - current.cost >= step_cost - COST_EPS]
-        candidates = score_removals(full or additions, current, score, dist)
-        chosen = min(candidates, key=lambda c: (c.loss, -c.saved, c.group))  # ties: the smaller addition
-        index += 1
-        acc = record(chosen.spec)[1] if record is not None else chosen.accuracy
-        current = PathPoint(chosen.spec, chosen.cost, acc, index, 0, loss=chosen.loss)
-        yield Step(index, tuple(candidates), chosen, current)
+    return _greedy(lambda p: step_additions(net, p.spec, cost_model, p.cost, step_cost, fits), score, start,
+                   step_cost=step_cost, stop=lambda p: False, dist=dist, max_steps=max_steps, record=record)
