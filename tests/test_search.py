@@ -365,7 +365,7 @@ def test_distributed_two_ranks_choose_the_same_subnets(base_run, tmp_path):
 # -- autoslim: one-shot training, cost-steered greedy slimming, the picks trained ------------
 def slim_config(out: Path, **kw) -> SearchConfig:
     base = dict(method="autoslim", channel_groups=4, train_epochs=2, final_epochs=1, slim_step=0.1, before_train=True,
-                score_samples=24, threshold="none", direction="grow")
+                score_samples=8, threshold="none", direction="grow")  # 8 of a 20-image holdout
     base.update(kw)
     return small_config(out, **base)
 
@@ -663,3 +663,25 @@ def test_autoslim_legs_nest_over_the_previous_pick(slim_run, tmp_path, monkeypat
         floor = SubnetSpec.of(leg["floor"])
         assert all(path[i].spec.contains(floor) for i in leg["points"])
         assert any(p.contains(floor) and p != floor for p in picks) or floor in picks
+
+
+def test_record_reuses_the_scored_subset_and_equals_the_whole_holdout(slim_run, tmp_path):
+    """``record`` evaluates only the holdout less the scoring subset for a sub-net the last
+    step scored; its (loss, accuracy) equal a whole-holdout evaluation either way."""
+    from edgedyn.search import run as R
+    from edgedyn.search.dist import Dist
+
+    out, _ = slim_run
+    cfg = slim_config(tmp_path / "rec", weights=str(out / "weights.pt"), pretrain_epochs=0, score_samples=8)
+    run = R._Run(cfg, MockLatency(), Dist(), None)
+    assert run.score_rest, "the scoring subset must leave a rest of the holdout here"
+    n_sub = sum(int(y.numel()) for _, y in run.score_set)
+    n_rest = sum(int(y.numel()) for _, y in run.score_rest)
+    assert n_sub == 8 and n_sub + n_rest == sum(int(y.numel()) for _, y in run.holdout)
+    full, half = run.net.full_spec(), run.net.uniform_spec(0.5)
+    for spec in (full, half):
+        whole = T.calibrated_loss_and_accuracy(run.net, spec, run.holdout, run.search_calib)
+        run.score(spec)  # scored first: the subset's sums are reused
+        assert run.record(spec) == pytest.approx(whole, rel=1e-5)
+        assert run.record(spec) == pytest.approx(whole, rel=1e-5)  # not scored: evaluated whole
+        assert spec not in run.net.bn_stats  # temporary statistics are not left behind

@@ -58,6 +58,10 @@ METHODS = {
                               "latency"),
     "autoslim-grow+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="grow"),
                             "flops"),
+    # round 4: the same legs on 2 of the 3 joint epochs (uniform one-shot, as US-Nets trains),
+    # then the picks trained jointly for the last epoch (--final-epochs) of the same schedule
+    "autoslim-final+latency": (dict(method="autoslim", supernet_students="uniform", direction="slim"), "latency"),
+    "autoslim-final+flops": (dict(method="autoslim", supernet_students="uniform", direction="slim"), "flops"),
     "autoslim-random+latency": (dict(method="autoslim", supernet_students="random", final_epochs=1,
                                      uniform_candidates=False), "latency"),
     "usnet": (dict(method="usnet"), "latency"),
@@ -163,7 +167,7 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
             # run), which other jobs on the machine do not inflate as they do the wall time
             info = {"wall_s": time.time() - t0 - extra + charged, "diagnostic_s": extra, "resumed": cfg.resume,
                     "reused_usnet_s": charged, "own_wall_s": time.time() - t0 - extra,
-                    "own_cpu_s": time.process_time() - c0}
+                    "own_cpu_s": time.process_time() - c0 - result.timings.get("before_train_cpu_s", 0.0)}
             _write(done, info)
             runs[(seed, name)] = {"dir": run_dir, **info}
     return runs

@@ -189,7 +189,7 @@ class SearchResult:
     path: list[PathPoint]
     steps: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # wall seconds of optional diagnostics
+    timings: dict[str, float] = field(default_factory=dict)  # wall (and CPU) seconds of optional diagnostics
     legs: list[dict[str, Any]] = field(default_factory=list)  # autoslim: the search's legs (floor, path indices)
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,13 +246,23 @@ class _Run:
         # candidates are scored on a fixed, seeded subset of the holdout (the whole of it
         # scores the recorded path points and the picks)
         hold = self.data.holdout
+        self.score_rest: list | None = None  # the holdout less the scoring subset (see ``record``)
         if config.score_samples is not None and config.score_samples < len(hold):
             from torch.utils.data import Subset
 
             gen = torch.Generator().manual_seed(config.seed)
-            idx = torch.randperm(len(hold), generator=gen)[:config.score_samples].sort().values
-            hold = hold.subset(idx.numpy()) if hasattr(hold, "subset") else Subset(hold, idx.tolist())
+            perm = torch.randperm(len(hold), generator=gen)
+            idx = perm[:config.score_samples].sort().values
+            if hasattr(hold, "subset"):
+                rest = perm[config.score_samples:].sort().values
+                self.score_rest = list(make_loader(hold.subset(rest.numpy()), max(config.batch_size, 256),
+                                                   shuffle=False))
+                hold = hold.subset(idx.numpy())
+            else:
+                hold = Subset(hold, idx.tolist())
         self.score_set = list(make_loader(hold, max(config.batch_size, 256), shuffle=False))
+        # the last step's scores: BN statistics and the scoring subset's sums, which ``record`` reuses
+        self._scored: dict[SubnetSpec, tuple[dict, float, int, int]] = {}
         self.test = list(make_loader(self.data.test, config.batch_size, shuffle=False))
         calib = make_loader(self.data.train, config.batch_size, shuffle=False)
         self.search_calib = T.take_batches(calib, config.search_calib_batches) if config.search_calib_batches else []
@@ -428,11 +438,38 @@ class _Run:
 
     def score(self, spec: SubnetSpec) -> tuple[float, float]:
         """(loss, accuracy) on the scoring subset, after a temporary BN recalibration."""
-        return T.calibrated_loss_and_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
+        if self.score_rest is None:
+            return T.calibrated_loss_and_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
+        with T.temporary_bn(self.net, spec, self.search_calib):
+            loss, acc = T.loss_and_accuracy(self.net, spec, self.score_set, self.device)
+            n = sum(int(y.numel()) for _, y in self.score_set)
+            self._scored[spec] = (self.net.bn_stats.get(spec), loss * n, round(acc * n), n)
+        return loss, acc
 
     def record(self, spec: SubnetSpec) -> tuple[float, float]:
-        """(loss, accuracy) on the whole holdout, after a temporary BN recalibration."""
-        return T.calibrated_loss_and_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
+        """(loss, accuracy) on the whole holdout, after a temporary BN recalibration.
+
+        With a scoring subset, the holdout is its subset and the rest: a sub-net the last
+        step scored keeps its BN statistics and subset sums, and only the rest is evaluated
+        (every rank computes the same sums whether it scored the sub-net or not)."""
+        if self.score_rest is None:
+            return T.calibrated_loss_and_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
+        if spec not in self._scored:
+            self.score(spec)
+        stats, loss_sum, correct, n = self._scored[spec]
+        self._scored.clear()
+        kept = self.net.bn_stats.pop(spec, None)
+        if stats is not None:
+            self.net.bn_stats[spec] = stats
+        try:
+            loss, acc = T.loss_and_accuracy(self.net, spec, self.score_rest, self.device)
+        finally:
+            self.net.bn_stats.pop(spec, None)
+            if kept is not None:
+                self.net.bn_stats[spec] = kept
+            self.net.set_subnet(spec)
+        m = sum(int(y.numel()) for _, y in self.score_rest)
+        return (loss_sum + loss * m) / (n + m), (correct + round(acc * m)) / (n + m)
 
     def search(self) -> None:
         done, _ = self.reached("search")
@@ -686,7 +723,7 @@ class _Run:
         sel = self.state["selection"]
         if self.c.method != "autoslim" or not self.c.before_train or all("before_train" in d for d in sel):
             return
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.seed("final", 1)
         calib = T.take_batches(self.train_loader("final", 1), self.c.calib_batches)
         cache: dict[SubnetSpec, dict[str, float]] = {}
@@ -698,7 +735,9 @@ class _Run:
                         "test_accuracy": T.accuracy(self.net, point.spec, self.test, self.device)}
             d["before_train"] = cache[point.spec]
         # what this diagnostic cost (a benchmark takes it out of the pipeline's time)
-        self.state.setdefault("timings", {})["before_train_s"] = round(time.perf_counter() - start, 3)
+        timings = self.state.setdefault("timings", {})
+        timings["before_train_s"] = round(time.perf_counter() - start, 3)
+        timings["before_train_cpu_s"] = round(time.process_time() - cpu, 3)
         self.net.set_subnet(self.net.full_spec())
 
     def advance(self, phase: str) -> None:
