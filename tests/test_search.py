@@ -685,3 +685,26 @@ def test_record_reuses_the_scored_subset_and_equals_the_whole_holdout(slim_run, 
         assert run.record(spec) == pytest.approx(whole, rel=1e-5)
         assert run.record(spec) == pytest.approx(whole, rel=1e-5)  # not scored: evaluated whole
         assert spec not in run.net.bn_stats  # temporary statistics are not left behind
+
+
+def test_autoslim_full_model_serves_the_budgets_it_fits(slim_run, tmp_path, monkeypatch):
+    """Even when the holdout rates a smaller sub-net above the full model, a budget the full
+    model fits gets the full model (and the picks below still nest inside it)."""
+    from edgedyn.search import run as R
+
+    out, _ = slim_run
+    real = R._Run.record
+
+    def record(self, spec):
+        loss, acc = real(self, spec)
+        return loss, acc if spec == self.net.full_spec() else acc + 1.0  # every smaller sub-net looks better
+
+    monkeypatch.setattr(R._Run, "record", record)
+    cfg = slim_config(tmp_path / "full", weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,1.0",
+                      direction="slim", final_epochs=0, train_epochs=0)
+    result = run_search(cfg, MockLatency())
+    picks = [s.spec for s in result.subnets]
+    assert [s.budget.text for s in result.subnets] == ["0.4", "0.7", "1.0"]
+    assert picks[-1] == result.net.full_spec()
+    assert picks[1] != result.net.full_spec()  # below the full model the holdout still decides
+    assert all(big.contains(small) for small, big in zip(picks, picks[1:]))

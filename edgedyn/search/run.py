@@ -689,9 +689,15 @@ class _Run:
         if self.c.method == "autoslim":
             # every point was scored on the same one-shot weights, so they compare as they are;
             # the picks are the most accurate nested chain that fits the budgets
+            # The full model serves every budget it fits: it contains every other pick, and the
+            # holdout's noise must not swap it for a slightly smaller sub-net (which, with
+            # final epochs, would also take the full model out of the training).
             path = self._candidates(path)
-            picks = pick_nested(path, self.budgets, self.select_full, self.select_cost.unit,
-                                lambda a, b: a.spec.contains(b.spec), margin=self.c.budget_margin)
+            full = next(p for p in path if p.spec == self.net.full_spec())
+            below = [b for b in self.budgets if b.limit(self.select_full, self.c.budget_margin) < full.cost]
+            picks = pick_nested(path, below, self.select_full, self.select_cost.unit,
+                                lambda a, b: a.spec.contains(b.spec), margin=self.c.budget_margin) if below else []
+            picks += [(b, full) for b in self.budgets if b not in below]
             log.info("re-selection: %d candidates (search path and uniform widths), nested picks", len(path))
             self.state["selection"] = [{"budget": b.text, "point": p.to_dict()} for b, p in picks]
             return picks
