@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search-calib-batches", type=int, default=2, help="BN recalibration batches per candidate")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: time and report the runs that finished (a method may have fewer seeds)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="train and time nothing: summarise the last report's bench_search.json again for "
+                        "--seeds and --methods (written as bench_search.seeds<...>.md)")
     p.add_argument("--no-measure", action="store_true",
                    help="train and search only (seeds run as parallel processes; a last call times and reports)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
@@ -309,8 +312,13 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
         if all(c is not None for c in cpu):
             summary[m]["own_cpu_s"] = _msd(cpu)
         if "usnet" in methods:
-            ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in have[m]]
+            ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in have[m] if (s, "usnet") in runs]
             summary[m]["wall_vs_usnet"] = _msd(ratio)
+            # CPU seconds (not inflated by other jobs): the seeds whose US-Nets run recorded them
+            ratio = [runs[(s, m)]["own_cpu_s"] / runs[(s, "usnet")]["own_cpu_s"] for s in have[m]
+                     if runs[(s, m)].get("own_cpu_s") and (s, "usnet") in runs and runs[(s, "usnet")].get("own_cpu_s")]
+            if ratio and m != "usnet":
+                summary[m]["cpu_vs_usnet"] = _msd(ratio)
     return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary}
 
 
@@ -367,7 +375,7 @@ def markdown(res: dict, doc: dict) -> str:
     """The result tables as Markdown (pasted into the README and docs/search.md)."""
     b, full = res["budgets"], res["full_ms"]
     lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b)
-             + " | average | wall x US-Nets | own CPU s |", "|---|" + "---|" * (len(b) + 3)]
+             + " | average | wall x US-Nets | own CPU s | CPU x US-Nets |", "|---|" + "---|" * (len(b) + 4)]
     def label(m: str) -> str:
         n = len(res["summary"][m]["seeds"])
         return m if n == len(res["seeds"]) else f"{m} ({n} seed{'s' if n > 1 else ''})"
@@ -376,11 +384,13 @@ def markdown(res: dict, doc: dict) -> str:
         wall = s.get("wall_vs_usnet")
         lines.append(f"| {label(m)} | " + " | ".join(_pct(d) for d in s["per_budget"]) + f" | {_pct(s['average'])} | "
                      + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " | "
-                     + (f"{s['own_cpu_s']['mean']:.0f} ± {s['own_cpu_s']['sd']:.0f}" if "own_cpu_s" in s else "-") + " |")
+                     + (f"{s['own_cpu_s']['mean']:.0f} ± {s['own_cpu_s']['sd']:.0f}" if "own_cpu_s" in s else "-") + " | "
+                     + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']} seeds)" if (c := s.get("cpu_vs_usnet")) else "-")
+                     + " |")
         if "before_final_training" in s:
             f = s["before_final_training"]
             lines.append(f"| {m}, before its final epoch | " + " | ".join(_pct(d) for d in f["per_budget"])
-                         + f" | {_pct(f['average'])} | - | - |")
+                         + f" | {_pct(f['average'])} | - | - | - |")
     lines += ["", "| paired difference against US-Nets (points) | " + " | ".join(f"{x:g}" for x in b) + " | average |",
               "|---|" + "---|" * (len(b) + 1)]
     for m, s in res["summary"].items():
@@ -440,6 +450,38 @@ def _write(path: Path, obj) -> None:
     atomic_write_json(path, obj)
 
 
+def summarize(args: argparse.Namespace) -> int:
+    """The comparison again, from a report's JSON, for a subset of its seeds and methods."""
+    from edgedyn.artifacts import load_json
+    from edgedyn.errors import EdgedynError
+
+    out = Path(args.out)
+    try:
+        doc = load_json(out / "bench_search.json", "edgedyn.bench_search/2")
+    except EdgedynError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seeds = {int(s) for s in args.seeds.split(",")}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    runs, subs = {}, {}
+    for key, v in doc["runs"].items():
+        seed, m = int(key.split("/")[0][4:]), key.split("/", 1)[1]
+        if seed in seeds and m in methods:
+            runs[(seed, m)] = v
+            subs[(seed, m)] = v["deployed"]
+    runs = dict(sorted(runs.items(), key=lambda kv: (methods.index(kv[0][1]), kv[0][0])))
+    lat = {tuple(e["widths"]): e for e in doc["latency"]}
+    args.budgets = ",".join(f"{b:g}" for b in doc["budgets"])
+    res = compare(args, runs, subs, lat)
+    res["at_predicted_latency"] = {m: v["vs_usnet"] for m, v in compare(args, runs, subs, lat, "predicted")[
+        "summary"].items() if "vs_usnet" in v}
+    report(res, lambda m: print(m))
+    path = out / f"bench_search.seeds{'-'.join(str(s) for s in sorted(seeds))}.md"
+    path.write_text(markdown(res, doc))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from edgedyn.errors import EdgedynError
     from edgedyn.profile import LatencyTable
@@ -449,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.summarize_only:
+        return summarize(args)
     try:
         table = LatencyTable.load(args.table)
         t0 = time.time()
