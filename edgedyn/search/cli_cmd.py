@@ -37,8 +37,9 @@ from ..errors import EdgedynError
 @click.option("--criterion", type=click.Choice(["ratio", "drop"]), default="ratio", show_default=True,
               help="progressive: keep the removal with the least accuracy lost per cost saved (ratio), or "
                    "the least accuracy lost (drop, the paper's).")
-@click.option("--final-epochs", type=NONNEG_INT, default=0, show_default=True,
-              help="autoslim: the last of the --train-epochs train the chosen sub-nets only.")
+@click.option("--final-epochs", type=NONNEG_INT, default=None,
+              help="autoslim: the last of the --train-epochs train the chosen sub-nets only "
+                   "[default: a third of --train-epochs, at least 1 when there are 2 or more; 0: none].")
 @click.option("--direction", type=click.Choice(["slim", "grow"]), default="slim", show_default=True,
               help="autoslim: slim from the full model down to each budget, above the previous budget's pick "
                    "(AutoSlim's direction), or grow each budget's best candidate up to it (cheaper).")

@@ -77,7 +77,7 @@ class SearchConfig:
     pretrain_epochs: int = 5
     rank_epochs: int = 1
     train_epochs: int = 5  # joint (sandwich) epochs; autoslim: one-shot + chosen sub-nets together
-    final_epochs: int = 0  # autoslim: the last epochs train the chosen sub-nets only
+    final_epochs: int | None = None  # autoslim: the last epochs train the chosen sub-nets only (None: a third)
     slim_step: float = 0.05  # autoslim: cost removed per step, a fraction of the full model's
     supernet_students: str = "uniform"  # autoslim's one-shot widths: "uniform" (US-Nets') or "random" (per group)
     uniform_candidates: bool = True  # autoslim: re-selection also weighs the uniform widths (nested picks)
@@ -115,7 +115,7 @@ class SearchConfig:
             raise EdgedynError(f"ranking {self.ranking!r} is unknown; use one of {', '.join(RANKINGS)}")
         if self.criterion not in CRITERIA:
             raise EdgedynError(f"criterion {self.criterion!r} is unknown; use one of {', '.join(CRITERIA)}")
-        if not 0 <= self.final_epochs <= self.train_epochs:
+        if self.final_epochs is not None and not 0 <= self.final_epochs <= self.train_epochs:
             raise EdgedynError(f"final_epochs must be in 0..train_epochs ({self.train_epochs}), got {self.final_epochs}")
         if self.supernet_students not in ("random", "uniform"):
             raise EdgedynError(f"supernet_students must be 'random' or 'uniform', got {self.supernet_students!r}")
@@ -142,12 +142,19 @@ class SearchConfig:
 
     @property
     def final(self) -> int:
-        """autoslim: the epochs that train the chosen sub-nets only (the rest is one-shot)."""
-        return self.final_epochs
+        """autoslim: the epochs that train the chosen sub-nets only (the rest is one-shot).
+        By default a third of ``train_epochs``, at least one when there are two or more (the
+        one-shot phase only has to make the search's scores meaningful; the picks it finds
+        are trained on their own for the tail of the schedule, as the paper and AutoSlim do)."""
+        if self.final_epochs is not None:
+            return self.final_epochs
+        return max(1, self.train_epochs // 3) if self.train_epochs >= 2 else 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["compare"] = list(self.compare)
+        if self.method == "autoslim":
+            d["final_epochs"] = self.final  # the default resolved
         return d
 
     def identity(self) -> dict[str, Any]:
