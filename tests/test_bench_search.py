@@ -1,0 +1,65 @@
+"""tools/bench_search.py's comparison, on a hand-made report (no training, no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "tools" / "bench_search.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SMALL, MID, FULL = [1, 1], [2, 1], [2, 2]
+
+
+def _report(tmp_path: Path) -> Path:
+    """Two seeds; US-Nets deploys SMALL and FULL, method x also MID (0.45 ms by the table, 0.55 measured)."""
+    def sub(w, hold, test):
+        return {"widths": w, "holdout": hold, "test": test, "budget": None, "before_train": None}
+
+    runs = {}
+    for seed, (mid_ms, x_small) in enumerate([(0.45, 0.73), (0.55, 0.71)]):
+        runs[f"seed{seed}/usnet"] = {"dir": "u", "wall_s": 100.0, "resumed": False, "own_cpu_s": 100.0,
+                                     "deployed": [sub(SMALL, 0.70, 0.70), sub(FULL, 0.80, 0.80)]}
+        runs[f"seed{seed}/x"] = {"dir": "x", "wall_s": 150.0, "resumed": False, "own_cpu_s": 140.0,
+                                 "deployed": [sub(SMALL, 0.71, x_small), sub(MID, 0.76, 0.76),
+                                              sub(FULL, 0.80, 0.81)]}
+    lat = [{"widths": SMALL, "median": 0.3, "predicted": 0.3}, {"widths": FULL, "median": 1.0, "predicted": 1.0},
+           {"widths": MID, "median": 0.55, "predicted": 0.45}]
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench_search.json").write_text(json.dumps(
+        {"schema": "edgedyn.bench_search/2", "budgets": [0.5, 1.0], "latency": lat, "runs": runs}))
+    return out
+
+
+def test_summarize_only_pairs_seeds_and_serves_what_fits(tmp_path, capsys):
+    bench = _bench()
+    out = _report(tmp_path)
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x"]) == 0
+    md = (out / "bench_search.seeds0-1.md").read_text()
+    # measured: MID (0.55 ms) does not fit 0.5, so x serves SMALL there: +0.03 and +0.01 over US-Nets
+    assert "| x | 2.00 ± 1.00 | 1.00 ± 0.00 | 1.50 ± 0.50 |" in md
+    # predicted: MID (0.45 ms) fits: +0.06 on both seeds at 0.5
+    assert "| x | 6.00 ± 0.00 | 1.00 ± 0.00 | 3.50 ± 0.00 |" in md
+    assert "1.40 ± 0.00 (2 seeds)" in md  # CPU x US-Nets
+
+
+def test_summarize_only_one_seed_and_a_bad_report(tmp_path, capsys):
+    bench = _bench()
+    out = _report(tmp_path)
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "1", "--methods", "usnet,x"]) == 0
+    assert "| x | 1.00 | 1.00 | 1.00 |" in (out / "bench_search.seeds1.md").read_text()
+    (out / "bench_search.json").write_text("{not json")
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0", "--methods", "usnet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bench_search.json" in err[0]
