@@ -11,7 +11,6 @@ from the machine's drift (which moves every sub-net alike). Prints a table and w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
