@@ -268,6 +268,8 @@ class _Run:
             else:
                 hold = Subset(hold, idx.tolist())
         self.score_set = list(make_loader(hold, max(config.batch_size, 256), shuffle=False))
+        self._score_n = sum(int(y.numel()) for _, y in self.score_set)
+        self._rest_n = sum(int(y.numel()) for _, y in self.score_rest or [])
         # the last step's scores: BN statistics and the scoring subset's sums, which ``record`` reuses
         self._scored: dict[SubnetSpec, tuple[dict, float, int, int]] = {}
         self.test = list(make_loader(self.data.test, config.batch_size, shuffle=False))
@@ -449,7 +451,7 @@ class _Run:
             return T.calibrated_loss_and_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
         with T.temporary_bn(self.net, spec, self.search_calib):
             loss, acc = T.loss_and_accuracy(self.net, spec, self.score_set, self.device)
-            n = sum(int(y.numel()) for _, y in self.score_set)
+            n = self._score_n
             self._scored[spec] = (self.net.bn_stats.get(spec), loss * n, round(acc * n), n)
         return loss, acc
 
@@ -465,17 +467,9 @@ class _Run:
             self.score(spec)
         stats, loss_sum, correct, n = self._scored[spec]
         self._scored.clear()
-        kept = self.net.bn_stats.pop(spec, None)
-        if stats is not None:
-            self.net.bn_stats[spec] = stats
-        try:
+        with T.temporary_bn(self.net, spec, self.search_calib, stats=stats):
             loss, acc = T.loss_and_accuracy(self.net, spec, self.score_rest, self.device)
-        finally:
-            self.net.bn_stats.pop(spec, None)
-            if kept is not None:
-                self.net.bn_stats[spec] = kept
-            self.net.set_subnet(spec)
-        m = sum(int(y.numel()) for _, y in self.score_rest)
+        m = self._rest_n
         return (loss_sum + loss * m) / (n + m), (correct + round(acc * m)) / (n + m)
 
     def search(self) -> None:

@@ -226,14 +226,19 @@ def loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch
 
 
 @contextlib.contextmanager
-def temporary_bn(net: DynamicNet, spec: SubnetSpec, calib: Sequence[Batch]) -> Iterator[None]:
-    """BatchNorm statistics of ``spec`` recalibrated on ``calib`` inside the block, and the
-    sub-net's earlier statistics (if any) back afterwards (none recalibrated when empty)."""
-    if not calib:
+def temporary_bn(net: DynamicNet, spec: SubnetSpec, calib: Sequence[Batch],
+                 stats: dict | None = None) -> Iterator[None]:
+    """BatchNorm statistics of ``spec`` recalibrated on ``calib`` (or ``stats``, kept from an
+    earlier recalibration) inside the block, and the sub-net's earlier statistics (if any)
+    back afterwards (none recalibrated when ``calib`` is empty and no ``stats`` are given)."""
+    if not calib and stats is None:
         yield
         return
     kept = net.bn_stats.pop(spec, None)
-    net.calibrate_bn(spec, calib, len(calib))
+    if stats is not None:
+        net.bn_stats[spec] = stats
+    else:
+        net.calibrate_bn(spec, calib, len(calib))
     try:
         yield
     finally:
