@@ -151,6 +151,51 @@ def test_per_block_corrections_learn_what_isolated_timings_get_wrong():
     assert err.mean() < 0.5 * err_plain.mean()  # unseen sub-nets: the joint fit halves the error
 
 
+def test_blocks_timed_at_the_calls_fixed_cost_are_still_corrected():
+    """A block whose timing fell to the fixed cost of a call has an entry of ~0 ms; the prior's
+    width follows the timing as measured (fixed cost included), so the sub-nets can correct it."""
+    counts, prior, measured = _block_world(120, seed=4)
+    overhead = 0.03
+    prior[:5] = 0.0  # five blocks timed at the call's fixed cost: their entries are clamped to 0
+    feats = [{"block_sum": float(s), "weight_melems": 0.0, "act_melems": 0.0} for s in counts @ prior]
+    train = np.arange(120) < 90
+    test = ~train & (counts[:, :5].sum(1) > 0)  # unseen sub-nets holding a clamped block
+    assert test.sum() >= 5
+
+    def error(timed):
+        fit = fit_calibration([f for f, t in zip(feats, train) if t], measured[train], counts[train], timed)
+        d = fit.corrections if fit.corrections is not None else np.zeros(40)
+        pred = fit.coef["block_sum"] * (counts[test] @ (prior + d)) + fit.offset_ms
+        return float(np.mean(np.abs(pred - measured[test]) / measured[test])), d
+
+    err_timed, d = error(prior + overhead)
+    err_entry, _ = error(prior)  # the old prior: proportional to the clamped entry, so ~0 wide
+    assert d[:5].mean() > 0.5 * 0.01  # the clamped blocks got back most of their cost (>= 0.01 ms each)
+    assert err_timed < 0.6 * err_entry
+
+
+def test_as_run_pools_keys_onnxruntime_runs_on_the_same_padded_shapes():
+    from edgedyn.profile.layout import as_run
+    from edgedyn.profile.profiler import share_as_run
+    from edgedyn.profile.table import Entry
+
+    k = lambda ci, co, layout="nchwc16": BlockKey("conv", ci, co, 16, 16, 3, 1, 1, act="relu", layout=layout)  # noqa: E731
+    assert as_run(k(16, 8)) == as_run(k(16, 16)) == k(16, 16)
+    assert as_run(k(24, 20)) == as_run(k(32, 32)) == k(32, 32)  # blocked input: padded too
+    assert as_run(k(8, 8)) == k(8, 16) and as_run(k(8, 8)) != as_run(k(12, 8))  # plain input: as it is
+    assert as_run(k(16, 8, "plain")) == k(16, 8, "plain")
+    reorder = BlockKey("reorder", 8, 8, 16, 16, layout="nchwc16")
+    assert as_run(reorder) == reorder
+    entries = {k(16, 8): Entry(0.040, p10=0.03, p90=0.05, n=3), k(16, 16): Entry(0.030, n=3),
+               k(16, 24): Entry(0.050), k(8, 8): Entry(0.020, "interpolated"), k(8, 16): Entry(0.024), reorder: Entry(0.01)}
+    assert share_as_run(entries) == 2  # 16->8 and 16->16; the interpolated 8->8 is not a timing
+    assert entries[k(16, 8)].ms == entries[k(16, 16)].ms == pytest.approx(0.035)
+    assert entries[k(16, 8)].p10 == 0.03 and entries[k(16, 8)].n == 3  # each keeps its own spread
+    assert entries[k(16, 24)].ms == 0.050 and entries[k(8, 8)].ms == 0.020 and entries[k(8, 16)].ms == 0.024
+    before = dict(entries)
+    assert share_as_run(entries) == 2 and entries == before  # idempotent (resume, --merge)
+
+
 def test_per_block_corrections_are_dropped_when_the_table_is_already_right():
     counts, _, _ = _block_world(60, seed=2)
     prior = np.random.default_rng(3).uniform(0.01, 0.05, 40)

@@ -73,6 +73,11 @@ ARCHIVED = {
     "autoslim-final-r4+latency": ("round 4: autoslim-final+latency before the full model served every budget it "
                                   "fits (the holdout could swap it for a smaller sub-net)",
                                   METHODS["autoslim-final+latency"]),
+    "autoslim-final-r5+latency": ("round 5: autoslim-final+latency searched on the table before it pooled the "
+                                  "timings of padding-equivalent blocks and widened its correction priors",
+                                  METHODS["autoslim-final+latency"]),
+    "autoslim-final-r5+flops": ("round 5: autoslim-final+flops, its picks fitted to the budgets by the table "
+                                "before it pooled padding-equivalent blocks", METHODS["autoslim-final+flops"]),
 }
 DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency,paper"
 #: autoslim with uniform one-shot training and no final epochs trains exactly as US-Nets does:

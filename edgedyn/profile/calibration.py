@@ -10,7 +10,9 @@ stages, both fitted here:
    whether the memory terms are kept.
 2. **Per-block corrections, fitted jointly** (:func:`fit_calibration` with ``counts``):
    each block's isolated timing is a Gaussian prior on its in-network cost (standard
-   deviation ``prior_rel`` times its value), each whole sub-net an observation of the sum
+   deviation ``prior_rel`` times the block's timing *as measured*, the call's fixed cost
+   included: a cold call's error scales with what was timed, so a 3 us block timed in a
+   35 us call is as uncertain as the call), each whole sub-net an observation of the sum
    of its blocks (standard deviation :data:`NOISE_REL` of its latency). The corrections
    are the posterior mean (ridge regression towards the table). ``prior_rel`` is chosen
    by k-fold cross-validation over the calibration sub-nets, ``0`` (no corrections)
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 FEATURES = ("block_sum", "weight_melems", "act_melems")
 NOISE_REL = 0.02  # relative spread of one whole-sub-net measurement (per-call median of 30-200 calls)
 PRIOR_RELS = (0.0, 0.05, 0.1, 0.2, 0.4)  # candidate prior widths of the per-block corrections
-PRIOR_FLOOR_MS = 1e-3  # prior width floor: a block entry of ~0 ms may still cost a microsecond
+PRIOR_FLOOR_MS = 1e-3  # prior width floor (ms) for timings of ~0 ms
 MIN_FOR_MEMORY_TERMS = 8
 MIN_FOR_CORRECTIONS = 16
 FOLDS = 5
@@ -126,36 +128,37 @@ def _design(feats: list[dict[str, float]], names: tuple[str, ...]) -> np.ndarray
     return np.array([[f[n] for n in names] + [1.0] for f in feats])
 
 
-def _corrections(counts: np.ndarray, prior_ms: np.ndarray, residual: np.ndarray, measured: np.ndarray,
+def _corrections(counts: np.ndarray, timed_ms: np.ndarray, residual: np.ndarray, measured: np.ndarray,
                  scale: float, prior_rel: float) -> np.ndarray:
     """Posterior mean of per-block corrections (ms) given whole-sub-net residuals."""
     a = counts * scale / (NOISE_REL * measured)[:, None]
-    tau = prior_rel * np.maximum(prior_ms, PRIOR_FLOOR_MS)
+    tau = prior_rel * np.maximum(timed_ms, PRIOR_FLOOR_MS)
     h = a.T @ a + np.diag(1.0 / tau ** 2)
     return np.linalg.solve(h, a.T @ (residual / (NOISE_REL * measured)))
 
 
-def _fit(feats, measured, names, counts, prior_ms, prior_rel):
+def _fit(feats, measured, names, counts, timed_ms, prior_rel):
     x = _design(feats, names)
     c, *_ = np.linalg.lstsq(x, measured, rcond=None)
     d = None
     if prior_rel > 0:
-        d = _corrections(counts, prior_ms, measured - x @ c, measured, c[0], prior_rel)
+        d = _corrections(counts, timed_ms, measured - x @ c, measured, c[0], prior_rel)
     return c, d
 
 
 def fit_calibration(feats: list[dict[str, float]], measured: Sequence[float], counts: np.ndarray | None = None,
-                    prior_ms: np.ndarray | None = None) -> CalibrationFit:
+                    timed_ms: np.ndarray | None = None) -> CalibrationFit:
     """Fit the calibration of one model on whole sub-nets (see the module docstring).
 
     ``feats`` are the sub-nets' uncorrected features, ``measured`` their latencies (ms).
-    With ``counts`` (sub-nets x block keys: how often each key occurs) and ``prior_ms`` (each
-    key's block-sum contribution), per-block corrections are fitted where cross-validation
-    says they help; they need at least :data:`MIN_FOR_CORRECTIONS` sub-nets.
+    With ``counts`` (sub-nets x block keys: how often each key occurs) and ``timed_ms`` (each
+    key's timing as measured, the call's fixed cost included: it sets the prior's width),
+    per-block corrections are fitted where cross-validation says they help; they need at
+    least :data:`MIN_FOR_CORRECTIONS` sub-nets.
     """
     measured = np.asarray(measured, float)
     names = _feature_model(feats, measured)
-    rels = PRIOR_RELS if counts is not None and prior_ms is not None and len(measured) >= MIN_FOR_CORRECTIONS \
+    rels = PRIOR_RELS if counts is not None and timed_ms is not None and len(measured) >= MIN_FOR_CORRECTIONS \
         else (0.0,)
     n = len(measured)
     folds = min(FOLDS, n)
@@ -166,7 +169,7 @@ def fit_calibration(feats: list[dict[str, float]], measured: Sequence[float], co
         for f in range(folds):
             tr, te = fold != f, fold == f
             c, d = _fit([feats[i] for i in np.flatnonzero(tr)], measured[tr], names,
-                        None if counts is None else counts[tr], prior_ms, rel)
+                        None if counts is None else counts[tr], timed_ms, rel)
             pred = _design([feats[i] for i in np.flatnonzero(te)], names) @ c
             if d is not None:
                 pred = pred + c[0] * (counts[te] @ d)
@@ -176,7 +179,7 @@ def fit_calibration(feats: list[dict[str, float]], measured: Sequence[float], co
             best = (cv, rel)
     assert best is not None
     cv, rel = best
-    c, d = _fit(feats, measured, names, counts, prior_ms, rel)
+    c, d = _fit(feats, measured, names, counts, timed_ms, rel)
     if c[0] <= 0:
         raise EdgedynError("calibration failed: the fitted block-sum scale is <= 0 (measurements too noisy?)")
     return CalibrationFit(dict(zip(names, (float(v) for v in c[:-1]))), float(c[-1]), cv, d, rel)

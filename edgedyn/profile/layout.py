@@ -179,6 +179,21 @@ class Layout:
 PLAIN = Layout()
 
 
+def as_run(key: BlockKey) -> BlockKey:
+    """The computation ONNX Runtime actually runs for ``key``.
+
+    A blocked conv computes its output channels padded to the block, and reads its input
+    padded too when the input arrives blocked (``c_in >= block``); keys with the same
+    ``as_run`` run the same kernels on the same shapes (e.g. 16 -> 8 and 16 -> 16 channels
+    with block 16). Every other key runs as it is.
+    """
+    b = key.nchwc_block
+    if key.op != "conv" or not b or key.depthwise:
+        return key
+    pad = lambda c: -(-c // b) * b  # noqa: E731
+    return key.with_channels(key.c_in if key.c_in < b else pad(key.c_in), pad(key.c_out))
+
+
 def _grid(net: "DynamicNet", blocks: list[BlockTemplate], batch: int, precision: str) -> list[BlockKey]:
     keys: dict[BlockKey, None] = {}
     for t in blocks:

@@ -38,6 +38,7 @@ from ..progress import Progress
 from .blocks import BlockKey, all_keys
 from .measure import BLOCKS, WHOLE_NET, measure_calls, measure_interleaved
 from .calibration import FOLDS, Calibration, fit_calibration
+from .layout import as_run
 from .table import Entry, LatencyTable
 
 PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
@@ -217,6 +218,30 @@ def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[
         ms = float(RegularGridInterpolator(axes, values)(np.array([point]))[0]) if axes else float(values)
         out[k] = Entry(ms, "interpolated")
     return out
+
+
+def share_as_run(entries: dict[BlockKey, Entry]) -> int:
+    """Give measured keys that run the same computation (:func:`~edgedyn.profile.layout.as_run`)
+    the mean of their timings; returns how many entries were pooled.
+
+    Their timings differ only by noise: a cold call of a 5-50 us block moves by several
+    microseconds with its neighbours in the pool, and on resnet20 that noise had put
+    16 -> 16-channel convs below the call's fixed cost (entries of 0 us) while 16 -> 8 read
+    8 us more. Pooling removes noise that the search would otherwise exploit. Idempotent.
+    """
+    groups: dict[BlockKey, list[BlockKey]] = {}
+    for k, e in entries.items():
+        if e.source == "measured":
+            groups.setdefault(as_run(k), []).append(k)
+    pooled = 0
+    for ks in groups.values():
+        if len(ks) < 2:
+            continue
+        ms = float(np.mean([entries[k].ms for k in ks]))
+        for k in ks:  # each keeps its own spread (p10 / p90: its lowest and highest pass)
+            entries[k] = dataclasses.replace(entries[k], ms=ms)
+        pooled += len(ks)
+    return pooled
 
 
 class Profiler:
@@ -440,6 +465,9 @@ class Profiler:
             # the median over passes; p10 / p90 hold the lowest and highest pass (spread across pools)
             table.entries[k] = Entry(float(np.median(per_pass)), "measured", float(per_pass.min()),
                                      float(per_pass.max()), None, len(per_pass))
+        pooled = share_as_run(table.entries)
+        if pooled:
+            self.log(f"{pooled} blocks share their timing with blocks ONNX Runtime runs on the same padded shapes")
         if overheads:  # measured alongside every chunk; a resumed or merged run keeps the old one
             table.call_overhead_ms = float(np.median(overheads))
             self.log(f"fixed cost of one {c.backend} call: {table.call_overhead_ms * 1e3:.1f} us "
@@ -521,8 +549,10 @@ class Profiler:
         for i, ks in enumerate(spec_keys):
             for k in ks:
                 counts[i, col[k]] += 1
-        prior = np.array([table.block_ms(net, k) for k in keys])
-        fit = fit_calibration(feats, measured, counts, prior)
+        # the prior's width follows each block's timing as measured, the call's fixed cost
+        # included (a block timed at about that cost has a near-zero entry, not a certain one)
+        timed = np.array([table.entries[k].ms for k in keys])
+        fit = fit_calibration(feats, measured, counts, timed)
         corrections = {} if fit.corrections is None else {
             k: float(d) for k, d in zip(keys, fit.corrections) if abs(d) > 1e-7}
         points = [{"widths": list(s.widths), **{k: round(float(v), 5) for k, v in f.items()},
