@@ -106,10 +106,13 @@ def _model_options(f):
 @click.option("--resume", is_flag=True, help="Continue an interrupted profile from <out>.partial.json.")
 @click.option("--merge", is_flag=True, help="Add this model's blocks to an existing table at --out.")
 @click.option("--overwrite", is_flag=True, help="Start afresh, discarding an interrupted profile's <out>.partial.json.")
+@click.option("--refit", is_flag=True,
+              help="Measure nothing: re-derive the table at --out from the timings it holds (pooled blocks, "
+                   "calibration, validation), e.g. after an edgedyn upgrade; same model options as its profile.")
 @click.option("--quiet", is_flag=True, help="No progress bars or progress lines.")
 def profile(model_name, input_size, num_classes, channel_groups, group_size, min_groups, device, backend, precision,
             batch, threads, subsample, passes, calibrate, validate, roofline_device, out, resume, merge,
-            overwrite, quiet) -> None:
+            overwrite, refit, quiet) -> None:
     """Measure per-block latency on this device and write a latency lookup table."""
     from .profile.profiler import ProfileConfig, ProfileInterrupted, profile as run_profile
 
@@ -119,6 +122,17 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
                         subsample=subsample, passes=passes, calibrate=calibrate, validate=validate,
                         roofline_device=roofline_device, resume=resume, merge=merge, overwrite=overwrite,
                         out=out or Path("profiles") / f"{device}-{model_name}.json").resolved()
+    if refit:
+        from .profile.profiler import Profiler
+
+        if resume or merge or overwrite:
+            raise click.UsageError("--refit re-derives an existing table: give it without --resume, --merge "
+                                   "or --overwrite")
+        if not cfg.out.is_file():
+            raise click.UsageError(f"--refit: no table at {cfg.out} (give --out)")
+        Profiler(cfg, log=lambda m: click.echo(m, err=True), progress=False).refit()
+        click.echo(f"wrote {cfg.out}: refitted from the timings it holds")
+        return
     cfg.check_paths()  # before anything is measured or written
     if cfg.device == "jetson" and cfg.backend != "roofline":
         from .device import device_info

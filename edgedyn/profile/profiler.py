@@ -540,6 +540,10 @@ class Profiler:
             return
         specs = self._calibration_specs()
         measured = np.array(self._measure_specs(specs, whole, table, "calibration"))
+        self._fit_calibration(table, specs, measured)
+
+    def _fit_calibration(self, table: LatencyTable, specs: list, measured: np.ndarray) -> None:
+        """Fit the model's calibration on whole sub-nets ``specs`` measured at ``measured`` ms."""
         net = self.net
         spec_keys = [table.keys(net, s) for s in specs]
         feats = [table.features_of_keys(net, ks) for ks in spec_keys]
@@ -578,11 +582,15 @@ class Profiler:
         return specs
 
     def _validate(self, table: LatencyTable, whole: dict) -> None:
+        specs = self._validation_specs()
+        measured = np.array(self._measure_specs(specs, whole, table, "validation"))
+        self._score_validation(table, specs, measured)
+
+    def _score_validation(self, table: LatencyTable, specs: list, measured: np.ndarray) -> None:
+        """The table's accuracy on unseen sub-nets ``specs`` measured at ``measured`` ms."""
         from scipy.stats import spearmanr
 
         net = self.net
-        specs = self._validation_specs()
-        measured = np.array(self._measure_specs(specs, whole, table, "validation"))
         pred = np.array([table.predict(net, s) for s in specs])
         macs = np.array([net.macs(s) for s in specs], float)
         err = np.abs(pred - measured) / measured
@@ -602,6 +610,54 @@ class Profiler:
         self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
                  f"within 10%: {result['within_10pct']:.1f}%  Spearman table {fmt(result['spearman_table'])}  "
                  f"Spearman FLOPs {fmt(result['spearman_flops'])}")
+
+
+    def refit(self) -> LatencyTable:
+        """Re-derive the table at ``out`` from the timings it holds, measuring nothing.
+
+        Pools padding-equivalent blocks (:func:`share_as_run`), fits the model's calibration
+        again on its stored whole sub-nets and scores its stored validation sub-nets: what an
+        upgrade of edgedyn's table model needs, without the device (a Jetson) at hand.
+        """
+        from ..dynamic import SubnetSpec
+
+        path = Path(self.cfg.out)
+        table = LatencyTable.load(path)
+        net = self.net
+        sig = net.arch_signature()
+        cal = table.calibration.get(sig)
+        if cal is None or len(cal.points) < 2:
+            have = sorted(c.model for c in table.calibration.values()) or ["none"]
+            raise ArtifactError(f"{path}: field 'calibration' holds no measured sub-nets of {net.name}@"
+                                f"{net.input_shape[-1]} with these channel groups (it has: {', '.join(have)}); "
+                                "nothing to refit: profile it")
+        table.check_model(net)
+        pooled = share_as_run(table.entries)
+        self.log(f"{path}: {pooled} blocks pooled with blocks run on the same padded shapes")
+
+        def points(rows: list, where: str) -> tuple[list, np.ndarray]:
+            specs, ms = [], []
+            for i, r in enumerate(rows):
+                at = f"{where}[{i}]"
+                m = r.get("measured_ms") if isinstance(r, dict) else None
+                if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < float("inf"):
+                    raise ArtifactError(f"{path}: field '{at}.measured_ms' is {m!r}, expected a latency in ms > 0")
+                try:
+                    sp = SubnetSpec.from_dict(r, at)
+                    net.check_spec(sp)
+                except EdgedynError as err:
+                    raise ArtifactError(f"{path}: field '{at}': {err}") from None
+                specs.append(sp)
+                ms.append(float(m))
+            return specs, np.array(ms)
+
+        self._fit_calibration(table, *points(cal.points, "calibration.points"))
+        val = table.validation.get(sig)
+        if val and val.get("points"):
+            self._score_validation(table, *points(val["points"], "validation.points"))
+        table.backend["refit"] = _now()
+        table.save(path)
+        return table
 
 
 def _check_layout(table: LatencyTable, fresh: LatencyTable, path: Path) -> None:
