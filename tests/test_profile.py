@@ -394,3 +394,39 @@ def test_bounded_map_keeps_order_and_bounds_what_is_in_flight():
             out.append(y)
             assert len(submitted) <= i + 1 + 3  # lazily consumed: never more than 3 ahead
     assert out == [i * i for i in range(50)] and peak[0] <= 3
+
+
+def test_refit_rederives_a_table_from_its_own_timings_and_refuses_bad_ones(fake, tmp_path):
+    table = Profiler(cfg(tmp_path), log=lambda m: None, progress=False).run()
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    spec = net.random_spec(11)
+    good = table.predict(net, spec)
+    path = tmp_path / "t.json"
+    obj = json.loads(path.read_text())
+    sig = net.arch_signature()
+    obj["calibration"][sig].update(coef={"block_sum": 3.0}, offset_ms=1.0)  # a stale fit
+    obj["validation"][sig]["mape"] = 99.0
+    path.write_text(json.dumps(obj))
+    calls = fake.block_calls
+    args = ["profile", "--model", "resnet20", "--input-size", "16", "--out", str(path), "--refit"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert fake.block_calls == calls  # nothing measured
+    refit = LatencyTable.load(path)
+    assert refit.predict(net, spec) == pytest.approx(good, rel=1e-4)  # the stored timings give the fit back
+    assert refit.validation[sig]["mape"] < 1e-2 and "refit" in refit.backend
+
+    obj = json.loads(path.read_text())
+    obj["calibration"][sig]["points"][2]["measured_ms"] = -1
+    path.write_text(json.dumps(obj))
+    before = path.read_text()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "t.json" in res.output and "calibration.points[2].measured_ms" in res.output
+    assert path.read_text() == before  # nothing written
+    res = CliRunner().invoke(cli, args[:4] + ["24", "--out", str(path), "--refit"])  # a model it does not hold
+    assert res.exit_code != 0 and "field 'calibration'" in res.output and "resnet20@16" in res.output
+    res = CliRunner().invoke(cli, args + ["--merge"])
+    assert res.exit_code == 2 and "--refit" in res.output
+    res = CliRunner().invoke(cli, args[:-3] + ["--out", str(tmp_path / "none.json"), "--refit"])
+    assert res.exit_code == 2 and "none.json" in res.output
