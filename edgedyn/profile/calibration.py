@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import EdgedynError
+from .layout import as_run, pad_channels
 
 if TYPE_CHECKING:
     from .blocks import BlockKey
@@ -43,21 +44,16 @@ MIN_FOR_CORRECTIONS = 16
 FOLDS = 5
 
 
-def _pad(c: int, block: int) -> int:
-    """``c`` channels padded to a multiple of the layout's channel block (0: no blocking)."""
-    return -(-c // block) * block if block else c
-
-
 def key_features(keys: "Sequence[BlockKey]") -> tuple[float, float]:
     """(weight, output activation) elements, in millions, of conv and linear blocks, as laid out."""
     w = a = 0.0
     for k in keys:
-        blk = k.nchwc_block
-        if k.op == "conv":
-            c_in = 1 if k.depthwise else (k.c_in if (not blk or k.c_in < blk) else _pad(k.c_in, blk))
+        if k.op == "conv":  # the shapes ONNX Runtime computes (NCHWc: padded channels)
+            c_out = pad_channels(k.c_out, k.nchwc_block)
+            c_in = 1 if k.depthwise else as_run(k).c_in
             oh, ow = k.out_hw
-            w += _pad(k.c_out, blk) * c_in * k.kernel * k.kernel
-            a += k.batch * _pad(k.c_out, blk) * oh * ow
+            w += c_out * c_in * k.kernel * k.kernel
+            a += k.batch * c_out * oh * ow
         elif k.op == "linear":
             w += k.c_in * k.c_out
             a += k.batch * k.c_out

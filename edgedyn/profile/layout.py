@@ -190,8 +190,12 @@ def as_run(key: BlockKey) -> BlockKey:
     b = key.nchwc_block
     if key.op != "conv" or not b or key.depthwise:
         return key
-    pad = lambda c: -(-c // b) * b  # noqa: E731
-    return key.with_channels(key.c_in if key.c_in < b else pad(key.c_in), pad(key.c_out))
+    return key.with_channels(key.c_in if key.c_in < b else pad_channels(key.c_in, b), pad_channels(key.c_out, b))
+
+
+def pad_channels(c: int, block: int) -> int:
+    """``c`` channels padded to a multiple of the layout's channel block (0: no blocking)."""
+    return -(-c // block) * block if block else c
 
 
 def _grid(net: "DynamicNet", blocks: list[BlockTemplate], batch: int, precision: str) -> list[BlockKey]:
