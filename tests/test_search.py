@@ -708,3 +708,57 @@ def test_autoslim_full_model_serves_the_budgets_it_fits(slim_run, tmp_path, monk
     assert picks[-1] == result.net.full_spec()
     assert picks[1] != result.net.full_spec()  # below the full model the holdout still decides
     assert all(big.contains(small) for small, big in zip(picks, picks[1:]))
+
+
+def test_autoslim_one_shot_training_is_usnets_training(slim_run, tmp_path):
+    """autoslim's one-shot phase draws US-Nets' batches and widths: without final epochs it
+    trains the very network US-Nets trains (what the benchmark's reuse of US-Nets' weights
+    relies on), and with a final epoch its first epoch is US-Nets' first epoch."""
+    out, _ = slim_run
+    start = dict(weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,1.0", direction="slim")
+    snaps: dict[str, dict[str, torch.Tensor]] = {}
+
+    def snap(name: str, phase: str, index: int):
+        def hook(p: str, i: int) -> None:
+            if (p, i) == (phase, index):
+                snaps[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["state_dict"]
+        return hook
+
+    def same(a: str, b: str) -> bool:
+        return snaps[a].keys() == snaps[b].keys() and all(torch.equal(snaps[a][k], snaps[b][k]) for k in snaps[a])
+
+    run_search(slim_config(tmp_path / "us", method="usnet", **start), MockLatency(), hook=snap("us", "train", 2))
+    run_search(slim_config(tmp_path / "us1", method="usnet", **start), MockLatency(), hook=snap("us1", "train", 1))
+    run_search(slim_config(tmp_path / "as", final_epochs=0, **start), MockLatency(), hook=snap("as", "supernet", 2))
+    run_search(slim_config(tmp_path / "af", final_epochs=1, **start), MockLatency(), hook=snap("af", "supernet", 1))
+    run_search(slim_config(tmp_path / "af2", final_epochs=1, **start), MockLatency(), hook=snap("af2", "train", 1))
+    assert same("us", "as")  # no final epochs: US-Nets' network, bit for bit
+    assert same("us1", "af")  # the first of two epochs: US-Nets' first epoch
+    assert not same("us", "af2")  # the last epoch trains the picks instead
+
+
+def test_autoslim_scores_each_subnet_once_and_the_memo_changes_nothing(slim_run, tmp_path, monkeypatch):
+    """The legs revisit sub-nets; each is scored once on the one-shot weights, and the result
+    equals a search that scores every visit again."""
+    from edgedyn.search import run as R
+
+    out, _ = slim_run
+    cfg = dict(weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,0.9,1.0", direction="slim",
+               final_epochs=0, train_epochs=0)
+    calls: list[SubnetSpec] = []
+    real_score = R._Run._score
+
+    def counted(self, spec):
+        calls.append(spec)
+        return real_score(self, spec)
+
+    monkeypatch.setattr(R._Run, "_score", counted)
+    memo = run_search(slim_config(tmp_path / "memo", **cfg), MockLatency())
+    assert len(calls) == len(set(calls))  # no sub-net scored twice
+    monkeypatch.setattr(R._Run, "score", lambda self, spec: self._score(spec))
+    monkeypatch.setattr(R._Run, "record", lambda self, spec: self._record(spec))
+    calls.clear()
+    again = run_search(slim_config(tmp_path / "again", **cfg), MockLatency())
+    assert len(calls) > len(set(calls))  # this search does revisit sub-nets
+    assert strip(load_result(tmp_path / "memo")) == strip(load_result(tmp_path / "again"))
+    assert [s.spec for s in memo.subnets] == [s.spec for s in again.subnets]

@@ -78,11 +78,21 @@ ARCHIVED = {
                                   METHODS["autoslim-final+latency"]),
     "autoslim-final-r5+flops": ("round 5: autoslim-final+flops, its picks fitted to the budgets by the table "
                                 "before it pooled padding-equivalent blocks", METHODS["autoslim-final+flops"]),
+    "autoslim-r4+latency": ("round 4: autoslim+latency on the table before it pooled padding-equivalent blocks, "
+                            "before the full model served every budget it fits", METHODS["autoslim+latency"]),
+    "autoslim-r4+flops": ("round 4: autoslim+flops, before the full model served every budget it fits",
+                          METHODS["autoslim+flops"]),
+    "autoslim-grow-r4+latency": ("round 4: autoslim-grow+latency on the table before it pooled padding-equivalent "
+                                 "blocks", METHODS["autoslim-grow+latency"]),
+    "autoslim-grow-r4+flops": ("round 4: autoslim-grow+flops, before the full model served every budget it fits",
+                               METHODS["autoslim-grow+flops"]),
 }
 DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency,paper"
-#: autoslim with uniform one-shot training and no final epochs trains exactly as US-Nets does:
-#: these reuse the seed's US-Nets run for it (and are charged its wall time)
-REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops"}
+#: autoslim with uniform one-shot training and no final epochs trains exactly the network US-Nets
+#: trains (the same batches and widths, bit for bit: tests/test_search.py), so these reuse the
+#: seed's US-Nets run for it (and are charged its time)
+REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops",
+               "autoslim-r4+latency", "autoslim-r4+flops", "autoslim-grow-r4+latency", "autoslim-grow-r4+flops"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -319,8 +329,10 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
         if "usnet" in methods:
             ratio = [runs[(s, m)]["wall_s"] / runs[(s, "usnet")]["wall_s"] for s in have[m] if (s, "usnet") in runs]
             summary[m]["wall_vs_usnet"] = _msd(ratio)
-            # CPU seconds (not inflated by other jobs): the seeds whose US-Nets run recorded them
-            ratio = [runs[(s, m)]["own_cpu_s"] / runs[(s, "usnet")]["own_cpu_s"] for s in have[m]
+            # CPU seconds (not inflated by other jobs): the seeds whose US-Nets run recorded them;
+            # a method that reuses the US-Nets run is charged its CPU seconds too
+            ratio = [(runs[(s, m)]["own_cpu_s"] + (runs[(s, "usnet")]["own_cpu_s"] if m in REUSE_USNET else 0.0))
+                     / runs[(s, "usnet")]["own_cpu_s"] for s in have[m]
                      if runs[(s, m)].get("own_cpu_s") and (s, "usnet") in runs and runs[(s, "usnet")].get("own_cpu_s")]
             if ratio and m != "usnet":
                 summary[m]["cpu_vs_usnet"] = _msd(ratio)

@@ -272,6 +272,11 @@ class _Run:
         self._rest_n = sum(int(y.numel()) for _, y in self.score_rest or [])
         # the last step's scores: BN statistics and the scoring subset's sums, which ``record`` reuses
         self._scored: dict[SubnetSpec, tuple[dict, float, int, int]] = {}
+        # ``score`` and ``record`` of every sub-net scored on the current weights: the legs of
+        # autoslim's search revisit the same sub-nets (each leg slims from the full model), and
+        # a score depends only on the weights, the scoring images and the BN batches (cleared
+        # whenever training changes the weights)
+        self._memo: dict[tuple[str, SubnetSpec], tuple[float, float]] = {}
         self.test = list(make_loader(self.data.test, config.batch_size, shuffle=False))
         calib = make_loader(self.data.train, config.batch_size, shuffle=False)
         self.search_calib = T.take_batches(calib, config.search_calib_batches) if config.search_calib_batches else []
@@ -279,7 +284,6 @@ class _Run:
             raise EdgedynError(f"data {config.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         self.state: dict[str, Any] = {"phase": PHASES[0], "index": 0, "optimizer": None, "alphas": None,
                                       "path": [], "steps": [], "selection": None, "timings": {}, "legs": []}
-        self._scores: dict[SubnetSpec, float] = {}  # autoslim: holdout accuracy of the non-path candidates
         if config.weights:  # read now: a bad file fails before the run directory is touched
             load_weights_into(self.net, config.weights)
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
@@ -390,16 +394,23 @@ class _Run:
 
     # ---- phases ----
     def epochs(self, phase: str, epochs: int, step_fn: Callable[[torch.Generator], T.StepFn], lr: float,
-               extra: list[torch.nn.Parameter] | None = None, schedule: tuple[int, int] | None = None) -> None:
+               extra: list[torch.nn.Parameter] | None = None, schedule: tuple[int, int] | None = None,
+               stream: tuple[str, int] | None = None) -> None:
+        """``epochs`` epochs of ``step_fn``. ``stream=(phase, first)`` draws each epoch's batch
+        order and sub-nets from that phase's seeds from epoch ``first`` on (autoslim's training
+        draws US-Nets' streams, so both see the same batches, and ``final_epochs=0`` trains the
+        very network US-Nets trains)."""
         done, start = self.reached(phase)
         if done or epochs == 0:
             return
+        self._memo.clear()
+        seeds, first = stream or (phase, 0)
         opt = T.make_sgd(self.net, lr, weight_decay=self.c.weight_decay, extra=extra or [])
         if start and self.state["optimizer"] is not None:
             opt.load_state_dict(self.state["optimizer"])
         for epoch in range(start, epochs):
-            loader = self.train_loader(phase, epoch)
-            gen = torch.Generator().manual_seed(self.seed(phase, epoch))
+            loader = self.train_loader(seeds, first + epoch)
+            gen = torch.Generator().manual_seed(self.seed(seeds, first + epoch))
             loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
                                dist=self.dist, device=self.device, max_batches=self.c.batches_per_epoch,
                                desc=phase, extra_params=extra or [], schedule=schedule)
@@ -438,7 +449,7 @@ class _Run:
         epochs = self.c.train_epochs - self.c.final
         students = T.random_students if self.c.supernet_students == "random" else T.uniform_students
         self.epochs("supernet", epochs, lambda gen: T.sandwich_step(self.net, students(self.net, gen)),
-                    self.c.lr, schedule=(0, self.c.train_epochs))
+                    self.c.lr, schedule=(0, self.c.train_epochs), stream=("train", 0))
         self.advance("supernet")
 
     def evaluate(self, spec: SubnetSpec) -> float:
@@ -446,7 +457,14 @@ class _Run:
         return T.calibrated_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
 
     def score(self, spec: SubnetSpec) -> tuple[float, float]:
-        """(loss, accuracy) on the scoring subset, after a temporary BN recalibration."""
+        """(loss, accuracy) on the scoring subset, after a temporary BN recalibration (once per
+        sub-net on the current weights)."""
+        key = ("score", spec)
+        if key not in self._memo:
+            self._memo[key] = self._score(spec)
+        return self._memo[key]
+
+    def _score(self, spec: SubnetSpec) -> tuple[float, float]:
         if self.score_rest is None:
             return T.calibrated_loss_and_accuracy(self.net, spec, self.score_set, self.search_calib, self.device)
         with T.temporary_bn(self.net, spec, self.search_calib):
@@ -460,11 +478,18 @@ class _Run:
 
         With a scoring subset, the holdout is its subset and the rest: a sub-net the last
         step scored keeps its BN statistics and subset sums, and only the rest is evaluated
-        (every rank computes the same sums whether it scored the sub-net or not)."""
+        (every rank computes the same sums whether it scored the sub-net or not). Once per
+        sub-net on the current weights."""
+        key = ("record", spec)
+        if key not in self._memo:
+            self._memo[key] = self._record(spec)
+        return self._memo[key]
+
+    def _record(self, spec: SubnetSpec) -> tuple[float, float]:
         if self.score_rest is None:
             return T.calibrated_loss_and_accuracy(self.net, spec, self.holdout, self.search_calib, self.device)
         if spec not in self._scored:
-            self.score(spec)
+            self._score(spec)
         stats, loss_sum, correct, n = self._scored[spec]
         self._scored.clear()
         with T.temporary_bn(self.net, spec, self.search_calib, stats=stats):
@@ -551,9 +576,7 @@ class _Run:
             extra += [u.spec for u in uniform_points(self.net, self.select_cost)]
         for spec in extra:
             if spec not in out:
-                if spec not in self._scores:
-                    self._scores[spec] = self.record(spec)[1]
-                out[spec] = PathPoint(spec, self.price(spec), self._scores[spec], -1)
+                out[spec] = PathPoint(spec, self.price(spec), self.record(spec)[1], -1)
         return list(out.values())
 
     def _slim_legs(self, path: list[PathPoint]) -> None:
@@ -718,8 +741,9 @@ class _Run:
         else:
             make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))  # noqa: E731
         if self.c.method == "autoslim":  # the last epochs of the schedule the one-shot phase began
-            self.epochs("train", self.c.final, make, self.c.lr,
-                        schedule=(self.c.train_epochs - self.c.final, self.c.train_epochs))
+            first = self.c.train_epochs - self.c.final
+            self.epochs("train", self.c.final, make, self.c.lr, schedule=(first, self.c.train_epochs),
+                        stream=("train", first))
         else:
             self.epochs("train", self.c.train_epochs, make, self.c.lr)
         self.advance("train")
