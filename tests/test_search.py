@@ -755,6 +755,10 @@ def test_autoslim_scores_each_subnet_once_and_the_memo_changes_nothing(slim_run,
     monkeypatch.setattr(R._Run, "_score", counted)
     memo = run_search(slim_config(tmp_path / "memo", **cfg), MockLatency())
     assert len(calls) == len(set(calls))  # no sub-net scored twice
+    # each phase's seconds are recorded; no training ran (train_epochs=0)
+    assert memo.timings["search_cpu_s"] > 0 and memo.timings["final_s"] > 0
+    assert not any(k.startswith(("supernet", "train")) for k in memo.timings)
+    assert load_result(tmp_path / "memo")["timings"] == memo.timings
     monkeypatch.setattr(R._Run, "score", lambda self, spec: self._score(spec))
     monkeypatch.setattr(R._Run, "record", lambda self, spec: self._record(spec))
     calls.clear()

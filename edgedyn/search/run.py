@@ -196,7 +196,10 @@ class SearchResult:
     path: list[PathPoint]
     steps: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # wall (and CPU) seconds of optional diagnostics
+    # wall and CPU seconds: ``PHASE_s`` / ``PHASE_cpu_s`` per phase run in this process
+    # (pretrain, rank, supernet, train, search, final; a resumed run counts only what it ran
+    # itself after the last checkpoint), and ``before_train_s`` of the optional diagnostic
+    timings: dict[str, float] = field(default_factory=dict)
     legs: list[dict[str, Any]] = field(default_factory=list)  # autoslim: the search's legs (floor, path indices)
 
     def to_dict(self) -> dict[str, Any]:
@@ -409,6 +412,7 @@ class _Run:
         if start and self.state["optimizer"] is not None:
             opt.load_state_dict(self.state["optimizer"])
         for epoch in range(start, epochs):
+            t0 = (time.perf_counter(), time.process_time())
             loader = self.train_loader(seeds, first + epoch)
             gen = torch.Generator().manual_seed(self.seed(seeds, first + epoch))
             loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
@@ -416,6 +420,7 @@ class _Run:
                                desc=phase, extra_params=extra or [], schedule=schedule)
             log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, epochs, loss)
             alphas = [p for p in extra] if extra else None
+            self.clock(phase, t0)
             self.save(phase, epoch + 1, opt, alphas)
 
     def pretrain(self) -> None:
@@ -501,6 +506,7 @@ class _Run:
         done, _ = self.reached("search")
         if done:
             return
+        t0 = (time.perf_counter(), time.process_time())
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
         full = self.net.full_spec()
         if not path:
@@ -515,6 +521,7 @@ class _Run:
             self._slim_legs(path)
         else:
             self._progressive(path)
+        self.clock("search", t0)
         self.advance("search")
 
     def _stop(self, limit: float) -> Callable[[PathPoint], bool]:
@@ -771,12 +778,21 @@ class _Run:
         timings["before_train_cpu_s"] = round(time.process_time() - cpu, 3)
         self.net.set_subnet(self.net.full_spec())
 
+    def clock(self, phase: str, start: tuple[float, float]) -> None:
+        """Add the wall and CPU seconds since ``start`` (``(perf_counter, process_time)``) to
+        ``phase``'s timings (kept in the checkpoint)."""
+        timings = self.state.setdefault("timings", {})
+        for key, now, then in ((f"{phase}_s", time.perf_counter(), start[0]),
+                               (f"{phase}_cpu_s", time.process_time(), start[1])):
+            timings[key] = round(timings.get(key, 0.0) + now - then, 3)
+
     def advance(self, phase: str) -> None:
         nxt = PHASES[PHASES.index(phase) + 1]
         if PHASES.index(self.state["phase"]) < PHASES.index(nxt):
             self.save(nxt, 0)
 
     def final(self, picks: list[tuple[Budget, PathPoint]]) -> SearchResult:
+        t0 = (time.perf_counter(), time.process_time())
         self.seed("final", 0)
         calib = T.take_batches(self.train_loader("final", 0), self.c.calib_batches)
         measured: dict[SubnetSpec, tuple[float, float]] = {}
@@ -795,6 +811,7 @@ class _Run:
             log.info("budget %s: %s cost %.4g %s, holdout %.4f, test %.4f", budget.text, spec, point.cost,
                      self.select_cost.unit, hold, test)
         self.net.set_subnet(self.net.full_spec())
+        self.clock("final", t0)
         path = [PathPoint.from_dict(d) for d in self.state["path"]]
         return SearchResult(self.c, self.net, self.select_cost.name, self.select_cost.unit, self.select_full,
                             subnets, path, list(self.state["steps"]), self.out, dict(self.state.get("timings") or {}),
