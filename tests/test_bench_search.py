@@ -27,9 +27,9 @@ def _report(tmp_path: Path) -> Path:
     runs = {}
     for seed, (mid_ms, x_small) in enumerate([(0.45, 0.73), (0.55, 0.71)]):
         runs[f"seed{seed}/usnet"] = {"dir": "u", "wall_s": 100.0, "resumed": False, "own_cpu_s": 100.0,
-                                     "deployed": [sub(SMALL, 0.70, 0.70), sub(FULL, 0.80, 0.80)]}
+                                     "phase_cpu_s": 80.0, "deployed": [sub(SMALL, 0.70, 0.70), sub(FULL, 0.80, 0.80)]}
         runs[f"seed{seed}/x"] = {"dir": "x", "wall_s": 150.0, "resumed": False, "own_cpu_s": 140.0,
-                                 "deployed": [sub(SMALL, 0.71, x_small), sub(MID, 0.76, 0.76),
+                                 "phase_cpu_s": 120.0, "deployed": [sub(SMALL, 0.71, x_small), sub(MID, 0.76, 0.76),
                                               sub(FULL, 0.80, 0.81)]}
     lat = [{"widths": SMALL, "median": 0.3, "predicted": 0.3}, {"widths": FULL, "median": 1.0, "predicted": 1.0},
            {"widths": MID, "median": 0.55, "predicted": 0.45}]
@@ -50,6 +50,7 @@ def test_summarize_only_pairs_seeds_and_serves_what_fits(tmp_path, capsys):
     # predicted: MID (0.45 ms) fits: +0.06 on both seeds at 0.5
     assert "| x | 6.00 ± 0.00 | 1.00 ± 0.00 | 3.50 ± 0.00 |" in md
     assert "1.40 ± 0.00 (2 seeds)" in md  # CPU x US-Nets
+    assert "| 120 ± 0 (2) | 1.50 ± 0.00 (2) |" in md  # ranking, search and training CPU against US-Nets' training
 
 
 def test_summarize_only_one_seed_and_a_bad_report(tmp_path, capsys):

@@ -167,7 +167,7 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
             run_dir = sdir / name.replace("+", "_")
             done = run_dir / "bench_done.json"
             if done.is_file():
-                runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text())}
+                runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text()), "phase_cpu_s": phase_cpu(run_dir)}
                 continue
             if args.report_only or name in ARCHIVED:
                 log(f"seed {seed}: {name} has not finished; left out of the report")
@@ -193,8 +193,23 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                     "reused_usnet_s": charged, "own_wall_s": time.time() - t0 - extra,
                     "own_cpu_s": time.process_time() - c0 - result.timings.get("before_train_cpu_s", 0.0)}
             _write(done, info)
-            runs[(seed, name)] = {"dir": run_dir, **info}
+            runs[(seed, name)] = {"dir": run_dir, **info, "phase_cpu_s": phase_cpu(run_dir)}
     return runs
+
+
+#: the phases the issue's cost criterion counts: ranking, search and (one-shot or joint) training
+PIPELINE_PHASES = ("rank", "supernet", "train", "search")
+
+
+def phase_cpu(run_dir: Path) -> float | None:
+    """CPU seconds of the run's ranking, training and search phases, as its result recorded them
+    (None for runs from before the phases were timed)."""
+    try:
+        timings = json.loads((run_dir / "subnets.json").read_text()).get("timings") or {}
+    except (OSError, ValueError):
+        return None
+    keys = [f"{p}_cpu_s" for p in PIPELINE_PHASES if f"{p}_cpu_s" in timings]
+    return sum(timings[k] for k in keys) if keys else None
 
 
 # -- what each method deploys, and its accuracies ------------------------------------------
@@ -336,6 +351,16 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
                      if runs[(s, m)].get("own_cpu_s") and (s, "usnet") in runs and runs[(s, "usnet")].get("own_cpu_s")]
             if ratio and m != "usnet":
                 summary[m]["cpu_vs_usnet"] = _msd(ratio)
+            # the criterion's cost: ranking, search and training CPU against US-Nets' training CPU
+            # (the seeds where both runs timed their phases; a reusing method adds US-Nets' training)
+            pairs = [(runs[(s, m)]["phase_cpu_s"], runs[(s, "usnet")]["phase_cpu_s"]) for s in have[m]
+                     if (s, "usnet") in runs and runs[(s, m)].get("phase_cpu_s") is not None
+                     and runs[(s, "usnet")].get("phase_cpu_s")]
+            if pairs and m != "usnet":
+                summary[m]["pipeline_cpu_vs_usnet"] = _msd([(a + (u if m in REUSE_USNET else 0.0)) / u for a, u in pairs])
+            own = [runs[(s, m)]["phase_cpu_s"] for s in have[m] if runs[(s, m)].get("phase_cpu_s") is not None]
+            if own:
+                summary[m]["pipeline_cpu_s"] = _msd(own)
     return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary}
 
 
@@ -392,7 +417,8 @@ def markdown(res: dict, doc: dict) -> str:
     """The result tables as Markdown (pasted into the README and docs/search.md)."""
     b, full = res["budgets"], res["full_ms"]
     lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b)
-             + " | average | wall x US-Nets | own CPU s | CPU x US-Nets |", "|---|" + "---|" * (len(b) + 4)]
+             + " | average | wall x US-Nets | own CPU s | CPU x US-Nets | pipeline CPU s | pipeline CPU x US-Nets |",
+             "|---|" + "---|" * (len(b) + 6)]
     def label(m: str) -> str:
         n = len(res["summary"][m]["seeds"])
         return m if n == len(res["seeds"]) else f"{m} ({n} seed{'s' if n > 1 else ''})"
@@ -403,11 +429,13 @@ def markdown(res: dict, doc: dict) -> str:
                      + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " | "
                      + (f"{s['own_cpu_s']['mean']:.0f} ± {s['own_cpu_s']['sd']:.0f}" if "own_cpu_s" in s else "-") + " | "
                      + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']} seeds)" if (c := s.get("cpu_vs_usnet")) else "-")
+                     + " | " + (f"{c['mean']:.0f} ± {c['sd']:.0f} ({c['n']})" if (c := s.get("pipeline_cpu_s")) else "-")
+                     + " | " + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']})" if (c := s.get("pipeline_cpu_vs_usnet")) else "-")
                      + " |")
         if "before_final_training" in s:
             f = s["before_final_training"]
             lines.append(f"| {m}, before its final epoch | " + " | ".join(_pct(d) for d in f["per_budget"])
-                         + f" | {_pct(f['average'])} | - | - | - |")
+                         + f" | {_pct(f['average'])} | - | - | - | - | - |")
     lines += ["", "| paired difference against US-Nets (points) | " + " | ".join(f"{x:g}" for x in b) + " | average |",
               "|---|" + "---|" * (len(b) + 1)]
     for m, s in res["summary"].items():
@@ -544,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
                       "edgedyn.deploy.build.measure_runners", "stat": "median", "cpu_busy_before_timing": timing["busy"]},
            "latency": [{"widths": list(k), **v} for k, v in lat.items()],
            "runs": {f"seed{s}/{m}": {"dir": str(v["dir"]), "wall_s": v["wall_s"], "resumed": v["resumed"],
-                                     "own_cpu_s": v.get("own_cpu_s"), "deployed": subs[(s, m)]}
+                                     "own_cpu_s": v.get("own_cpu_s"), "phase_cpu_s": v.get("phase_cpu_s"),
+                                     "deployed": subs[(s, m)]}
                     for (s, m), v in runs.items()},
            "pretrain_wall_s": {str(p.parent.name): json.loads(p.read_text())["wall_s"]
                                for p in sorted(out.glob("seed*/pretrain_time.json"))},
