@@ -78,6 +78,10 @@ ARCHIVED = {
                                   METHODS["autoslim-final+latency"]),
     "autoslim-final-r5+flops": ("round 5: autoslim-final+flops, its picks fitted to the budgets by the table "
                                 "before it pooled padding-equivalent blocks", METHODS["autoslim-final+flops"]),
+    "autoslim-final-r6+latency": ("round 6: autoslim-final+latency before autoslim drew US-Nets' batches and "
+                                  "widths (its one-shot phase had seeds of its own)", METHODS["autoslim-final+latency"]),
+    "autoslim-final-r6+flops": ("round 6: autoslim-final+flops before autoslim drew US-Nets' batches and widths",
+                                METHODS["autoslim-final+flops"]),
     "autoslim-r4+latency": ("round 4: autoslim+latency on the table before it pooled padding-equivalent blocks, "
                             "before the full model served every budget it fits", METHODS["autoslim+latency"]),
     "autoslim-r4+flops": ("round 4: autoslim+flops, before the full model served every budget it fits",
