@@ -27,7 +27,10 @@ search steered by MACs, its picks chosen by a latency table): ``select_cost``.
 
 A checkpoint is written atomically after every epoch and every search step. Every
 random stream is re-seeded from (seed, phase, index) at the start of each unit, so a
-resumed run gives the same result as an uninterrupted one.
+resumed run gives the same result as an uninterrupted one. autoslim's one-shot and final
+epochs draw the ``train`` phase's streams, epoch by epoch, as US-Nets does: the two
+pipelines see the same batches (common random numbers), and with ``final_epochs=0`` autoslim
+trains exactly US-Nets' network.
 """
 
 from __future__ import annotations
