@@ -95,8 +95,9 @@ DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency
 #: autoslim with uniform one-shot training and no final epochs trains exactly the network US-Nets
 #: trains (the same batches and widths, bit for bit: tests/test_search.py), so these reuse the
 #: seed's US-Nets run for it (and are charged its time)
-REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops",
-               "autoslim-r4+latency", "autoslim-r4+flops", "autoslim-grow-r4+latency", "autoslim-grow-r4+flops"}
+REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops"}
+# ... and so do the archived runs of those methods
+REUSE_USNET |= {a for a, (_, cfg) in ARCHIVED.items() if any(cfg is METHODS[m] for m in REUSE_USNET)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,7 +172,7 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
             run_dir = sdir / name.replace("+", "_")
             done = run_dir / "bench_done.json"
             if done.is_file():
-                runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text()), "phase_cpu_s": phase_cpu(run_dir)}
+                runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text())}
                 continue
             if args.report_only or name in ARCHIVED:
                 log(f"seed {seed}: {name} has not finished; left out of the report")
@@ -197,7 +198,9 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                     "reused_usnet_s": charged, "own_wall_s": time.time() - t0 - extra,
                     "own_cpu_s": time.process_time() - c0 - result.timings.get("before_train_cpu_s", 0.0)}
             _write(done, info)
-            runs[(seed, name)] = {"dir": run_dir, **info, "phase_cpu_s": phase_cpu(run_dir)}
+            runs[(seed, name)] = {"dir": run_dir, **info}
+    for run in runs.values():
+        run["phase_cpu_s"] = phase_cpu(run["dir"])
     return runs
 
 

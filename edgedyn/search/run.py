@@ -35,6 +35,7 @@ trains exactly US-Nets' network.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
@@ -415,15 +416,14 @@ class _Run:
         if start and self.state["optimizer"] is not None:
             opt.load_state_dict(self.state["optimizer"])
         for epoch in range(start, epochs):
-            t0 = (time.perf_counter(), time.process_time())
-            loader = self.train_loader(seeds, first + epoch)
-            gen = torch.Generator().manual_seed(self.seed(seeds, first + epoch))
-            loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
-                               dist=self.dist, device=self.device, max_batches=self.c.batches_per_epoch,
-                               desc=phase, extra_params=extra or [], schedule=schedule)
+            with self.timed(phase):
+                loader = self.train_loader(seeds, first + epoch)
+                gen = torch.Generator().manual_seed(self.seed(seeds, first + epoch))
+                loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
+                                   dist=self.dist, device=self.device, max_batches=self.c.batches_per_epoch,
+                                   desc=phase, extra_params=extra or [], schedule=schedule)
             log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, epochs, loss)
             alphas = [p for p in extra] if extra else None
-            self.clock(phase, t0)
             self.save(phase, epoch + 1, opt, alphas)
 
     def pretrain(self) -> None:
@@ -509,22 +509,21 @@ class _Run:
         done, _ = self.reached("search")
         if done:
             return
-        t0 = (time.perf_counter(), time.process_time())
-        path = [PathPoint.from_dict(d) for d in self.state["path"]]
-        full = self.net.full_spec()
-        if not path:
-            loss, acc = self.score(full)
-            if self.c.method == "autoslim":
-                acc = self.record(full)[1]
-            path = [PathPoint(full, self.full_cost, acc, 0, loss=loss)]
-            self.state["path"] = [path[0].to_dict()]
-        if self.c.method == "autoslim" and self.c.direction == "grow":
-            self._grow_legs(path)
-        elif self.c.method == "autoslim":
-            self._slim_legs(path)
-        else:
-            self._progressive(path)
-        self.clock("search", t0)
+        with self.timed("search"):
+            path = [PathPoint.from_dict(d) for d in self.state["path"]]
+            full = self.net.full_spec()
+            if not path:
+                loss, acc = self.score(full)
+                if self.c.method == "autoslim":
+                    acc = self.record(full)[1]
+                path = [PathPoint(full, self.full_cost, acc, 0, loss=loss)]
+                self.state["path"] = [path[0].to_dict()]
+            if self.c.method == "autoslim" and self.c.direction == "grow":
+                self._grow_legs(path)
+            elif self.c.method == "autoslim":
+                self._slim_legs(path)
+            else:
+                self._progressive(path)
         self.advance("search")
 
     def _stop(self, limit: float) -> Callable[[PathPoint], bool]:
@@ -764,30 +763,29 @@ class _Run:
         sel = self.state["selection"]
         if self.c.method != "autoslim" or not self.c.before_train or all("before_train" in d for d in sel):
             return
-        start, cpu = time.perf_counter(), time.process_time()
-        self.seed("final", 1)
-        calib = T.take_batches(self.train_loader("final", 1), self.c.calib_batches)
-        cache: dict[SubnetSpec, dict[str, float]] = {}
-        for d, (_, point) in zip(sel, picks):
-            if point.spec not in cache:
-                with T.temporary_bn(self.net, point.spec, calib):
-                    cache[point.spec] = {
-                        "holdout_accuracy": T.accuracy(self.net, point.spec, self.holdout, self.device),
-                        "test_accuracy": T.accuracy(self.net, point.spec, self.test, self.device)}
-            d["before_train"] = cache[point.spec]
-        # what this diagnostic cost (a benchmark takes it out of the pipeline's time)
-        timings = self.state.setdefault("timings", {})
-        timings["before_train_s"] = round(time.perf_counter() - start, 3)
-        timings["before_train_cpu_s"] = round(time.process_time() - cpu, 3)
+        # timed: what this diagnostic cost (a benchmark takes it out of the pipeline's time)
+        with self.timed("before_train"):
+            self.seed("final", 1)
+            calib = T.take_batches(self.train_loader("final", 1), self.c.calib_batches)
+            cache: dict[SubnetSpec, dict[str, float]] = {}
+            for d, (_, point) in zip(sel, picks):
+                if point.spec not in cache:
+                    with T.temporary_bn(self.net, point.spec, calib):
+                        cache[point.spec] = {
+                            "holdout_accuracy": T.accuracy(self.net, point.spec, self.holdout, self.device),
+                            "test_accuracy": T.accuracy(self.net, point.spec, self.test, self.device)}
+                d["before_train"] = cache[point.spec]
         self.net.set_subnet(self.net.full_spec())
 
-    def clock(self, phase: str, start: tuple[float, float]) -> None:
-        """Add the wall and CPU seconds since ``start`` (``(perf_counter, process_time)``) to
-        ``phase``'s timings (kept in the checkpoint)."""
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall and CPU seconds to ``phase``'s timings (``PHASE_s``,
+        ``PHASE_cpu_s``, kept in the checkpoint) when it completes."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
         timings = self.state.setdefault("timings", {})
-        for key, now, then in ((f"{phase}_s", time.perf_counter(), start[0]),
-                               (f"{phase}_cpu_s", time.process_time(), start[1])):
-            timings[key] = round(timings.get(key, 0.0) + now - then, 3)
+        for key, spent in ((f"{phase}_s", time.perf_counter() - wall), (f"{phase}_cpu_s", time.process_time() - cpu)):
+            timings[key] = round(timings.get(key, 0.0) + spent, 3)
 
     def advance(self, phase: str) -> None:
         nxt = PHASES[PHASES.index(phase) + 1]
@@ -795,7 +793,15 @@ class _Run:
             self.save(nxt, 0)
 
     def final(self, picks: list[tuple[Budget, PathPoint]]) -> SearchResult:
-        t0 = (time.perf_counter(), time.process_time())
+        with self.timed("final"):
+            subnets = self._measure(picks)
+        path = [PathPoint.from_dict(d) for d in self.state["path"]]
+        return SearchResult(self.c, self.net, self.select_cost.name, self.select_cost.unit, self.select_full,
+                            subnets, path, list(self.state["steps"]), self.out, dict(self.state.get("timings") or {}),
+                            [{k: g[k] for k in ("budget", "floor", "points")} for g in self.state["legs"]])
+
+    def _measure(self, picks: list[tuple[Budget, PathPoint]]) -> list[ChosenSubnet]:
+        """Each pick's BN statistics recalibrated, its holdout and test accuracy."""
         self.seed("final", 0)
         calib = T.take_batches(self.train_loader("final", 0), self.c.calib_batches)
         measured: dict[SubnetSpec, tuple[float, float]] = {}
@@ -814,11 +820,7 @@ class _Run:
             log.info("budget %s: %s cost %.4g %s, holdout %.4f, test %.4f", budget.text, spec, point.cost,
                      self.select_cost.unit, hold, test)
         self.net.set_subnet(self.net.full_spec())
-        self.clock("final", t0)
-        path = [PathPoint.from_dict(d) for d in self.state["path"]]
-        return SearchResult(self.c, self.net, self.select_cost.name, self.select_cost.unit, self.select_full,
-                            subnets, path, list(self.state["steps"]), self.out, dict(self.state.get("timings") or {}),
-                            [{k: g[k] for k in ("budget", "floor", "points")} for g in self.state["legs"]])
+        return subnets
 
     def run(self) -> SearchResult:
         if self.c.resume:
