@@ -1,5 +1,5 @@
 # The README's two commands. Each sets up .venv inside the checkout on first use.
-.PHONY: demo test test-slow bench setup
+.PHONY: demo test test-slow lint bench setup
 
 setup:
 	@bash tools/bootstrap.sh
@@ -12,3 +12,8 @@ test: setup
 
 test-slow: setup
 	.venv/bin/python -m pytest -q -m slow
+
+# ruff and mypy on edgedyn/ (settings in pyproject.toml); CI runs it before the tests.
+lint: setup
+	.venv/bin/ruff check edgedyn
+	.venv/bin/mypy

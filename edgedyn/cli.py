@@ -114,7 +114,8 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
             batch, threads, subsample, passes, calibrate, validate, roofline_device, out, resume, merge,
             overwrite, refit, quiet) -> None:
     """Measure per-block latency on this device and write a latency lookup table."""
-    from .profile.profiler import ProfileConfig, ProfileInterrupted, profile as run_profile
+    from .profile.profiler import ProfileConfig, ProfileInterrupted
+    from .profile.profiler import profile as run_profile
 
     cfg = ProfileConfig(model=model_name, input_size=input_size, num_classes=num_classes, device=device,
                         backend=backend, precision=precision, batch=batch, threads=threads,

@@ -20,7 +20,7 @@ class CostModel(Protocol):
     name: str
     unit: str
 
-    def cost(self, net: "DynamicNet", spec: "SubnetSpec") -> float: ...
+    def cost(self, net: DynamicNet, spec: SubnetSpec) -> float: ...
 
 
 class FlopsCost:
@@ -29,7 +29,7 @@ class FlopsCost:
     name = "flops"
     unit = "MMAC"
 
-    def cost(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
+    def cost(self, net: DynamicNet, spec: SubnetSpec) -> float:
         return net.macs(spec) / 1e6
 
 
@@ -42,9 +42,9 @@ class LatencyCost:
     def __init__(self, table) -> None:  # LatencyTable; untyped to keep imports light
         self.table = table
 
-    def cost(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
+    def cost(self, net: DynamicNet, spec: SubnetSpec) -> float:
         return self.table.predict(net, spec)
 
-    def check(self, net: "DynamicNet") -> None:
+    def check(self, net: DynamicNet) -> None:
         """Raise a one-line ArtifactError now if the table cannot price ``net``."""
         self.table.check_model(net)

@@ -30,8 +30,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import BackendUnavailable, EdgedynError
 
@@ -174,7 +175,7 @@ def _probe_cuda() -> dict[str, Any]:
         raise BackendUnavailable("CUDA is not available: torch is not installed") from None
     try:
         available = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - a broken driver must not crash device_info
+    except Exception:
         available = False
     if not available:
         built = torch.version.cuda or "none"
@@ -281,7 +282,7 @@ def _probe_jtop(timeout_s: float = 5.0) -> dict[str, Any] | None:
     """
     try:
         from jtop import jtop  # lazy: optional dependency (pip install edgedyn[jetson])
-    except Exception:  # noqa: BLE001 - ImportError or a broken install
+    except Exception:
         return None
     out: dict[str, Any] = {}
     try:
@@ -297,7 +298,7 @@ def _probe_jtop(timeout_s: float = 5.0) -> dict[str, Any] | None:
             jc = jetson.jetson_clocks
             if jc is not None:
                 out["jetson_clocks"] = {"running": bool(jc), "status": str(jc.status)}
-    except Exception:  # noqa: BLE001 - service not running, permission, version mismatch
+    except Exception:
         return None
     return out
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
 
 #: Seconds between plain progress lines off a terminal.
 EVERY_S = 30.0
@@ -173,7 +174,7 @@ class Progress:
         finally:
             self.close(done=None if ok else False)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

@@ -15,7 +15,8 @@ The same rule (:func:`number_problem`) backs the CLI's option types
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ArtifactError, EdgedynError
 

@@ -11,6 +11,6 @@ if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]
 fi
 echo "[bootstrap] creating .venv and installing pinned dependencies (about 2 minutes)..." >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,lint]"
 echo "$want" > "$stamp"
 echo "[bootstrap] done" >&2

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class Runner(abc.ABC):
         self._last_ms: float | None = None
 
     # -- life cycle -------------------------------------------------------------------
-    def activate(self) -> "Runner":
+    def activate(self) -> Runner:
         if not self._active:
             self._activate()
             self._active = True
@@ -64,7 +65,7 @@ class Runner(abc.ABC):
             self._deactivate()
             self._active = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self.activate()
 
     def __exit__(self, *exc: object) -> None:

@@ -71,7 +71,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(model, session_options(options.threads),
                                                 providers=_providers(options.device))
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises several types
+        except Exception as err:
             first = str(err).strip().splitlines()[0][:200]
             raise BackendUnavailable(f"{name}: onnxruntime cannot load the model ({first})") from None
         inputs = self.session.get_inputs()

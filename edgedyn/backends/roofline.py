@@ -35,9 +35,10 @@ re-run on the measured table once the device is available.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..artifacts import atomic_write_json, load_json, require
 from ..errors import ArtifactError, EdgedynError
@@ -89,14 +90,14 @@ class RooflineDevice:
         return atomic_write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "RooflineDevice":
+    def load(cls, path: str | Path) -> RooflineDevice:
         """Load and validate a device file; errors name the file and the field."""
         path = Path(path)
         obj = load_json(path, SCHEMA)
         return cls.from_json(obj, where=str(path))
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], where: str = "roofline device") -> "RooflineDevice":
+    def from_json(cls, obj: Mapping[str, Any], where: str = "roofline device") -> RooflineDevice:
         num = (int, float)
         name = require(obj, "name", str, where)
         peaks = require(obj, "peak_ops_per_s", dict, where)

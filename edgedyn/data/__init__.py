@@ -48,8 +48,20 @@ from pathlib import Path
 
 from .calibration import load_calibration
 from .cifar import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES
-from .core import (IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, MIN_INPUT_SIZE, DataError, DataSplits,
-                   InMemoryDataset, _check_input_size, _check_limit, _check_seed, image_transform, make_loader)
+from .core import (
+    IMAGE_EXTENSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_INPUT_SIZE,
+    DataError,
+    DataSplits,
+    InMemoryDataset,
+    _check_input_size,
+    _check_limit,
+    _check_seed,
+    image_transform,
+    make_loader,
+)
 from .synthetic import make_synthetic
 
 __all__ = [

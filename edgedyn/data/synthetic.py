@@ -7,7 +7,16 @@ import math
 import numpy as np
 import torch
 
-from .core import DataError, DataSplits, InMemoryDataset, _carve, _channel_stats, _check_input_size, _check_seed, _holdout_cap
+from .core import (
+    DataError,
+    DataSplits,
+    InMemoryDataset,
+    _carve,
+    _channel_stats,
+    _check_input_size,
+    _check_seed,
+    _holdout_cap,
+)
 
 SYNTHETIC_TRAIN_SIZE = 5000
 SYNTHETIC_TEST_SIZE = 1000

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_types import POSITIVE_FLOAT, Int, NONNEG_INT, POSITIVE_INT, Ramp, Threads
+from ..cli_types import NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, Int, Ramp, Threads
 from ..errors import EdgedynError
 
 

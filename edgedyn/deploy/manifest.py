@@ -88,7 +88,7 @@ class SubnetRecord:
                 "measured": self.measured, "accuracy": self.accuracy}
 
     @classmethod
-    def from_dict(cls, obj: Any, where: str) -> "SubnetRecord":
+    def from_dict(cls, obj: Any, where: str) -> SubnetRecord:
         if not isinstance(obj, dict):
             raise ArtifactError(f"{where}: must be an object")
         files = require(obj, "files", dict, where)
@@ -223,7 +223,7 @@ class Manifest:
         return self.path
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any], path: Path) -> "Manifest":
+    def from_dict(cls, obj: dict[str, Any], path: Path) -> Manifest:
         where = str(path)
         if obj.get("schema") != BUNDLE_SCHEMA:
             raise ArtifactError(f"{where}: field 'schema' is {obj.get('schema')!r}, expected {BUNDLE_SCHEMA!r}")
@@ -290,7 +290,7 @@ class Manifest:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Manifest":
+    def load(cls, path: str | os.PathLike) -> Manifest:
         """Load ``manifest.json`` (or a bundle directory holding one); one-line ArtifactError if bad."""
         path = Path(path)
         if path.is_dir():

@@ -105,7 +105,7 @@ def quantize_qdq(src: Path, dst: Path, calib: np.ndarray, ranges: Path, input_na
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, extra_options=dict(QDQ_OPTIONS),
                         calibration_cache_path=str(ranges))
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises several types
+    except Exception as err:
         first = " ".join(str(err).split())[:200]
         raise EdgedynError(f"{src}: int8 quantization failed ({first})") from None
     finally:

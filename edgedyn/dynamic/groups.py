@@ -127,7 +127,7 @@ def _trace_layers(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, La
     try:
         with torch.no_grad():
             model(example)
-    except Exception as err:  # noqa: BLE001 - re-raised as a one-line ModelError
+    except Exception as err:
         where = current[-1] if current else type(model).__name__
         raise ModelError(f"model cannot be traced: layer '{where}' failed ({type(err).__name__}: {err})") from None
     finally:
@@ -170,7 +170,7 @@ def find_groups(
     modules = dict(model.named_modules())
     try:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ModelError(f"Torch-Pruning could not trace the model ({type(err).__name__}: {err})") from None
 
     for node in dg.module2node.values():

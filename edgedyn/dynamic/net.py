@@ -6,8 +6,9 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ class DynamicNet(nn.Module):
         num_classes: int | None = None,
         input_size: int | None = None,
         **options: Any,
-    ) -> "DynamicNet":
+    ) -> DynamicNet:
         """Build a supported model by name (see ``edgedyn.models.MODELS``), untrained."""
         from ..models import build_model, get_entry
 
@@ -314,8 +315,9 @@ class DynamicNet(nn.Module):
     # -- persistence ------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Save weights, config and per-sub-net BN statistics (loadable with weights_only=True)."""
-        from ..artifacts import atomic_write_bytes
         import io
+
+        from ..artifacts import atomic_write_bytes
 
         blob = {
             "schema": WEIGHTS_SCHEMA,
@@ -331,7 +333,7 @@ class DynamicNet(nn.Module):
         return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DynamicNet":
+    def load(cls, path: str | os.PathLike) -> DynamicNet:
         """Rebuild a network saved with :meth:`save` (a one-line error for a bad file)."""
         blob = load_weights_file(path)
         cfg = blob["config"]
@@ -363,7 +365,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise ArtifactError(f"{path}: weights file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+    except Exception as err:
         msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if "weights only load failed" in msg.lower():
             msg = "corrupt, not written by torch.save, or holding objects weights_only loading refuses"

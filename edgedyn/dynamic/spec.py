@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import SpecError
 
@@ -35,13 +36,13 @@ class SubnetSpec:
     def __getitem__(self, group: int) -> int:
         return self.widths[group]
 
-    def replace(self, group: int, width: int) -> "SubnetSpec":
+    def replace(self, group: int, width: int) -> SubnetSpec:
         """A copy with group ``group`` set to ``width``."""
         w = list(self.widths)
         w[group] = width
         return SubnetSpec(tuple(w))
 
-    def contains(self, other: "SubnetSpec") -> bool:
+    def contains(self, other: SubnetSpec) -> bool:
         """True when ``other`` is nested in this spec (every width <=)."""
         return len(other) == len(self) and all(o <= s for o, s in zip(other.widths, self.widths))
 
@@ -53,7 +54,7 @@ class SubnetSpec:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, obj: Any, where: str = "spec") -> "SubnetSpec":
+    def from_dict(cls, obj: Any, where: str = "spec") -> SubnetSpec:
         """Parse ``{"widths": [...]}`` (or a bare list); one-line SpecError naming ``where``."""
         if isinstance(obj, dict):
             if "widths" not in obj:
@@ -67,7 +68,7 @@ class SubnetSpec:
             raise SpecError(f"{where}: {err}") from None
 
     @classmethod
-    def from_json(cls, text: str, where: str = "spec") -> "SubnetSpec":
+    def from_json(cls, text: str, where: str = "spec") -> SubnetSpec:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as err:
@@ -75,7 +76,7 @@ class SubnetSpec:
         return cls.from_dict(obj, where)
 
     @classmethod
-    def of(cls, widths: Iterable[int]) -> "SubnetSpec":
+    def of(cls, widths: Iterable[int]) -> SubnetSpec:
         return cls(tuple(int(w) for w in widths))
 
     def __str__(self) -> str:

@@ -87,7 +87,7 @@ class BlockKey:
         return "|".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self))
 
     @classmethod
-    def from_str(cls, text: str) -> "BlockKey":
+    def from_str(cls, text: str) -> BlockKey:
         kv = dict(part.split("=", 1) for part in text.split("|"))
         typed = {}
         for f in fields(cls):
@@ -102,7 +102,7 @@ class BlockKey:
             raise ValueError(f"block key {text!r} has an unknown layout")
         return key
 
-    def with_channels(self, c_in: int, c_out: int) -> "BlockKey":
+    def with_channels(self, c_in: int, c_out: int) -> BlockKey:
         d = asdict(self)
         d.update(c_in=c_in, c_out=c_out)
         return BlockKey(**d)
@@ -134,13 +134,13 @@ class BlockTemplate:
     src: int = -1  # index of the block whose output this block reads (-1: the model input)
     res_src: int = -1  # a fused residual add: index of the block that computed the other operand
 
-    def channels(self, spec: "SubnetSpec") -> tuple[int, int]:
+    def channels(self, spec: SubnetSpec) -> tuple[int, int]:
         """(c_in, c_out) of this block in ``spec`` (before ``expand``)."""
         c_in = spec[self.in_group] if self.in_group is not None else self.c_in_fixed
         c_out = spec[self.out_group] if self.out_group is not None else self.c_out_fixed
         return c_in, c_out
 
-    def key(self, spec: "SubnetSpec", batch: int = 1, precision: str = "fp32", layout: str = "plain") -> BlockKey:
+    def key(self, spec: SubnetSpec, batch: int = 1, precision: str = "fp32", layout: str = "plain") -> BlockKey:
         return self.key_for(*self.channels(spec), batch, precision, layout)
 
     def key_for(self, c_in: int, c_out: int, batch: int = 1, precision: str = "fp32",
@@ -151,10 +151,10 @@ class BlockTemplate:
         return BlockKey(self.op, c_in * self.expand, c_out, self.in_h, self.in_w, self.kernel, self.stride,
                         self.padding, self.depthwise, self.residual, self.act, batch, precision, layout)
 
-    def in_widths(self, net: "DynamicNet") -> tuple[int, ...]:
+    def in_widths(self, net: DynamicNet) -> tuple[int, ...]:
         return net.groups[self.in_group].widths_from() if self.in_group is not None else (self.c_in_fixed,)
 
-    def out_widths(self, net: "DynamicNet") -> tuple[int, ...]:
+    def out_widths(self, net: DynamicNet) -> tuple[int, ...]:
         return net.groups[self.out_group].widths_from() if self.out_group is not None else (self.c_out_fixed,)
 
 
@@ -173,7 +173,7 @@ def _pair(v) -> int:
     return int(v)
 
 
-def model_blocks(net: "DynamicNet") -> list[BlockTemplate]:
+def model_blocks(net: DynamicNet) -> list[BlockTemplate]:
     """Cut ``net``'s model into fused blocks (cached on the net)."""
     cached = getattr(net, "_block_templates", None)
     if cached is not None:
@@ -183,7 +183,7 @@ def model_blocks(net: "DynamicNet") -> list[BlockTemplate]:
     return blocks
 
 
-def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
+def _trace_blocks(net: DynamicNet) -> list[BlockTemplate]:
     from torch.fx.passes.shape_prop import ShapeProp
 
     from ..dynamic.layers import DYNAMIC_TYPES
@@ -195,7 +195,7 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
     model = net.model
     try:
         gm = fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ModelError(f"model {net.name!r} cannot be traced into blocks ({type(err).__name__}: {err})") from None
     example = torch.zeros(net.input_shape)
     was_training = model.training
@@ -329,11 +329,7 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
                 k = in_shape[2] // out[2]
                 add_block(BlockTemplate(node.target, "avgpool", g, g, in_shape[1], in_shape[1], in_shape[2],
                                         in_shape[3], k, k, 0), src, node)
-        elif m is not None and (type(m) in _ACT_MODULES or isinstance(m, _FREE_MODULES)):
-            pass
-        elif node.op == "call_function" and (node.target in _FREE_FUNCS or node.target in _ACT_FUNCS):
-            pass
-        elif node.op in ("call_method",) and node.target in ("flatten", "view", "reshape", "size"):
+        elif m is not None and (type(m) in _ACT_MODULES or isinstance(m, _FREE_MODULES)) or node.op == "call_function" and (node.target in _FREE_FUNCS or node.target in _ACT_FUNCS) or node.op in ("call_method",) and node.target in ("flatten", "view", "reshape", "size"):
             pass
         elif isinstance(m, nn.BatchNorm2d):
             raise ModelError(f"layer '{node.target}': a BatchNorm that does not follow a conv is not supported")
@@ -343,8 +339,8 @@ def _trace_blocks(net: "DynamicNet") -> list[BlockTemplate]:
     return blocks
 
 
-def subnet_keys(net: "DynamicNet", spec: "SubnetSpec", batch: int = 1, precision: str = "fp32",
-                layout: "Layout | None" = None) -> list[BlockKey]:
+def subnet_keys(net: DynamicNet, spec: SubnetSpec, batch: int = 1, precision: str = "fp32",
+                layout: Layout | None = None) -> list[BlockKey]:
     """The block keys of one sub-net in execution order (with ``layout``'s reorders)."""
     if layout is not None and layout.kind != "plain":
         return layout.subnet_keys(net, spec, batch, precision)
@@ -352,8 +348,8 @@ def subnet_keys(net: "DynamicNet", spec: "SubnetSpec", batch: int = 1, precision
     return [t.key(spec, batch, precision) for t in model_blocks(net)]
 
 
-def all_keys(net: "DynamicNet", batch: int = 1, precision: str = "fp32",
-             layout: "Layout | None" = None) -> list[BlockKey]:
+def all_keys(net: DynamicNet, batch: int = 1, precision: str = "fp32",
+             layout: Layout | None = None) -> list[BlockKey]:
     """Every distinct block key any valid sub-net of ``net`` can use (the profiling grid)."""
     from .layout import PLAIN
 

@@ -24,8 +24,9 @@ block's correction (:meth:`Calibration.apply`, via ``LatencyTable.features``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ MIN_FOR_CORRECTIONS = 16
 FOLDS = 5
 
 
-def key_features(keys: "Sequence[BlockKey]") -> tuple[float, float]:
+def key_features(keys: Sequence[BlockKey]) -> tuple[float, float]:
     """(weight, output activation) elements, in millions, of conv and linear blocks, as laid out."""
     w = a = 0.0
     for k in keys:
@@ -76,7 +77,7 @@ class Calibration:
     n: int
     points: list[dict[str, Any]] = field(default_factory=list)  # spec widths, features, measured
     cv_mape: float | None = None
-    corrections: "dict[BlockKey, float]" = field(default_factory=dict)
+    corrections: dict[BlockKey, float] = field(default_factory=dict)
     prior_rel: float = 0.0
 
     @property

@@ -33,8 +33,9 @@ alone) and the whole-network calibration absorbs the difference.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .blocks import BlockKey, BlockTemplate, model_blocks
 
@@ -61,13 +62,13 @@ class Layout:
         return {"kind": self.kind, "block": self.block}
 
     @classmethod
-    def from_json(cls, obj: Any) -> "Layout":
+    def from_json(cls, obj: Any) -> Layout:
         if obj is None:
             return PLAIN
         return cls(str(obj["kind"]), int(obj.get("block", 0)))
 
     # -- which blocks are modelled ----------------------------------------------------
-    def applies(self, net: "DynamicNet") -> bool:
+    def applies(self, net: DynamicNet) -> bool:
         """Whether this layout's rules cover every block of ``net`` (else its keys stay plain)."""
         if self.kind == "plain":
             return False
@@ -120,7 +121,7 @@ class Layout:
         return keys
 
     # -- keys -------------------------------------------------------------------------
-    def subnet_keys(self, net: "DynamicNet", spec: "SubnetSpec", batch: int = 1,
+    def subnet_keys(self, net: DynamicNet, spec: SubnetSpec, batch: int = 1,
                     precision: str = "fp32") -> list[BlockKey]:
         """The sub-net's block keys in execution order, with the layout conversions it pays."""
         blocks = model_blocks(net)
@@ -129,7 +130,7 @@ class Layout:
         net.check_spec(spec)
         return self._simulate(blocks, lambda t: t.channels(spec), batch, precision)
 
-    def all_keys(self, net: "DynamicNet", batch: int = 1, precision: str = "fp32") -> list[BlockKey]:
+    def all_keys(self, net: DynamicNet, batch: int = 1, precision: str = "fp32") -> list[BlockKey]:
         """Every key any sub-net of ``net`` can use under this layout (the profiling grid).
 
         Each block's keys depend only on its own channels and on whether its input and
@@ -151,7 +152,7 @@ class Layout:
                                                                      emit_from=len(ctx) - 1)))
         return list(keys)
 
-    def _may_arrive(self, net: "DynamicNet", blocks: list[BlockTemplate]) -> dict[int, tuple[bool, ...]]:
+    def _may_arrive(self, net: DynamicNet, blocks: list[BlockTemplate]) -> dict[int, tuple[bool, ...]]:
         """For each tensor (block index; -1 the input), the layouts it can have in some sub-net."""
         b = self.block
         may: dict[int, tuple[bool, ...]] = {-1: (False,)}
@@ -198,7 +199,7 @@ def pad_channels(c: int, block: int) -> int:
     return -(-c // block) * block if block else c
 
 
-def _grid(net: "DynamicNet", blocks: list[BlockTemplate], batch: int, precision: str) -> list[BlockKey]:
+def _grid(net: DynamicNet, blocks: list[BlockTemplate], batch: int, precision: str) -> list[BlockKey]:
     keys: dict[BlockKey, None] = {}
     for t in blocks:
         for ci in t.in_widths(net):

@@ -24,8 +24,9 @@ Two protocols:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class Stats:
     p99: float = float("nan")
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> "Stats":
+    def of(cls, samples: Sequence[float]) -> Stats:
         a = np.asarray(samples, dtype=float)
         q10, q25, q50, q75, q90, q99 = np.percentile(a, [10, 25, 50, 75, 90, 99])
         return cls(float(q50), float(q10), float(q90), float(q75 - q25), int(a.size), float(q99))

@@ -25,9 +25,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -36,9 +36,9 @@ from ..backends import BackendOptions, OnnxBackend
 from ..errors import ArtifactError, EdgedynError
 from ..progress import Progress
 from .blocks import BlockKey, all_keys
-from .measure import BLOCKS, WHOLE_NET, measure_calls, measure_interleaved
 from .calibration import FOLDS, Calibration, fit_calibration
 from .layout import as_run
+from .measure import BLOCKS, WHOLE_NET, measure_calls, measure_interleaved
 from .table import Entry, LatencyTable
 
 PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
@@ -70,7 +70,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def owned_tempdir(kind: str) -> "tempfile.TemporaryDirectory[str]":
+def owned_tempdir(kind: str) -> tempfile.TemporaryDirectory[str]:
     """A temporary build folder named ``edgedyn-<kind>-<this pid>-XXXX`` (see :func:`remove_stale_tempdirs`)."""
     return tempfile.TemporaryDirectory(prefix=f"edgedyn-{kind}-{os.getpid()}-")
 
@@ -129,7 +129,7 @@ class ProfileConfig:
     chunk: int = 512  # blocks timed together: a large pool leaves each block as cold as in a network
     passes: int = 3  # each block is timed in this many differently shuffled pools
 
-    def resolved(self) -> "ProfileConfig":
+    def resolved(self) -> ProfileConfig:
         backend, precision = DEVICE_BACKEND_DEFAULTS.get(self.device, ("onnxruntime", "fp32"))
         cfg = ProfileConfig(**{**asdict(self), "out": Path(self.out)})
         cfg.backend = self.backend or backend
@@ -606,7 +606,7 @@ class Profiler:
                        for s, p, m, a in zip(specs, pred, measured, macs)],
         }
         table.validation[net.arch_signature()] = result
-        fmt = lambda r: "n/a" if r is None else f"{r:.4f}"  # noqa: E731
+        fmt = lambda r: "n/a" if r is None else f"{r:.4f}"
         self.log(f"validation on K={result['k']} unseen sub-nets: MAPE {result['mape']:.2f}%  "
                  f"within 10%: {result['within_10pct']:.1f}%  Spearman table {fmt(result['spearman_table'])}  "
                  f"Spearman FLOPs {fmt(result['spearman_flops'])}")

@@ -90,15 +90,15 @@ class LatencyTable:
     def _where(self) -> str:
         return str(self.path) if self.path else "latency table"
 
-    def keys(self, net: "DynamicNet", spec: "SubnetSpec") -> list[BlockKey]:
+    def keys(self, net: DynamicNet, spec: SubnetSpec) -> list[BlockKey]:
         """The keys a sub-net's latency is made of in this table (its layout's reorders included)."""
         return subnet_keys(net, spec, self.batch, self.precision, self.layout)
 
-    def raw_sum(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
+    def raw_sum(self, net: DynamicNet, spec: SubnetSpec) -> float:
         """The sub-net's block sum (ms), before calibration; see the module docstring."""
         return self._block_sum(net, self.keys(net, spec))
 
-    def block_ms(self, net: "DynamicNet", key: BlockKey) -> float:
+    def block_ms(self, net: DynamicNet, key: BlockKey) -> float:
         """A key's share of a sub-net's block sum: its entry less the fixed cost of one call."""
         entry = self.entries.get(key)
         if entry is None:
@@ -106,14 +106,14 @@ class LatencyTable:
                                 f"(profile it: edgedyn profile --model {net.name} ...)")
         return max(entry.ms - self.call_overhead_ms, 0.0)
 
-    def _block_sum(self, net: "DynamicNet", keys: list[BlockKey],
+    def _block_sum(self, net: DynamicNet, keys: list[BlockKey],
                    corrections: dict[BlockKey, float] | None = None) -> float:
         total = sum(self.block_ms(net, key) for key in keys)
         if corrections:
             total += sum(corrections.get(key, 0.0) for key in keys)
         return total
 
-    def features(self, net: "DynamicNet", spec: "SubnetSpec", corrected: bool = True) -> dict[str, float]:
+    def features(self, net: DynamicNet, spec: SubnetSpec, corrected: bool = True) -> dict[str, float]:
         """The calibration features of a sub-net (:data:`FEATURES`).
 
         ``corrected``: the block sum includes the model's fitted per-block corrections.
@@ -121,13 +121,13 @@ class LatencyTable:
         cal = self.calibration.get(net.arch_signature()) if corrected else None
         return self.features_of_keys(net, self.keys(net, spec), cal.corrections if cal else None)
 
-    def features_of_keys(self, net: "DynamicNet", keys: list[BlockKey],
+    def features_of_keys(self, net: DynamicNet, keys: list[BlockKey],
                          corrections: dict[BlockKey, float] | None = None) -> dict[str, float]:
         """:meth:`features` of a sub-net whose keys (:meth:`keys`) are already built."""
         w, a = key_features(keys)
         return {"block_sum": self._block_sum(net, keys, corrections), "weight_melems": w, "act_melems": a}
 
-    def predict(self, net: "DynamicNet", spec: "SubnetSpec") -> float:
+    def predict(self, net: DynamicNet, spec: SubnetSpec) -> float:
         """Predicted end-to-end latency of ``spec`` in ms (a finite number > 0).
 
         Raises :class:`ArtifactError` naming the model and the table when the prediction is
@@ -146,7 +146,7 @@ class LatencyTable:
                                 f"unusable; re-profile: edgedyn profile --model {net.name} ...)")
         return ms
 
-    def check_model(self, net: "DynamicNet") -> None:
+    def check_model(self, net: DynamicNet) -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""
         missing = [k for k in all_keys(net, self.batch, self.precision, self.layout) if k not in self.entries]
         if missing:
@@ -203,20 +203,20 @@ class LatencyTable:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
         """Load and validate a table; errors name the file and the field."""
         path = Path(path)
         return cls.from_dict(load_json(path, TABLE_SCHEMA), path)
 
     @classmethod
-    def load_partial(cls, obj: dict, path: Path) -> "LatencyTable":
+    def load_partial(cls, obj: dict, path: Path) -> LatencyTable:
         """The table inside a profile checkpoint (``*.partial.json``)."""
         if not isinstance(obj, dict) or obj.get("schema") != TABLE_SCHEMA:
             raise ArtifactError(f"{path}: field 'table' is not a latency table")
         return cls.from_dict(obj, path)
 
     @classmethod
-    def from_dict(cls, obj: dict, path: Path) -> "LatencyTable":
+    def from_dict(cls, obj: dict, path: Path) -> LatencyTable:
         """Build a table from its JSON object, checking every field and number once (via
         :mod:`edgedyn.validate`); errors are one line naming ``path`` and the field."""
         w = str(path)

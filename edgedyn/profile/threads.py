@@ -19,7 +19,7 @@ deploy serves with the table's count by default.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..errors import EdgedynError
 

@@ -48,10 +48,11 @@ budget, an ndarray input) costs a type test and a comparison each.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter as _clock
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -215,7 +216,7 @@ class Selector:
         threads: int | None = None,
         trt_memory_device: str = "cuda",
         **adaptive: Any,
-    ) -> "Selector":
+    ) -> Selector:
         """Verify ``bundle`` and load every sub-net once.
 
         Refuses (one-line :class:`EdgedynError` naming the file or field) a modified or
@@ -496,7 +497,7 @@ class Selector:
         for r in self._runners:
             r.deactivate()
 
-    def __enter__(self) -> "Selector":
+    def __enter__(self) -> Selector:
         return self
 
     def __exit__(self, *exc: object) -> None:

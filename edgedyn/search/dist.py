@@ -9,8 +9,9 @@ identical weights. Candidate scoring in the search is split across ranks and gat
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist

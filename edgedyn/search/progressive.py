@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ..cost import CostModel
 from ..dynamic import DynamicNet, SubnetSpec
@@ -43,7 +44,7 @@ class Threshold:
     value: float = 0.0
 
     @classmethod
-    def parse(cls, text: str | float | None) -> "Threshold":
+    def parse(cls, text: str | float | None) -> Threshold:
         """``"50%"``, ``"0.5"``, ``"50"``: absolute top-1; ``"drop:5"`` / ``"drop:0.05"``:
         at most 5 points below the full model; ``"none"``: never fine-tune."""
         if text is None:
@@ -98,7 +99,7 @@ class PathPoint:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PathPoint":
+    def from_dict(cls, d: dict[str, Any]) -> PathPoint:
         loss = d.get("loss")
         return cls(SubnetSpec.of(d["widths"]), float(d["cost"]), float(d["holdout_accuracy"]),
                    int(d["step"]), int(d.get("finetune_batches", 0)), None if loss is None else float(loss))

@@ -15,7 +15,7 @@ its most important channels come first (prefix slicing then keeps them):
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,7 @@ class NoiseInjection:
             h.remove()
         self._hooks.clear()
 
-    def __enter__(self) -> "NoiseInjection":
+    def __enter__(self) -> NoiseInjection:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -40,9 +40,10 @@ import io
 import logging
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ from . import train as T
 from .dist import Dist, current
 from .progressive import CRITERIA, PathPoint, Step, Threshold, next_removals, progressive_search
 from .ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
-from .reselect import Budget, parse_budgets, pareto, pick, pick_nested
+from .reselect import Budget, pareto, parse_budgets, pick, pick_nested
 
 RESULT_SCHEMA = "edgedyn.search_result/1"
 CHECKPOINT_SCHEMA = "edgedyn.search_checkpoint/3"
@@ -366,7 +367,7 @@ class _Run:
             return False
         try:
             blob = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - a torn or foreign file
+        except Exception as err:
             raise ArtifactError(f"{self.ckpt_path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
         if not isinstance(blob, dict) or blob.get("schema") != CHECKPOINT_SCHEMA:
             raise ArtifactError(f"{self.ckpt_path}: field 'schema' is not {CHECKPOINT_SCHEMA!r}")
@@ -746,9 +747,9 @@ class _Run:
 
     def joint(self, chosen: list[SubnetSpec]) -> None:
         if self.c.method == "usnet":
-            make = lambda gen: T.sandwich_step(self.net, T.uniform_students(self.net, gen))  # noqa: E731
+            make = lambda gen: T.sandwich_step(self.net, T.uniform_students(self.net, gen))
         else:
-            make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))  # noqa: E731
+            make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))
         if self.c.method == "autoslim":  # the last epochs of the schedule the one-shot phase began
             first = self.c.train_epochs - self.c.final
             self.epochs("train", self.c.final, make, self.c.lr, schedule=(first, self.c.train_epochs),

@@ -32,7 +32,7 @@ so the picks nest. :func:`slim_search` is a generator of
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..cost import CostModel
 from ..dynamic import DynamicNet, SubnetSpec
