@@ -1,4 +1,5 @@
-"""Sub-net re-selection: the Pareto filter over the search path, then one pick per budget."""
+"""Sub-net re-selection: the Pareto filter over the search path, then one pick per budget;
+the uniform widths (US-Nets' sub-nets) as candidates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from ..cost import CostModel
+from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import EdgedynError
+from .progressive import PathPoint
 
 
 class Point(Protocol):
@@ -149,3 +153,18 @@ def pick_nested(points: Sequence[P], budgets: Sequence[Budget], full_cost: float
         raise EdgedynError("no nested choice of sub-nets fits every budget")
     chain = max(finals, key=lambda r: r[:2])[2]
     return [(b, pts[i]) for b, i in zip(budgets, chain)]
+
+
+def uniform_points(net: DynamicNet, cost_model: CostModel, low: float = 0.25) -> list[PathPoint]:
+    """The distinct US-Nets sub-nets (uniform width ratios in [low, 1]) with their cost.
+
+    Accuracy is the width ratio, so re-selection's "most accurate that fits" becomes the
+    largest uniform width that fits, as US-Nets deploys.
+    """
+    ratios = sorted({w / g.channels for g in net.groups for w in g.widths_from() if w / g.channels >= low} | {low, 1.0})
+    points: dict[SubnetSpec, PathPoint] = {}
+    for r in ratios:
+        spec = net.uniform_spec(r)
+        if spec not in points:
+            points[spec] = PathPoint(spec, float(cost_model.cost(net, spec)), r, 0)
+    return list(points.values())

@@ -1,0 +1,36 @@
+"""``usnet``: Universally Slimmable Networks (Yu & Huang), the baseline.
+
+The full model pre-trained (or given), then sandwich training over uniform widths, and for
+each budget the widest uniform width that fits (as US-Nets deploys). No search.
+"""
+
+from __future__ import annotations
+
+from ...dynamic import SubnetSpec
+from .. import train as T
+from ..registry import Variant, register_method
+from ..reselect import uniform_points
+from .base import Method, Picks
+
+
+@register_method
+class USNet(Method):
+    """Uniform widths only: no search, the widest uniform width that fits each budget."""
+
+    name = "usnet"
+    phases = ("pretrain",)
+    variants = {"usnet": Variant({}, "latency", "Universally Slimmable Networks (uniform widths, sandwich rule)")}
+
+    def check_budgets(self) -> None:
+        """Every budget must fit one of the uniform widths."""
+        self.ctx.pick(uniform_points(self.net, self.ctx.select_cost))
+
+    def select(self) -> Picks:
+        # accuracy is the width ratio: "most accurate that fits" is the widest that fits
+        return self.ctx.pick(uniform_points(self.net, self.ctx.select_cost), prefer="cost")
+
+    def train(self, chosen: list[SubnetSpec]) -> None:
+        """Sandwich training over uniform widths (the chosen sub-nets are uniform widths too)."""
+        c = self.ctx.c
+        make = lambda gen: T.sandwich_step(self.net, T.uniform_students(self.net, gen))
+        self.ctx.epochs("train", c.train_epochs, make, c.lr)
