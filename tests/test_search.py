@@ -7,6 +7,7 @@ import json
 import math
 import socket
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from edgedyn.cost import FlopsCost
 from edgedyn.dynamic import DynamicNet, SubnetSpec
 from edgedyn.errors import ArtifactError, EdgedynError
 from edgedyn.profile.blocks import subnet_keys
-from edgedyn.search import (PathPoint, SearchConfig, Threshold, load_result, pareto, parse_budgets, pick,
+from edgedyn.search import (PathPoint, Scorer, SearchConfig, Threshold, load_result, pareto, parse_budgets, pick,
                             progressive_search, run_search)
 from edgedyn.search import train as T
 from edgedyn.search.progressive import next_removals
@@ -610,8 +611,9 @@ def test_autoslim_weighs_the_uniform_widths_and_keeps_picks_nested(slim_run):
     doc = load_result(out)
     specs = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
     assert all(big.contains(small) for small, big in zip(specs, specs[1:]))
-    uniform = {p.spec for p in __import__("edgedyn.search.run", fromlist=["uniform_points"]).uniform_points(
-        result.net, MockLatency())}
+    from edgedyn.search.reselect import uniform_points
+
+    uniform = {p.spec for p in uniform_points(result.net, MockLatency())}
     path = {SubnetSpec.of(p["widths"]) for p in doc["path"]}
     assert all(s in path or s in uniform for s in specs)
 
@@ -633,26 +635,24 @@ def test_slim_search_never_goes_below_its_floor():
     assert points[-1].spec == floor  # it slims until nothing above the floor is left
 
 
-def test_autoslim_legs_nest_over_the_previous_pick(slim_run, tmp_path, monkeypatch):
+def test_autoslim_legs_nest_over_the_previous_pick(slim_run, tmp_path):
     """When the pick for a small budget is above the floors (here: the uniform widths score
     best), the next budget gets a leg of its own that never slims below that pick."""
-    from edgedyn.search import run as R
+    from edgedyn.search.reselect import uniform_points
 
     out, _ = slim_run
-    real = R._Run.record
-    uniform: set = set()
 
-    def record(self, spec):
-        if not uniform:
-            uniform.update(p.spec for p in R.uniform_points(self.net, self.select_cost))
-        loss, acc = real(self, spec)
-        # the uniform widths score best, the wider the better
-        return loss, acc / 2.0 + (0.5 * sum(spec.widths) / sum(self.net.full_spec().widths) if spec in uniform else 0.0)
+    class UniformFirst(Scorer):
+        def measure_record(self, spec):
+            uniform = {p.spec for p in uniform_points(self.net, MockLatency())}
+            loss, acc = super().measure_record(spec)
+            # the uniform widths score best, the wider the better
+            wide = 0.5 * sum(spec.widths) / sum(self.net.full_spec().widths)
+            return loss, acc / 2.0 + (wide if spec in uniform else 0.0)
 
-    monkeypatch.setattr(R._Run, "record", record)
     cfg = slim_config(tmp_path / "legs", weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,0.9,1.0",
                       direction="slim")
-    result = run_search(cfg, MockLatency())
+    result = run_search(cfg, MockLatency(), scorer=UniformFirst)
     doc = load_result(tmp_path / "legs")
     legs, path = doc["legs"], [PathPoint.from_dict(p) for p in doc["path"]]
     picks = [SubnetSpec.of(s["widths"]) for s in doc["subnets"]]
@@ -668,41 +668,39 @@ def test_autoslim_legs_nest_over_the_previous_pick(slim_run, tmp_path, monkeypat
 def test_record_reuses_the_scored_subset_and_equals_the_whole_holdout(slim_run, tmp_path):
     """``record`` evaluates only the holdout less the scoring subset for a sub-net the last
     step scored; its (loss, accuracy) equal a whole-holdout evaluation either way."""
-    from edgedyn.search import run as R
+    from edgedyn.search.context import RunContext
     from edgedyn.search.dist import Dist
 
     out, _ = slim_run
     cfg = slim_config(tmp_path / "rec", weights=str(out / "weights.pt"), pretrain_epochs=0, score_samples=8)
-    run = R._Run(cfg, MockLatency(), Dist(), None)
-    assert run.score_rest, "the scoring subset must leave a rest of the holdout here"
-    n_sub = sum(int(y.numel()) for _, y in run.score_set)
-    n_rest = sum(int(y.numel()) for _, y in run.score_rest)
-    assert n_sub == 8 and n_sub + n_rest == sum(int(y.numel()) for _, y in run.holdout)
-    full, half = run.net.full_spec(), run.net.uniform_spec(0.5)
+    ctx = RunContext(cfg, MockLatency(), Dist(), None, scorer=partial(Scorer, memo=False))
+    splits, scorer, net = ctx.splits, ctx.scorer, ctx.net
+    assert splits.score_rest, "the scoring subset must leave a rest of the holdout here"
+    n_sub = sum(int(y.numel()) for _, y in splits.score_set)
+    n_rest = sum(int(y.numel()) for _, y in splits.score_rest)
+    assert n_sub == 8 and n_sub + n_rest == sum(int(y.numel()) for _, y in splits.holdout)
+    full, half = net.full_spec(), net.uniform_spec(0.5)
     for spec in (full, half):
-        whole = T.calibrated_loss_and_accuracy(run.net, spec, run.holdout, run.search_calib)
-        run.score(spec)  # scored first: the subset's sums are reused
-        assert run.record(spec) == pytest.approx(whole, rel=1e-5)
-        assert run.record(spec) == pytest.approx(whole, rel=1e-5)  # not scored: evaluated whole
-        assert spec not in run.net.bn_stats  # temporary statistics are not left behind
+        whole = T.calibrated_loss_and_accuracy(net, spec, splits.holdout, splits.calib)
+        scorer.score(spec)  # scored first: the subset's sums are reused
+        assert scorer.record(spec) == pytest.approx(whole, rel=1e-5)
+        assert scorer.record(spec) == pytest.approx(whole, rel=1e-5)  # not scored: evaluated whole
+        assert spec not in net.bn_stats  # temporary statistics are not left behind
 
 
-def test_autoslim_full_model_serves_the_budgets_it_fits(slim_run, tmp_path, monkeypatch):
+def test_autoslim_full_model_serves_the_budgets_it_fits(slim_run, tmp_path):
     """Even when the holdout rates a smaller sub-net above the full model, a budget the full
     model fits gets the full model (and the picks below still nest inside it)."""
-    from edgedyn.search import run as R
-
     out, _ = slim_run
-    real = R._Run.record
 
-    def record(self, spec):
-        loss, acc = real(self, spec)
-        return loss, acc if spec == self.net.full_spec() else acc + 1.0  # every smaller sub-net looks better
+    class SmallerLooksBetter(Scorer):
+        def measure_record(self, spec):
+            loss, acc = super().measure_record(spec)
+            return loss, acc if spec == self.net.full_spec() else acc + 1.0  # every smaller sub-net looks better
 
-    monkeypatch.setattr(R._Run, "record", record)
     cfg = slim_config(tmp_path / "full", weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,1.0",
                       direction="slim", final_epochs=0, train_epochs=0)
-    result = run_search(cfg, MockLatency())
+    result = run_search(cfg, MockLatency(), scorer=SmallerLooksBetter)
     picks = [s.spec for s in result.subnets]
     assert [s.budget.text for s in result.subnets] == ["0.4", "0.7", "1.0"]
     assert picks[-1] == result.net.full_spec()
@@ -737,32 +735,27 @@ def test_autoslim_one_shot_training_is_usnets_training(slim_run, tmp_path):
     assert not same("us", "af2")  # the last epoch trains the picks instead
 
 
-def test_autoslim_scores_each_subnet_once_and_the_memo_changes_nothing(slim_run, tmp_path, monkeypatch):
+def test_autoslim_scores_each_subnet_once_and_the_memo_changes_nothing(slim_run, tmp_path):
     """The legs revisit sub-nets; each is scored once on the one-shot weights, and the result
     equals a search that scores every visit again."""
-    from edgedyn.search import run as R
-
     out, _ = slim_run
     cfg = dict(weights=str(out / "weights.pt"), pretrain_epochs=0, budgets="0.4,0.7,0.9,1.0", direction="slim",
                final_epochs=0, train_epochs=0)
     calls: list[SubnetSpec] = []
-    real_score = R._Run._score
 
-    def counted(self, spec):
-        calls.append(spec)
-        return real_score(self, spec)
+    class Counting(Scorer):
+        def measure_score(self, spec):
+            calls.append(spec)
+            return super().measure_score(spec)
 
-    monkeypatch.setattr(R._Run, "_score", counted)
-    memo = run_search(slim_config(tmp_path / "memo", **cfg), MockLatency())
+    memo = run_search(slim_config(tmp_path / "memo", **cfg), MockLatency(), scorer=Counting)
     assert len(calls) == len(set(calls))  # no sub-net scored twice
     # each phase's seconds are recorded; no training ran (train_epochs=0)
     assert memo.timings["search_cpu_s"] > 0 and memo.timings["final_s"] > 0
     assert not any(k.startswith(("supernet", "train")) for k in memo.timings)
     assert load_result(tmp_path / "memo")["timings"] == memo.timings
-    monkeypatch.setattr(R._Run, "score", lambda self, spec: self._score(spec))
-    monkeypatch.setattr(R._Run, "record", lambda self, spec: self._record(spec))
     calls.clear()
-    again = run_search(slim_config(tmp_path / "again", **cfg), MockLatency())
+    again = run_search(slim_config(tmp_path / "again", **cfg), MockLatency(), scorer=partial(Counting, memo=False))
     assert len(calls) > len(set(calls))  # this search does revisit sub-nets
     assert strip(load_result(tmp_path / "memo")) == strip(load_result(tmp_path / "again"))
     assert [s.spec for s in memo.subnets] == [s.spec for s in again.subnets]

@@ -11,9 +11,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -81,11 +81,11 @@ class RunContext:
         # scores the recorded path points and the picks)
         hold = self.data.holdout
         rest: list | None = None
-        if c.score_samples is not None and c.score_samples < len(hold):
+        if c.score_samples is not None and c.score_samples < len(cast(Sized, hold)):
             from torch.utils.data import Subset
 
             gen = torch.Generator().manual_seed(c.seed)
-            perm = torch.randperm(len(hold), generator=gen)
+            perm = torch.randperm(len(cast(Sized, hold)), generator=gen)
             idx = perm[:c.score_samples].sort().values
             if hasattr(hold, "subset"):
                 rest_idx = perm[c.score_samples:].sort().values
@@ -124,7 +124,7 @@ class RunContext:
         return self.out / "checkpoint.pt"
 
     def save(self, phase: str, index: int, optimizer: torch.optim.Optimizer | None = None,
-             alphas: list[torch.Tensor] | None = None) -> None:
+             alphas: Sequence[torch.Tensor] | None = None) -> None:
         s = self.state
         s.phase, s.index = phase, index
         s.optimizer = optimizer.state_dict() if optimizer is not None else None
@@ -172,7 +172,7 @@ class RunContext:
         from ..data import make_loader
 
         seed = self.seed(phase, index)
-        drop = len(self.data.train) >= self.c.batch_size
+        drop = len(cast(Sized, self.data.train)) >= self.c.batch_size
         return make_loader(self.data.train, self.c.batch_size, shuffle=True, seed=seed, drop_last=drop)
 
     @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from .result import load_result
 log = logging.getLogger("edgedyn.search")
 
 
-def plot(doc: dict[str, Any], path: Path, others: list[Path] = ()) -> Path:
+def plot(doc: dict[str, Any], path: Path, others: Sequence[Path] = ()) -> Path:
     """Accuracy against cost: the search path (holdout) and the chosen sub-nets (test)."""
     import matplotlib
 

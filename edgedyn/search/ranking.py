@@ -16,6 +16,7 @@ its most important channels come first (prefix slicing then keeps them):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class NoiseInjection:
                     self._hooks.append(mod.register_forward_hook(self._hook(g.index)))
 
     def _hook(self, group: int) -> Callable:
-        def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        def hook(mod: Any, inputs: tuple, out: torch.Tensor) -> torch.Tensor | None:  # a dynamic conv or linear
             if not mod.training:
                 return None
             x = inputs[0]

@@ -17,13 +17,13 @@ import importlib
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import EdgedynError
 
 _REGISTRY: dict[str, MethodClass] = {}
 _DISCOVERED = False
-M = TypeVar("M", bound="MethodClass")
+M = TypeVar("M", bound="MethodClass")  # a method class
 O = TypeVar("O", bound="MethodOptions")  # noqa: E741
 
 
@@ -67,23 +67,32 @@ class MethodOptions:
 
 
 class MethodClass(Protocol):
-    """What the registry needs of a method class."""
+    """What the registry needs of a method class (the class object itself)."""
 
-    name: ClassVar[str]
-    Options: ClassVar[type[MethodOptions]]
-    variants: ClassVar[dict[str, Variant]]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def Options(self) -> type[MethodOptions]: ...
+
+    @property
+    def variants(self) -> dict[str, Variant]: ...
 
 
-def register_method(cls: type[M]) -> type[M]:
+def register_method(cls: M) -> M:
     """Register a method class under its ``name`` (a class decorator); a name is taken once."""
     name = cls.name
     if not name or not isinstance(name, str):
-        raise EdgedynError(f"{cls.__qualname__}: a method needs a non-empty string 'name'")
+        raise EdgedynError(f"{_where(cls)}: a method needs a non-empty string 'name'")
     held = _REGISTRY.get(name)
-    if held is not None and held is not cls and held.__qualname__ != cls.__qualname__:
-        raise EdgedynError(f"method {name!r} is registered already ({held.__module__}.{held.__qualname__})")
+    if held is not None and held is not cls and _where(held) != _where(cls):
+        raise EdgedynError(f"method {name!r} is registered already ({_where(held)})")
     _REGISTRY[name] = cls
     return cls
+
+
+def _where(cls: object) -> str:
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}"
 
 
 def unregister_method(name: str) -> None:

@@ -15,8 +15,11 @@ from .progressive import PathPoint
 
 
 class Point(Protocol):
-    cost: float
-    accuracy: float
+    @property
+    def cost(self) -> float: ...
+
+    @property
+    def accuracy(self) -> float: ...
 
 
 P = TypeVar("P", bound=Point)
@@ -145,7 +148,8 @@ def pick_nested(points: Sequence[P], budgets: Sequence[Budget], full_cost: float
                 if prev is None or not (j == i or contains(p, pts[j])):
                     continue
                 cand = (prev[0] + p.accuracy, prev[1] - p.cost, prev[2] + (i,))
-                if row[i] is None or cand[:2] > row[i][:2]:
+                held = row[i]
+                if held is None or cand[:2] > held[:2]:
                     row[i] = cand
         best.append(row)
     finals = [r for r in best[-1] if r is not None]

@@ -28,7 +28,8 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def make_sgd(net: DynamicNet, lr: float, *, weight_decay: float = 5e-4, momentum: float = 0.9,
              nesterov: bool = True, extra: Iterable[nn.Parameter] = ()) -> torch.optim.SGD:
     """SGD over ``net`` (+ ``extra``, no decay); weight decay only on conv / linear weights."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for mod in net.model.modules():
         for pname, p in mod.named_parameters(recurse=False):
             is_weight = pname == "weight" and isinstance(mod, (DynamicConv2d, DynamicLinear, nn.Conv2d, nn.Linear))
@@ -116,7 +117,8 @@ def random_students(net: DynamicNet, gen: torch.Generator, randoms: int = 2) -> 
     return students
 
 
-def uniform_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25, randoms: int = 2) -> Callable[[], list[SubnetSpec]]:
+def uniform_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25,
+                     randoms: int = 2) -> Callable[[], list[SubnetSpec]]:
     """US-Nets: the smallest width ratio and ``randoms`` ratios drawn from U(low, 1)."""
 
     def students() -> list[SubnetSpec]:
@@ -211,7 +213,8 @@ def accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch], device
 
 
 @torch.no_grad()
-def loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch], device: str = "cpu") -> tuple[float, float]:
+def loss_and_accuracy(net: DynamicNet, spec: SubnetSpec, batches: Iterable[Batch],
+                      device: str = "cpu") -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy of sub-net ``spec`` in eval mode."""
     net.set_subnet(spec)
     net.eval()
@@ -262,7 +265,7 @@ def calibrated_accuracy(net: DynamicNet, spec: SubnetSpec, holdout: Sequence[Bat
 
 
 def take_batches(loader: Iterable[Batch], n: int) -> list[Batch]:
-    out = []
+    out: list[Batch] = []
     for b in loader:
         if len(out) >= n:
             break
