@@ -4,7 +4,8 @@
     python tools/bench_search.py --data fashion-mnist --seeds 0,1,2 --out runs/bench_fmnist
 
 Methods (``--methods``; every one starts from the same pre-trained weights per seed and
-gets the same joint-training epochs, ``--train-epochs``):
+gets the same joint-training epochs, ``--train-epochs``), the named variants the search
+methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
 
 - ``autoslim+latency``  edgedyn's default: one-shot training (uniform widths: the seed's
                         US-Nets run), then per budget, from the smallest up, a greedy leg
@@ -49,25 +50,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-METHODS = {
-    # name: (SearchConfig overrides, steering cost)
-    "autoslim+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="slim"),
-                         "latency"),
-    "autoslim+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="slim"), "flops"),
-    "autoslim-grow+latency": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="grow"),
-                              "latency"),
-    "autoslim-grow+flops": (dict(method="autoslim", supernet_students="uniform", final_epochs=0, direction="grow"),
-                            "flops"),
-    # round 4: the same legs on 2 of the 3 joint epochs (uniform one-shot, as US-Nets trains),
-    # then the picks trained jointly for the last epoch (--final-epochs) of the same schedule
-    "autoslim-final+latency": (dict(method="autoslim", supernet_students="uniform", direction="slim"), "latency"),
-    "autoslim-final+flops": (dict(method="autoslim", supernet_students="uniform", direction="slim"), "flops"),
-    "autoslim-random+latency": (dict(method="autoslim", supernet_students="random", final_epochs=1,
-                                     uniform_candidates=False), "latency"),
-    "usnet": (dict(method="usnet"), "latency"),
-    "paper": (dict(method="progressive", criterion="drop", channel_groups=4, min_groups=1, ranking="noise"), "latency"),
-    "progressive+ratio": (dict(method="progressive", criterion="ratio", min_groups=1, ranking="noise"), "latency"),
-}
+from edgedyn.search.registry import variants
+
+#: name: (SearchConfig overrides, steering cost): every method's named variants, declared
+#: beside the method (``variants`` of edgedyn/search/methods/*.py)
+METHODS = {name: (v.overrides, v.cost) for name, v in variants().items()}
 #: runs kept for the record whose code has since changed: reported, never trained again
 ARCHIVED = {
     "autoslim-final-r4+latency": ("round 4: autoslim-final+latency before the full model served every budget it "
@@ -145,7 +132,7 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
     from edgedyn.cost import FlopsCost, LatencyCost
     from edgedyn.errors import EdgedynError
     from edgedyn.search import SearchConfig, run_search
-    from edgedyn.search.run import pretrain_only
+    from edgedyn.search.pipeline import pretrain_only
 
     out = Path(args.out)
     base = SearchConfig(model=args.model, data=args.data, data_limit=args.data_limit, input_size=args.input_size,
@@ -222,7 +209,7 @@ def phase_cpu(run_dir: Path) -> float | None:
 # -- what each method deploys, and its accuracies ------------------------------------------
 def deployed(run_dir: Path, name: str, calib_batches: int, log) -> list[dict]:
     """The sub-nets a run deploys, with holdout and test accuracy (US-Nets: every uniform width)."""
-    from edgedyn.search.run import load_result
+    from edgedyn.search import load_result
 
     doc = load_result(run_dir)
     subs = [{"widths": s["widths"], "holdout": s["holdout_accuracy"], "test": s["test_accuracy"],
@@ -245,7 +232,7 @@ def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int) -> list[di
     from edgedyn.dynamic import DynamicNet
     from edgedyn.cost import FlopsCost
     from edgedyn.search import train as T
-    from edgedyn.search.run import uniform_points
+    from edgedyn.search.reselect import uniform_points
 
     c = doc["config"]
     net = DynamicNet.load(run_dir / "weights.pt")
