@@ -180,3 +180,23 @@ def test_checkpoint_state_round_trips_and_checks_its_schema(tmp_path):
     torch.save({**blob, "schema": "edgedyn.search_checkpoint/3"}, path)
     with pytest.raises(ArtifactError, match="schema"):
         load_checkpoint(path, {"seed": 1})
+
+
+def test_cli_option_flag_reaches_the_method_options(toy, tmp_path):
+    from click.testing import CliRunner
+
+    from edgedyn.search.cli_cmd import build_config, search
+
+    ctx = search.make_context("search", ["--cost", "flops", "--option", "samples=3", "--option", "note=x y",
+                                         "--out", str(tmp_path / "o")])
+    config, cost, table = build_config({**ctx.params, "method": "random"})
+    assert config.options == {"samples": 3, "note": "x y"} and cost.name == "flops" and table is None
+    with pytest.raises(EdgedynError, match="no option 'note'"):
+        config.validate()
+    config.options.pop("note")
+    assert config.method_options() == RandomOptions(3)
+    with pytest.raises(EdgedynError, match="'slim_step' of method 'autoslim' is a setting of its own"):
+        SearchConfig(options={"slim_step": 0.1}).validate()
+    res = CliRunner().invoke(search, ["--cost", "flops", "--option", "samples", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+    assert not (tmp_path / "o").exists()

@@ -8,6 +8,7 @@ Under ``torchrun --nproc_per_node N`` the run is data parallel; rank 0 writes th
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -19,6 +20,19 @@ from ..cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, NONNEG_INT, POSITIVE
 from ..cost import CostModel
 from ..errors import EdgedynError
 from .registry import get_method, method_names
+
+
+def _parse_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for text in values:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE", ctx, param)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
 
 
 def _summary(name: str) -> str:
@@ -85,6 +99,8 @@ OPTIONS = [
     click.option("--compare", multiple=True, type=click.Path(file_okay=False),
                  help="Other run directories to draw in the plot (repeatable)."),
     click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint."),
+    click.option("--option", "options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+                 help="An option of the method that has no flag of its own (repeatable; VALUE is JSON or text)."),
 ]
 
 

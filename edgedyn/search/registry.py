@@ -52,6 +52,10 @@ class MethodOptions:
         if unknown:
             raise EdgedynError(f"method {config.method!r} has no option {', '.join(map(repr, unknown))}; "
                                f"its options are {', '.join(sorted(names)) or 'none'}")
+        shadow = sorted(k for k in extra if hasattr(config, k))
+        if shadow:
+            raise EdgedynError(f"option {shadow[0]!r} of method {config.method!r} is a setting of its own; "
+                               "set it there, not in 'options'")
         values = {n: extra[n] if n in extra else getattr(config, n) for n in names
                   if n in extra or hasattr(config, n)}
         opts = cls(**values)
