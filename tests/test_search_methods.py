@@ -200,3 +200,11 @@ def test_cli_option_flag_reaches_the_method_options(toy, tmp_path):
     res = CliRunner().invoke(search, ["--cost", "flops", "--option", "samples", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "KEY=VALUE" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_method_with_bad_phases_is_refused():
+    for phases in [("search",), ("pretrain", "train"), ("pretrain", "search", "rank"), ("pretrain", "rank")]:
+        bad = type("Bad", (RandomSearch,), {"name": "bad", "phases": phases})
+        with pytest.raises(EdgedynError, match="'phases' must be"):
+            register_method(bad)
+    assert "bad" not in method_names()

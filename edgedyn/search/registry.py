@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 from ..errors import EdgedynError
+from .checkpoint import PHASES
 
 _REGISTRY: dict[str, MethodClass] = {}
 _DISCOVERED = False
@@ -88,11 +89,24 @@ def register_method(cls: M) -> M:
     name = cls.name
     if not name or not isinstance(name, str):
         raise EdgedynError(f"{_where(cls)}: a method needs a non-empty string 'name'")
+    _check_phases(cls)
     held = _REGISTRY.get(name)
     if held is not None and held is not cls and _where(held) != _where(cls):
         raise EdgedynError(f"method {name!r} is registered already ({_where(held)})")
     _REGISTRY[name] = cls
     return cls
+
+
+def _check_phases(cls: object) -> None:
+    """``phases``: ``pretrain`` first, then phases of :data:`PHASES` in its order (before
+    ``train``), each a method of the class."""
+    phases = tuple(getattr(cls, "phases", ()))
+    known = PHASES[:PHASES.index("train")]
+    if (not phases or phases[0] != "pretrain" or any(p not in known for p in phases)
+            or list(phases) != sorted(phases, key=known.index)
+            or not all(callable(getattr(cls, p, None)) for p in phases)):
+        raise EdgedynError(f"{_where(cls)}: 'phases' must be 'pretrain' then phases of {', '.join(known[1:])} "
+                           f"in that order, each a method of the class; got {phases}")
 
 
 def _where(cls: object) -> str:
