@@ -260,7 +260,8 @@ def test_cli_run_reports_use_latency_misses_switches(bundle: Path, tmp_path: Pat
     from click.testing import CliRunner
 
     from edgedyn.cli import _Group
-    from edgedyn.deploy.cli_cmd import deploy as deploy_cmd, run as run_cmd
+    from edgedyn.deploy.cli_cmd import deploy as deploy_cmd
+    from edgedyn.runtime.cli_cmd import run as run_cmd
 
     group = _Group(name="edgedyn", commands={"run": run_cmd, "deploy": deploy_cmd})
     r = CliRunner()
