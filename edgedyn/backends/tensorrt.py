@@ -480,17 +480,14 @@ class TensorRTBackend(OnnxBackend):
         trt, api = self._tensorrt()
         return TensorRTRunner(trt, api, Path(artifact), tuple(input_shape), shared_memory)
 
-    def load_for_serving(self, artifacts: Sequence[Path], input_shape: tuple[int, ...]
-                         ) -> tuple[list[Runner], SharedActivationMemory]:
-        """Every engine onto one :class:`SharedActivationMemory` (on ``BackendOptions.extra["memory_device"]``,
-        default "cuda"): the runners share it, so they run one at a time. Activated where CUDA is."""
+    def load_for_serving(self, artifacts: Sequence[Path], input_shape: tuple[int, ...]) -> tuple[list[Runner], Any]:
+        """Every engine on one :class:`SharedActivationMemory` (on ``extra["memory_device"]``, default cuda)."""
         import torch
 
         shared = SharedActivationMemory(device=str(self.options.extra.get("memory_device", "cuda")))
         runners: list[Runner] = [self.load(Path(a), input_shape, shared_memory=shared) for a in artifacts]
-        if torch.cuda.is_available():
-            for r in runners:
-                r.activate()
+        for r in runners if torch.cuda.is_available() else []:  # activated where CUDA is
+            r.activate()
         return runners, shared
 
 
