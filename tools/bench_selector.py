@@ -211,9 +211,9 @@ def main() -> None:
         print(f"{p:>9} {r['requests']:>9} {pct(r['miss_rate']):>9} {pct(r['miss_rate_idle']):>10} "
               f"{pct(r['miss_rate_loaded']):>10} {pct(r['met_feasible']):>13} {r['switches']:>9} "
               f"{str(r['counts_loaded']):>16}")
-    import edgedyn.deploy as d
+    from edgedyn.bundle import Manifest
 
-    m = d.Manifest.load(args.bundle)
+    m = Manifest.load(args.bundle)
     doc = {"bundle": str(args.bundle), "fingerprint": m.fingerprint, "backend": m.backend, "threads": m.threads,
            "expected_ms": [s.expected_ms for s in m.subnets], "overhead": over, "contention": cont}
     args.out.parent.mkdir(parents=True, exist_ok=True)

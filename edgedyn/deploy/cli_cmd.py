@@ -28,9 +28,9 @@ from ..cli_types import Int, Threads
               help="Deploy every search pick, also one no more accurate (fp32, test split) than a cheaper pick.")
 def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated) -> None:
     """Build a bundle: one compiled, checked, re-measured artifact per chosen sub-net."""
-    from .build import deploy as build_bundle
+    from . import build
 
-    m = build_bundle(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
+    m = build.deploy(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
                      threads=threads, measure_iters=measure_iters, keep_dominated=keep_dominated)
     click.echo(f"bundle {m.root} ({m.backend['name']} {m.backend['version']}, {m.precision}, "
                f"threads {m.threads}) for {m.fingerprint}")

@@ -4,7 +4,7 @@ runtime reads too)."""
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def make_manifest(run: RunInfo, root: Path, records: list[SubnetRecord], files: 
         table=str(table_path) if table_path is not None else None,
         calibration=None if calibration is None else calibration.record(),
         files={role: file_record(root, p) for role, p in shared.items()},
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
         checks=checks,
     )

@@ -40,21 +40,21 @@ def run(bundle, budget_ms, policy, subnet, quantile, requests, duration, input_p
         allow_other_device, json_out) -> None:
     """Serve requests from a bundle under a latency budget and report sub-net use and misses."""
     from ..artifacts import atomic_write_json
-    from . import serve as serving
+    from . import serve
     from .selector import Selector
 
     if requests is not None and duration is not None:
         raise EdgedynError("give --requests or --duration, not both")
     if requests is None and duration is None:
         requests = 1000
-    budget = serving.make_budget(budget_ms, schedule, ramp, requests, duration)  # checks every number first
+    budget = serve.make_budget(budget_ms, schedule, ramp, requests, duration)  # checks every number first
     if json_out:  # checked before serving: a report that cannot be written would be lost
         _check_json_out(Path(json_out))
     with Selector.load(bundle, policy, budget_ms=budget_ms, subnet=subnet, threads=threads,
                        allow_other_device=allow_other_device, quantile=quantile) as selector:
-        inputs = serving.load_inputs(input_path, selector.manifest.input_shape)
+        inputs = serve.load_inputs(input_path, selector.manifest.input_shape)
         selector.warmup()
-        report = serving.serve(selector, inputs, requests=requests, duration_s=duration, budget=budget)
+        report = serve.serve(selector, inputs, requests=requests, duration_s=duration, budget=budget)
     click.echo(report.format())
     if json_out:
         try:
