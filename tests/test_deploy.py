@@ -16,8 +16,8 @@ import torch
 
 import edgedyn.export as export_mod
 from edgedyn.artifacts import atomic_write_json
-from edgedyn.backends.onnxruntime import OrtRunner
 from edgedyn.backends.base import BackendOptions
+from edgedyn.backends.onnxruntime import OrtRunner
 from edgedyn.deploy import BUNDLE_SCHEMA, Manifest, deploy, load_run, verify_files
 from edgedyn.deploy import build as build_mod
 from edgedyn.device import device_fingerprint, device_info

@@ -16,7 +16,6 @@ from edgedyn.dynamic import SubnetSpec
 from edgedyn.errors import EdgedynError
 from edgedyn.runtime import Selector
 from edgedyn.runtime.serve import load_schedule, make_budget, serve
-
 from test_deploy import FAST, digits_test, fast_export, make_run_dir  # noqa: F401 - fixture re-used
 
 SHAPE = (1, 3, 32, 32)
@@ -119,7 +118,7 @@ def test_adaptive_hysteresis_waits_for_dwell() -> None:
     sel.observe(0, 1.0, 4.5)
     # fast observations shrink the slowdown quickly, but the step up waits for the dwell
     ups = []
-    for k in range(12):
+    for _ in range(12):
         i = sel.select(4.5)
         ups.append(i)
         sel.observe(i, sel.expected_ms[i], 4.5)
@@ -136,7 +135,7 @@ def test_thread_safety_counts_add_up() -> None:
         try:
             for _ in range(300):
                 sel.infer(X, float(rng.uniform(0.5, 5.0)))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
@@ -288,7 +287,7 @@ def test_real_threads_hammering_bundle(bundle: Path) -> None:
         try:
             for _ in range(40):
                 sel.infer(X)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
