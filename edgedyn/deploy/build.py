@@ -10,7 +10,7 @@ The stages, each in its own module, run in this order:
 3. **check** (:mod:`~edgedyn.deploy.check`): the built model against PyTorch, and its accuracy
    on the test split, where it runs here;
 4. **time** (:mod:`~edgedyn.deploy.timing`): all built sub-nets measured interleaved;
-5. **manifest** (:mod:`~edgedyn.deploy.manifest`): ``manifest.json``, written last.
+5. **manifest** (:mod:`~edgedyn.deploy.assemble`): ``manifest.json``, written last.
 
 The bundle is built in a temporary sibling directory and renamed into place, so ``out`` is
 never half-written; ``out`` is checked before any of this (:mod:`~edgedyn.deploy.outdir`).
@@ -32,10 +32,10 @@ from ..backends import Backend, BackendOptions, get_backend
 from ..bundle import MANIFEST_NAME, Manifest, SubnetRecord
 from ..errors import EdgedynError
 from ..progress import Progress
+from .assemble import make_manifest
 from .check import check_built, check_unexecuted, deploy_checks
 from .evaluation import References, leave_out_dominated, split_arrays
 from .export import export_subnet
-from .manifest import make_manifest
 from .outdir import building_dir, check_out, remove_stale_builds, swap_into_place
 from .prediction import Prediction
 from .quantize import Calibration, calibration, quantize_subnet

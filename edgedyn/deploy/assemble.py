@@ -1,4 +1,4 @@
-"""The manifest stage: the deployed sub-nets' records and the bundle's shared files -> its
+"""The manifest stage (:func:`make_manifest`): the deployed sub-nets' records and the bundle's shared
 :class:`~edgedyn.bundle.Manifest` (the format itself lives in :mod:`edgedyn.bundle`, which the
 runtime reads too)."""
 
