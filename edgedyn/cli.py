@@ -169,7 +169,8 @@ def demo(out, data, epochs, validate, requests) -> None:
 
 def _register() -> None:
     """Commands that live beside their packages (their heavy imports stay inside the commands)."""
-    from .deploy.cli_cmd import deploy, run
+    from .deploy.cli_cmd import deploy
+    from .runtime.cli_cmd import run
     from .search.cli_cmd import search
 
     for command in (search, deploy, run):

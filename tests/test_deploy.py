@@ -16,8 +16,8 @@ import torch
 
 import edgedyn.export as export_mod
 from edgedyn.artifacts import atomic_write_json
-from edgedyn.backends.onnxruntime import OrtRunner
 from edgedyn.backends.base import BackendOptions
+from edgedyn.backends.onnxruntime import OrtRunner
 from edgedyn.deploy import BUNDLE_SCHEMA, Manifest, deploy, load_run, verify_files
 from edgedyn.deploy import build as build_mod
 from edgedyn.device import device_fingerprint, device_info
@@ -388,8 +388,8 @@ def test_cli_deploy(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_deploy_checks_flag_prediction_error_and_non_rising_subnets() -> None:
-    from edgedyn.deploy.build import deploy_checks
-    from edgedyn.deploy.manifest import SubnetRecord
+    from edgedyn.bundle import SubnetRecord
+    from edgedyn.deploy.check import deploy_checks
     from edgedyn.dynamic import SubnetSpec
 
     def rec(i, macs, pred, med, acc):
@@ -417,7 +417,7 @@ def test_duplicate_picks_deploy_once(tmp_path: Path, fast_export) -> None:
 def test_dominated_picks_are_served_by_the_cheaper_pick() -> None:
     from types import SimpleNamespace
 
-    from edgedyn.deploy.build import dominated
+    from edgedyn.deploy.evaluation import dominated
 
     picks = [SimpleNamespace(index=i, macs=m) for i, m in enumerate((10, 20, 30, 40, 50))]
     acc = {0: 0.6, 1: 0.7, 2: 0.7, 3: 0.65, 4: 0.8}

@@ -240,7 +240,7 @@ def result_case(tmp_path_factory):
     """The run's subnets.json, and a copy of the run to mutate it in. The weights file is
     never mutated: deploy's loader gets the network built from it once (building traces the
     net, which takes a second on a busy 2-core machine)."""
-    import edgedyn.deploy.run as run_mod
+    import edgedyn.deploy.source as run_mod
     from edgedyn.dynamic import DynamicNet
 
     src = small_run_dir(tmp_path_factory)
@@ -267,7 +267,7 @@ def result_case(tmp_path_factory):
 def test_fuzz_search_result(result_case, data) -> None:
     """The validator the loaders call (``validate_search_result``) refuses the document, or
     the deploy-side loader then reads finite, positive costs and accuracies in [0, 1]."""
-    from edgedyn.deploy.run import load_run
+    from edgedyn.deploy.source import load_run
     from edgedyn.search.run import RESULT_SCHEMA, load_result
     from edgedyn.validate import validate_search_result
 

@@ -16,7 +16,6 @@ from edgedyn.dynamic import SubnetSpec
 from edgedyn.errors import EdgedynError
 from edgedyn.runtime import Selector
 from edgedyn.runtime.serve import load_schedule, make_budget, serve
-
 from test_deploy import FAST, digits_test, fast_export, make_run_dir  # noqa: F401 - fixture re-used
 
 SHAPE = (1, 3, 32, 32)
@@ -119,7 +118,7 @@ def test_adaptive_hysteresis_waits_for_dwell() -> None:
     sel.observe(0, 1.0, 4.5)
     # fast observations shrink the slowdown quickly, but the step up waits for the dwell
     ups = []
-    for k in range(12):
+    for _ in range(12):
         i = sel.select(4.5)
         ups.append(i)
         sel.observe(i, sel.expected_ms[i], 4.5)
@@ -136,7 +135,7 @@ def test_thread_safety_counts_add_up() -> None:
         try:
             for _ in range(300):
                 sel.infer(X, float(rng.uniform(0.5, 5.0)))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
@@ -147,6 +146,105 @@ def test_thread_safety_counts_add_up() -> None:
     assert not errors
     st = sel.stats()
     assert sum(st["counts"]) == 8 * 300 == sum(r.calls for r in sel.runners)
+
+
+class FlakyRunner(FakeRunner):
+    """A fake sub-net whose every ``every``-th call fails (a backend error mid-serving)."""
+
+    def __init__(self, index: int, every: int) -> None:
+        super().__init__(index)
+        self.every, self.failed = every, 0
+        self._lock = threading.Lock()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.calls += 1
+            fail = self.calls % self.every == 0
+            self.failed += fail
+        if fail:
+            raise RuntimeError("backend hiccup")
+        return np.full((1, 10), self.index, np.float32)
+
+
+@pytest.mark.parametrize("policy", ["budget", "adaptive", "fixed"])
+def test_concurrent_infer_keeps_statistics_consistent(policy: str) -> None:
+    """Many threads, budgets that change every call (some below every sub-net), runners that
+    fail now and then: the statistics add up to exactly what the callers saw."""
+    manifest = fake_selector().manifest
+    runners = [FlakyRunner(i, every) for i, every in enumerate((7, 11, 13))]
+    sel = Selector(manifest, runners, policy, dwell=3, alpha=0.3, subnet=1)
+    budgets = [1e-9, 1.5, 3.0, 10.0, None]  # 1e-9 ms: below every sub-net, always a miss
+    seen: list[list[tuple[int, bool]]] = [[] for _ in range(6)]
+    failures = [0] * 6
+
+    def worker(t: int) -> None:
+        for k in range(400):
+            try:
+                _, info = sel.infer(X, budgets[(k + t) % len(budgets)])
+            except RuntimeError:
+                failures[t] += 1
+            else:
+                seen[t].append((info.subnet, info.met))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st = sel.stats()
+    calls = [(i, met) for per in seen for i, met in per]
+    assert st["counts"] == [sum(1 for i, _ in calls if i == s) for s in range(3)]
+    assert st["misses"] == [sum(1 for i, met in calls if i == s and not met) for s in range(3)]
+    assert st["errors"] == sum(failures) == sum(r.failed for r in runners) > 0
+    assert [r.calls for r in runners] == [c + r.failed for c, r in zip(st["counts"], runners)]
+    assert sum(st["counts"]) + st["errors"] == 6 * 400
+    assert 0 <= st["switches"] < sum(st["counts"]) and st["current"] in range(3)
+    if policy == "fixed":
+        assert st["counts"][0] == st["counts"][2] == 0 and st["switches"] == 0
+    else:
+        assert st["misses"][0] >= 6 * 400 // len(budgets) - st["errors"]  # every 1e-9 budget ran the fastest
+
+
+def test_policy_registry_names_the_cli_choices_and_builds_policies() -> None:
+    from edgedyn.runtime import POLICIES, register_policy
+    from edgedyn.runtime.cli_cmd import run as run_cmd
+    from edgedyn.runtime.policies import BudgetPolicy
+
+    assert list(POLICIES) == ["budget", "fixed", "adaptive"]
+    choice = next(p for p in run_cmd.params if p.name == "policy").type
+    assert list(choice.choices) == list(POLICIES)
+    for name in POLICIES:
+        sel = fake_selector(name)
+        assert sel.policy == name and sel.infer(X, 3.0)[1].policy == name
+
+    @register_policy
+    class Smallest(BudgetPolicy):  # a toy policy: always the fastest sub-net
+        name = "smallest"
+
+        def decide(self, budget: float | None) -> tuple[int, str]:
+            return self.ranking.fastest, "fits"
+
+    try:
+        sel = fake_selector("smallest", medians=(2.0, 1.0, 4.0))
+        assert [sel.infer(X, b)[1].subnet for b in (None, 0.5, 100.0)] == [1, 1, 1]
+    finally:
+        del POLICIES["smallest"]
+    with pytest.raises(EdgedynError, match="policy 'smallest' is unknown; choose one of budget, fixed, adaptive"):
+        fake_selector("smallest")
+
+
+def test_unknown_policy_is_one_line(bundle: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgedyn.cli import cli
+
+    with pytest.raises(EdgedynError, match="policy 'fastest' is unknown; choose one of budget, fixed, adaptive") as err:
+        Selector.load(bundle, "fastest")
+    assert "\n" not in str(err.value)
+    res = CliRunner().invoke(cli, ["run", "--bundle", str(bundle), "--policy", "fastest", "--requests", "3"])
+    errors = [ln for ln in res.output.splitlines() if ln.lower().startswith("error")]
+    assert res.exit_code == 2 and len(errors) == 1 and "'fastest'" in errors[0], res.output
+    assert all(name in errors[0] for name in ("budget", "fixed", "adaptive"))
 
 
 # -- a real bundle ------------------------------------------------------------------------
@@ -189,7 +287,7 @@ def test_real_threads_hammering_bundle(bundle: Path) -> None:
         try:
             for _ in range(40):
                 sel.infer(X)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -260,7 +358,8 @@ def test_cli_run_reports_use_latency_misses_switches(bundle: Path, tmp_path: Pat
     from click.testing import CliRunner
 
     from edgedyn.cli import _Group
-    from edgedyn.deploy.cli_cmd import deploy as deploy_cmd, run as run_cmd
+    from edgedyn.deploy.cli_cmd import deploy as deploy_cmd
+    from edgedyn.runtime.cli_cmd import run as run_cmd
 
     group = _Group(name="edgedyn", commands={"run": run_cmd, "deploy": deploy_cmd})
     r = CliRunner()

@@ -29,9 +29,11 @@ from edgedyn.artifacts import atomic_write_json
 from edgedyn.backends import BackendOptions
 from edgedyn.backends.onnxruntime import OrtRunner
 from edgedyn.data import load_calibration
-from edgedyn.deploy.build import _load_splits, _predict_all, _test_split
+from edgedyn.deploy.build import _load_splits
+from edgedyn.deploy.check import predict_all
+from edgedyn.deploy.evaluation import split_arrays
 from edgedyn.deploy.quantize import QDQ_OPTIONS
-from edgedyn.deploy.run import load_run
+from edgedyn.deploy.source import load_run
 from edgedyn.export import export_onnx
 
 
@@ -83,7 +85,7 @@ def main() -> None:
     run = load_run(args.run)
     net = run.net
     shape = tuple(int(d) for d in net.input_shape)
-    x, y = _test_split(_load_splits(run), None)
+    x, y = split_arrays(_load_splits(run), None)
     calib = load_calibration(args.calib, shape[-1], limit=args.calib_limit)
     methods = _methods()
     rows = []
@@ -98,7 +100,7 @@ def main() -> None:
             for name, (method, extra, keep_ends) in methods.items():
                 dst = Path(tmp) / f"s{sub.index}.{name}.onnx"
                 _quantize(src, dst, calib, method, extra, keep_ends)
-                pred = _predict_all(OrtRunner(str(dst), BackendOptions(threads=args.threads), name=str(dst)), x)
+                pred = predict_all(OrtRunner(str(dst), BackendOptions(threads=args.threads), name=str(dst)), x)
                 row["methods"][name] = {"agreement": float(np.mean(pred == ref)), "test": float(np.mean(pred == y))}
             rows.append(row)
             cells = "  ".join(f"{n} {100 * r['agreement']:.2f}/{100 * r['test']:.2f}" for n, r in row["methods"].items())

@@ -14,10 +14,14 @@
     so ``miss_feasible`` counts only misses on the other sub-nets (the policy's own misses)
     over the requests that are not such infeasible ones.
 
+(c) ``--noop``: only the selector's own Python work, ``selector.infer`` around runners that
+    return at once (no bundle, no ONNX Runtime); best of 7 rounds of 50,000 calls, in µs per call.
+
 Usage::
 
     python tools/bench_selector.py --bundle bundles/digits_ort   # an existing bundle
     python tools/bench_selector.py                               # bundles/bench_demo, built from a demo run if absent
+    python tools/bench_selector.py --noop                        # (c) alone, in a second
 
 Each run takes under 2 minutes (default: 4 x 14 s of serving, ABBA order, + the overhead loop;
 building the demo bundle the first time adds about 40 s).
@@ -117,6 +121,44 @@ def bench_overhead(bundle: Path, calls: int) -> dict:
     return out
 
 
+def bench_noop(calls: int = 50_000, rounds: int = 7) -> dict[str, float]:
+    """(c): µs per ``selector.infer`` call around no-op runners, best of ``rounds``, per policy."""
+    from edgedyn.bundle import Manifest, SubnetRecord
+    from edgedyn.dynamic import SubnetSpec
+    from edgedyn.runtime import Selector
+
+    shape = (1, 3, 32, 32)
+
+    class NoOp:
+        input_shape = shape
+        out = np.zeros((1, 10), np.float32)
+
+        def infer(self, x: np.ndarray) -> np.ndarray:
+            return self.out
+
+        def deactivate(self) -> None:
+            pass
+
+    subnets = [SubnetRecord(index=i, spec=SubnetSpec((4 * (i + 1),)), files={"model": {"path": "m", "sha256": ""}},
+                            macs=10 ** (i + 1), params=1, measured={"median": m, "p90": m, "p99": m, "n": 1},
+                            accuracy={"test": a}) for i, (m, a) in enumerate(zip((1.0, 2.0, 4.0), (0.7, 0.8, 0.9)))]
+    manifest = Manifest(device={"kind": "cpu"}, fingerprint="noop", backend={"name": "onnxruntime"}, precision="fp32",
+                        threads=1, input={"shape": list(shape), "dtype": "float32"}, subnets=subnets,
+                        path=Path("manifest.json"))
+    x = np.zeros(shape, np.float32)
+    out = {}
+    for policy in ("budget", "adaptive"):
+        sel = Selector(manifest, [NoOp() for _ in subnets], policy)
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                sel.infer(x, 0.5)
+            best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+        out[policy] = best
+    return out
+
+
 def bench_contention(bundle: Path, seconds: float, load_from: float, load_to: float, budget_factor: float) -> dict:
     from edgedyn.runtime import Selector
     from edgedyn.runtime.serve import serve
@@ -186,7 +228,12 @@ def main() -> None:
     ap.add_argument("--load-to", type=float, default=10.0)
     ap.add_argument("--budget-factor", type=float, default=1.5, help="budget = factor x idle median of sub-net F")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_selector.json"))
+    ap.add_argument("--noop", action="store_true", help="only (c): the selector's own work around no-op runners")
     args = ap.parse_args()
+    if args.noop:
+        print("(c) selector.infer around no-op runners, best of 7 x 50,000 calls: "
+              + ", ".join(f"{p} {us:.2f} us" for p, us in bench_noop().items()))
+        return
     if not (args.bundle / "manifest.json").is_file():
         print(f"building a demo bundle in {args.bundle} ...", flush=True)
         demo_bundle(args.bundle, args.threads)
@@ -211,9 +258,9 @@ def main() -> None:
         print(f"{p:>9} {r['requests']:>9} {pct(r['miss_rate']):>9} {pct(r['miss_rate_idle']):>10} "
               f"{pct(r['miss_rate_loaded']):>10} {pct(r['met_feasible']):>13} {r['switches']:>9} "
               f"{str(r['counts_loaded']):>16}")
-    import edgedyn.deploy as d
+    from edgedyn.bundle import Manifest
 
-    m = d.Manifest.load(args.bundle)
+    m = Manifest.load(args.bundle)
     doc = {"bundle": str(args.bundle), "fingerprint": m.fingerprint, "backend": m.backend, "threads": m.threads,
            "expected_ms": [s.expected_ms for s in m.subnets], "overhead": over, "contention": cont}
     args.out.parent.mkdir(parents=True, exist_ok=True)

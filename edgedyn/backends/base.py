@@ -166,6 +166,12 @@ class Backend(abc.ABC):
     def load(self, artifact: Path, input_shape: tuple[int, ...]) -> Runner:
         """Load a built artifact for repeated inference."""
 
+    def load_for_serving(self, artifacts: Sequence[Path], input_shape: tuple[int, ...]) -> tuple[list[Runner], Any]:
+        """Load a bundle's artifacts to serve requests from many threads: the runners, activated,
+        and what they share (None: nothing, they may run concurrently; otherwise the caller runs
+        one at a time). TensorRT overrides this: its runners share one activation buffer."""
+        return [self.load(Path(a), input_shape).activate() for a in artifacts], None
+
     def block_runner(self, key: Any, workdir: Path) -> Runner:
         """A runner for one latency-table block (:class:`~edgedyn.profile.BlockKey`).
 

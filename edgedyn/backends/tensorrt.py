@@ -22,6 +22,7 @@ on a real GPU.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -478,6 +479,16 @@ class TensorRTBackend(OnnxBackend):
         """Deserialize ``artifact``; with ``shared_memory`` its activations live in that shared buffer."""
         trt, api = self._tensorrt()
         return TensorRTRunner(trt, api, Path(artifact), tuple(input_shape), shared_memory)
+
+    def load_for_serving(self, artifacts: Sequence[Path], input_shape: tuple[int, ...]) -> tuple[list[Runner], Any]:
+        """Every engine on one :class:`SharedActivationMemory` (on ``extra["memory_device"]``, default cuda)."""
+        import torch
+
+        shared = SharedActivationMemory(device=str(self.options.extra.get("memory_device", "cuda")))
+        runners: list[Runner] = [self.load(Path(a), input_shape, shared_memory=shared) for a in artifacts]
+        for r in runners if torch.cuda.is_available() else []:  # activated where CUDA is
+            r.activate()
+        return runners, shared
 
 
 def _parser_error(error: Any) -> str:

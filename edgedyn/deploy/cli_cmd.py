@@ -1,18 +1,15 @@
-"""``edgedyn deploy`` and ``edgedyn run``: thin click commands over :func:`edgedyn.deploy.deploy`
-and :mod:`edgedyn.runtime`.
+"""``edgedyn deploy``: a thin click command over :func:`edgedyn.deploy.deploy`.
 
-Registered by ``edgedyn.cli`` (``cli.add_command(deploy)``, ``cli.add_command(run)``); every
-expected failure is an :class:`~edgedyn.errors.EdgedynError`, printed as one line.
+Registered by ``edgedyn.cli`` (``cli.add_command(deploy)``); every expected failure is an
+:class:`~edgedyn.errors.EdgedynError`, printed as one line. (``edgedyn run`` lives in
+:mod:`edgedyn.runtime.cli_cmd`.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ..cli_types import NONNEG_INT, POSITIVE_FLOAT, POSITIVE_INT, Int, Ramp, Threads
-from ..errors import EdgedynError
+from ..cli_types import Int, Threads
 
 
 @click.command(name="deploy")
@@ -31,9 +28,9 @@ from ..errors import EdgedynError
               help="Deploy every search pick, also one no more accurate (fp32, test split) than a cheaper pick.")
 def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated) -> None:
     """Build a bundle: one compiled, checked, re-measured artifact per chosen sub-net."""
-    from .build import deploy as build_bundle
+    from . import build
 
-    m = build_bundle(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
+    m = build.deploy(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
                      threads=threads, measure_iters=measure_iters, keep_dominated=keep_dominated)
     click.echo(f"bundle {m.root} ({m.backend['name']} {m.backend['version']}, {m.precision}, "
                f"threads {m.threads}) for {m.fingerprint}")
@@ -62,64 +59,4 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
         click.echo(f"note: {note}")
 
 
-@click.command(name="run")
-@click.option("--bundle", required=True, type=click.Path(), help="Bundle directory (edgedyn deploy --out).")
-@click.option("--budget-ms", type=POSITIVE_FLOAT, default=None, help="Latency budget per request (ms, > 0).")
-@click.option("--policy", type=click.Choice(["budget", "fixed", "adaptive"]), default="budget", show_default=True)
-@click.option("--subnet", type=NONNEG_INT, default=None,
-              help="Sub-net index for --policy fixed (default: most accurate).")
-@click.option("--quantile", type=click.Choice(["p99", "p90", "median"]), default="p99", show_default=True,
-              help="Which deploy-time latency a sub-net must fit the budget with (a budget is a deadline).")
-@click.option("--requests", type=POSITIVE_INT, default=None, help="Serve this many requests (default 1000).")
-@click.option("--duration", type=POSITIVE_FLOAT, default=None, help="Or serve for this many seconds (> 0).")
-@click.option("--input", "input_path", default=None, type=click.Path(),
-              help="Request inputs: a folder of images or a .npy (default: random tensors).")
-@click.option("--schedule", default=None, type=click.Path(dir_okay=False),
-              help="JSON list of [request_index (or t_seconds with --duration), budget_ms].")
-@click.option("--ramp", type=Ramp(), default=None, help="Budget ramp A:B ms over the run, e.g. 2:0.3 (both > 0).")
-@click.option("--threads", type=Threads(), default=None,
-              help="Override the bundle's CPU thread count (1 to the CPUs available).")
-@click.option("--allow-other-device", is_flag=True, help="Load a bundle deployed on another device (testing only).")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON.")
-def run(bundle, budget_ms, policy, subnet, quantile, requests, duration, input_path, schedule, ramp, threads,
-        allow_other_device, json_out) -> None:
-    """Serve requests from a bundle under a latency budget and report sub-net use and misses."""
-    from ..artifacts import atomic_write_json
-    from ..runtime import Selector
-    from ..runtime.serve import load_inputs, make_budget, serve
-
-    if requests is not None and duration is not None:
-        raise EdgedynError("give --requests or --duration, not both")
-    if requests is None and duration is None:
-        requests = 1000
-    budget = make_budget(budget_ms, schedule, ramp, requests, duration)  # checks every number first
-    if json_out:  # checked before serving: a report that cannot be written would be lost
-        _check_json_out(Path(json_out))
-    with Selector.load(bundle, policy, budget_ms=budget_ms, subnet=subnet, threads=threads,
-                       allow_other_device=allow_other_device, quantile=quantile) as selector:
-        inputs = load_inputs(input_path, selector.manifest.input_shape)
-        selector.warmup()
-        report = serve(selector, inputs, requests=requests, duration_s=duration, budget=budget)
-    click.echo(report.format())
-    if json_out:
-        try:
-            atomic_write_json(Path(json_out), report.to_dict())
-        except OSError as err:
-            raise EdgedynError(f"{json_out}: cannot write the report ({err.strerror or err}) (--json)") from None
-        click.echo(f"wrote {json_out}")
-
-
-def _check_json_out(path: Path) -> None:
-    """One line, before any serving, for a --json path that cannot be written."""
-    import os
-
-    if path.is_dir():
-        raise EdgedynError(f"{path}: is a folder; --json must name a file")
-    parent = next((p for p in path.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise EdgedynError(f"{path}: {parent} is a file, not a folder; choose another --json")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise EdgedynError(f"{path}: {parent} is not writable; choose another --json")
-
-
-__all__ = ["deploy", "run"]
+__all__ = ["deploy"]

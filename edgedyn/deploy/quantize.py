@@ -5,13 +5,18 @@ and 11): activations and weights symmetric int8 (zero point 0), biases left in f
 Activation ranges are kept per sub-net in ONNX Runtime's calibration cache format under
 ``calib/`` in the bundle, indexed by ``calib_cache.json``, so re-deploying with the same
 model and calibration data skips calibration.
+
+The quantize stage of deploy: :func:`calibration` gathers the data once per bundle,
+:func:`quantize_subnet` writes each sub-net's QDQ graph.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +116,52 @@ def quantize_qdq(src: Path, dst: Path, calib: np.ndarray, ranges: Path, input_na
     finally:
         quiet.setLevel(level)
     return dst
+
+
+@dataclass
+class Calibration:
+    """A bundle's int8 calibration: the data, where it came from, and the ranges cache."""
+
+    x: np.ndarray
+    source: str
+    cache: CalibCache
+
+    def record(self) -> dict[str, object]:
+        """The manifest's ``calibration`` field."""
+        return {"source": self.source, "samples": int(len(self.x)), "data_sha256": self.cache.digest,
+                "method": "MinMax", "cache": CALIB_CACHE_NAME}
+
+
+def default_calibration(splits: Any, limit: int) -> np.ndarray:
+    """``limit`` samples spread evenly over the run's training split."""
+    train = splits.train
+    idx = np.unique(np.linspace(0, len(train) - 1, min(limit, len(train))).astype(np.int64))
+    return np.stack([np.asarray(train[int(i)][0], dtype=np.float32) for i in idx])
+
+
+def calibration(calib: str | os.PathLike | np.ndarray | None, splits: Any, data_spec: str, shape: tuple[int, ...],
+                limit: int, root: Path, signature: str) -> Calibration:
+    """Calibration data: ``calib`` (a folder of images, a ``.npy`` or an array), else ``limit``
+    samples of the run's training split; one-line error for data of the wrong shape."""
+    if calib is None:
+        x, source = default_calibration(splits, limit), f"train split of {data_spec}"
+    elif isinstance(calib, np.ndarray):
+        x, source = np.asarray(calib, dtype=np.float32), "array"
+    else:
+        from ..data import load_calibration
+
+        x, source = load_calibration(Path(calib), shape[-1], limit=limit), str(calib)
+    if x.ndim != 4 or tuple(x.shape[1:]) != shape[1:]:
+        raise EdgedynError(f"calibration data has shape {tuple(x.shape)}, expected [N, {', '.join(map(str, shape[1:]))}]")
+    return Calibration(x, source, CalibCache(root, signature, data_digest(x), source))
+
+
+def quantize_subnet(cal: Calibration, previous: Path, spec_json: str, onnx_path: Path, index: int
+                    ) -> tuple[Path, dict[str, Path]]:
+    """Sub-net ``index``'s QDQ graph next to ``onnx_path``, reusing ranges from the bundle at
+    ``previous`` when model and data are unchanged; returns it and the files to record."""
+    cache = cal.cache
+    reused = cache.reuse_from(previous, spec_json, index)
+    qdq = quantize_qdq(onnx_path, onnx_path.with_name(f"subnet{index}.int8.onnx"), cal.x, cache.ranges_path(index))
+    cache.record(spec_json, index, reused)
+    return qdq, {"qdq": qdq, "calib_ranges": cache.ranges_path(index)}

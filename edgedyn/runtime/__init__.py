@@ -1,5 +1,10 @@
-"""Runtime: serve a deployed bundle under a latency budget (:class:`Selector`)."""
+"""Runtime: serve a deployed bundle under a latency budget (:class:`Selector`).
 
-from .selector import POLICIES, InferInfo, Selector
+Reads bundles through :mod:`edgedyn.bundle`; imports nothing from :mod:`edgedyn.deploy`.
+"""
 
-__all__ = ["POLICIES", "InferInfo", "Selector"]
+from .dispatch import InferInfo
+from .policies import POLICIES, Policy, register_policy
+from .selector import Selector
+
+__all__ = ["POLICIES", "InferInfo", "Policy", "Selector", "register_policy"]

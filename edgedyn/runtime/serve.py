@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import EdgedynError
 from ..validate import NumberError, number_problem, parse_ramp
-from .selector import Selector, check_budget
+from .inputs import check_budget
+from .selector import Selector
 
 BudgetFn = Callable[[int, float], "float | None"]
 
@@ -246,5 +247,5 @@ def make_budget(budget_ms: float | None, schedule: str | Path | None, ramp: str 
     if schedule is not None:
         return schedule_budget(load_schedule(schedule), by_time)
     if ramp is not None:
-        return ramp_budget(ramp, duration_s if by_time else float(requests or 1), by_time)
+        return ramp_budget(ramp, duration_s if duration_s is not None else float(requests or 1), by_time)
     return constant_budget(budget_ms)

@@ -17,19 +17,19 @@ timing cache, int8 calibration ranges) and ``manifest.json``, written last::
                   "accuracy": {"test", "test_fp32", "delta", "agreement", "n_test",
                                "holdout_fp32", "n_holdout", "search_test", "search_holdout"}}]}
 
-Every listed file carries its sha256; :func:`verify_files` checks them.
+Every listed file carries its sha256; :func:`~edgedyn.bundle.files.verify_files` checks them.
+Deploy writes this file (:mod:`edgedyn.deploy`), the runtime reads it (:mod:`edgedyn.runtime`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import validate as V
+from .. import validate
 from ..artifacts import atomic_write_json, load_json, require
 from ..dynamic import SubnetSpec
 from ..errors import ArtifactError
@@ -39,20 +39,6 @@ MANIFEST_NAME = "manifest.json"
 ACCURACIES = ("test", "test_fp32", "holdout_fp32", "agreement", "search_test", "search_holdout")  # fractions in [0, 1]
 MAX_THREADS = 4096  # a thread count above this in a manifest is corrupt, not a big machine
 MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32: no real request is larger
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_record(root: Path, path: Path) -> dict[str, Any]:
-    """``{"path": relative path, "sha256", "bytes"}`` of a file inside the bundle ``root``."""
-    return {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 @dataclass
@@ -102,22 +88,22 @@ class SubnetRecord:
                 raise ArtifactError(f"{where}: field 'measured' must be an object or null")
             w = f"{where}.measured"
             # deploy-time latencies (ms): finite, > 0, and percentiles in order
-            lat = [V.positive(require(measured, k, (int, float), w), w, k) for k in ("median", "p90", "p99")]
+            lat = [validate.positive(require(measured, k, (int, float), w), w, k) for k in ("median", "p90", "p99")]
             if not lat[0] <= lat[1] <= lat[2]:
                 raise ArtifactError(f"{w}: fields 'median' <= 'p90' <= 'p99' must hold, got {lat[0]!r}, "
                                     f"{lat[1]!r}, {lat[2]!r}")
-            V.optional(V.positive, measured.get("p10"), w, "p10")
-            V.optional(V.integer, measured.get("n"), w, "n")
-        predicted = V.optional(V.positive, obj.get("predicted_ms"), where, "predicted_ms")
+            validate.optional(validate.positive, measured.get("p10"), w, "p10")
+            validate.optional(validate.integer, measured.get("n"), w, "n")
+        predicted = validate.optional(validate.positive, obj.get("predicted_ms"), where, "predicted_ms")
         accuracy = obj.get("accuracy") or {}
         if not isinstance(accuracy, dict):
             raise ArtifactError(f"{where}: field 'accuracy' must be an object")
         for k in ACCURACIES:
-            V.optional(V.fraction, accuracy.get(k), f"{where}.accuracy", k)
-        V.optional(V.finite, accuracy.get("delta"), f"{where}.accuracy", "delta", lo=-1.0, hi=1.0)
-        V.optional(V.nonneg, accuracy.get("max_abs_diff"), f"{where}.accuracy", "max_abs_diff")
-        V.optional(V.integer, accuracy.get("n_test"), f"{where}.accuracy", "n_test")
-        V.optional(V.integer, accuracy.get("n_holdout"), f"{where}.accuracy", "n_holdout")
+            validate.optional(validate.fraction, accuracy.get(k), f"{where}.accuracy", k)
+        validate.optional(validate.finite, accuracy.get("delta"), f"{where}.accuracy", "delta", lo=-1.0, hi=1.0)
+        validate.optional(validate.nonneg, accuracy.get("max_abs_diff"), f"{where}.accuracy", "max_abs_diff")
+        validate.optional(validate.integer, accuracy.get("n_test"), f"{where}.accuracy", "n_test")
+        validate.optional(validate.integer, accuracy.get("n_holdout"), f"{where}.accuracy", "n_holdout")
         budget = obj.get("budget")
         budgets = obj.get("budgets") or ([budget] if budget else [])
         if not isinstance(budgets, list):
@@ -127,14 +113,14 @@ class SubnetRecord:
                 raise ArtifactError(f"{where}: field 'budget' must be an object or null, and 'budgets' a list "
                                     "of objects")
             if "value" in b:
-                V.positive(b["value"], f"{where}.budget" if j == 0 and budget is not None else f"{where}.budgets",
+                validate.positive(b["value"], f"{where}.budget" if j == 0 and budget is not None else f"{where}.budgets",
                            "value")
         return cls(
-            index=V.integer(require(obj, "index", int, where), where, "index", lo=0),
+            index=validate.integer(require(obj, "index", int, where), where, "index", lo=0),
             spec=_spec(require(obj, "spec", (dict, list), where), f"{where}.spec"),
             files=files,
-            macs=V.integer(require(obj, "macs", int, where), where, "macs", lo=0),
-            params=V.integer(require(obj, "params", int, where), where, "params", lo=0),
+            macs=validate.integer(require(obj, "macs", int, where), where, "macs", lo=0),
+            params=validate.integer(require(obj, "params", int, where), where, "params", lo=0),
             predicted_ms=predicted,
             measured=measured,
             accuracy=accuracy,
@@ -156,7 +142,7 @@ def _check_file_record(rec: Any, where: str) -> None:
         raise ArtifactError(f"{where}: must be an object with 'path' and 'sha256'")
     path = require(rec, "path", str, where)
     require(rec, "sha256", str, where)
-    V.optional(V.integer, rec.get("bytes"), where, "bytes")
+    validate.optional(validate.integer, rec.get("bytes"), where, "bytes")
     if Path(path).is_absolute() or ".." in Path(path).parts:
         raise ArtifactError(f"{where}: field 'path' must be relative to the bundle, got {path!r}")
 
@@ -239,7 +225,7 @@ class Manifest:
         threads = obj.get("threads")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
             raise ArtifactError(f"{where}: field 'threads' must be an integer or null")
-        V.optional(V.integer, threads, where, "threads", lo=1, hi=MAX_THREADS)
+        validate.optional(validate.integer, threads, where, "threads", lo=1, hi=MAX_THREADS)
         dtype = inp.get("dtype", "float32")
         try:
             import numpy as np
@@ -269,7 +255,7 @@ class Manifest:
         if not isinstance(obj.get("notes") or [], list):
             raise ArtifactError(f"{where}: field 'notes' must be a list")
         # the catch-all: no NaN or infinity anywhere else either (checks, calibration, device)
-        V.all_finite(obj, where)
+        validate.all_finite(obj, where)
         return cls(
             device=require(obj, "device", dict, where),
             fingerprint=require(obj, "fingerprint", str, where),
@@ -303,16 +289,3 @@ class Manifest:
         for s in self.subnets:
             out += [(f"subnets[{s.index}].files.{role}", rec) for role, rec in s.files.items()]
         return out
-
-
-def verify_files(manifest: Manifest) -> None:
-    """Raise a one-line ArtifactError naming the file unless every listed file exists with its sha256."""
-    root = manifest.root
-    for label, rec in manifest.all_files():
-        path = root / rec["path"]
-        if not path.is_file():
-            raise ArtifactError(f"{path}: file listed in {manifest.path} ({label}) is missing")
-        digest = sha256_file(path)
-        if digest != rec["sha256"]:
-            raise ArtifactError(f"{path}: sha256 {digest[:12]}... does not match the manifest's "
-                                f"{rec['sha256'][:12]}... ({label}); the bundle was modified")

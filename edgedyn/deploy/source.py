@@ -80,7 +80,7 @@ def load_run(path: str | os.PathLike) -> RunInfo:
     raw = require(doc, "subnets", list, where)
     if not raw:
         raise ArtifactError(f"{where}: field 'subnets' is empty")
-    cost = doc.get("cost") if isinstance(doc.get("cost"), dict) else {}
+    cost: dict[str, Any] = doc["cost"] if isinstance(doc.get("cost"), dict) else {}
     subnets = []
     for i, s in enumerate(raw):
         w = f"{where}: subnets[{i}]"
@@ -99,7 +99,7 @@ def load_run(path: str | os.PathLike) -> RunInfo:
             params=int(s["params"]) if isinstance(s.get("params"), int) else net.params(spec),
             holdout_accuracy=_num(s, "holdout_accuracy"), test_accuracy=_num(s, "test_accuracy"),
         ))
-    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    config: dict[str, Any] = doc["config"] if isinstance(doc.get("config"), dict) else {}
     data = {
         "spec": config.get("data", "digits"),
         "input_size": int(net.input_shape[-1]),
@@ -107,6 +107,8 @@ def load_run(path: str | os.PathLike) -> RunInfo:
         "holdout_fraction": float(config.get("holdout_fraction", 0.1)),
         "limit": config.get("data_limit"),
     }
-    table = doc.get("table", {}).get("path") if isinstance(doc.get("table"), dict) else doc.get("table")
+    table = doc.get("table")
+    if isinstance(table, dict):
+        table = table.get("path")
     return RunInfo(path=run_dir, net=net, subnets=subnets, cost_unit=cost.get("unit"), data=data,
                    table=table if isinstance(table, str) else None, doc=doc)
