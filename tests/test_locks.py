@@ -1,5 +1,6 @@
-"""Exclusive advisory locks (issue 23): a second writer is refused at once, in one line naming
-the artifact and the holder's pid; the lock goes with its holder, even a SIGKILLed one."""
+"""Refuse before destroying (issue 23). Exclusive advisory locks: a second writer is refused at
+once, in one line naming the artifact and the holder's pid; the lock goes with its holder, even a
+SIGKILLed one. ``refuse_foreign``: an artifact never replaces a file of another kind."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgedyn.errors import EdgedynError
+from edgedyn.artifacts import atomic_write_json, refuse_foreign
+from edgedyn.errors import ArtifactError, EdgedynError
 from edgedyn.locks import LockedError, exclusive_lock, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +102,56 @@ def test_a_folder_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
             exclusive_lock(tmp_path / "file" / "sub" / "t.json", "latency table"):
         pass
     assert "\n" not in str(err.value)
+
+
+# -- refuse_foreign ---------------------------------------------------------------------------
+TABLE = "edgedyn.latency_table/2"
+
+
+def test_refuse_foreign_lets_a_new_path_and_the_same_kind_through(tmp_path: Path) -> None:
+    refuse_foreign(tmp_path / "new.json", TABLE)
+    atomic_write_json(tmp_path / "t.json", {"schema": "edgedyn.latency_table/1", "entries": {}})
+    refuse_foreign(tmp_path / "t.json", TABLE)  # an older version of the same kind
+
+
+@pytest.mark.parametrize("content, found", [
+    ('{"schema": "edgedyn.search_result/1", "subnets": []}', "edgedyn.search_result artifact"),
+    ("not json at all", "not a JSON artifact"),
+    ('{"entries": {}}', "without a 'schema' field"),
+    ("[1, 2]", "without a 'schema' field"),
+    (b"\xff\xfe\x00binary", "not a JSON artifact"),
+])
+def test_refuse_foreign_refuses_another_kind_in_one_line(tmp_path: Path, content, found: str) -> None:
+    victim = tmp_path / "subnets.json"
+    if isinstance(content, bytes):
+        victim.write_bytes(content)
+    else:
+        victim.write_text(content)
+    with pytest.raises(ArtifactError) as err:
+        refuse_foreign(victim, TABLE, hint="; pass --overwrite to replace it")
+    msg = str(err.value)
+    assert "\n" not in msg and str(victim) in msg and found in msg and "edgedyn.latency_table" in msg
+    assert msg.endswith("; pass --overwrite to replace it")
+    refuse_foreign(victim, TABLE, allow=True)  # the caller's --overwrite
+
+
+def test_refuse_foreign_never_opens_a_fifo_nor_replaces_a_directory(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        refuse_foreign(fifo, TABLE)  # returns at once: a FIFO is never opened
+    with pytest.raises(ArtifactError, match="a directory"):
+        refuse_foreign(tmp_path, TABLE)
+
+
+def test_refuse_foreign_protects_every_file_of_a_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    atomic_write_json(bundle / "manifest.json", {"schema": "edgedyn.bundle/1", "subnets": []})
+    (bundle / "model_0.onnx").write_bytes(b"onnx")
+    atomic_write_json(bundle / "table.json", {"schema": TABLE, "entries": {}})
+    for victim, kind in ((bundle / "manifest.json", "edgedyn.run_report/1"), (bundle / "model_0.onnx", TABLE),
+                         (bundle / "table.json", TABLE)):  # even a table of the same kind
+        with pytest.raises(ArtifactError, match=f"a file of the bundle {bundle}"):
+            refuse_foreign(victim, kind)
+    refuse_foreign(bundle / "report.json", "edgedyn.run_report/1")  # a new file beside them
+    refuse_foreign(bundle / "manifest.json", "edgedyn.bundle/1")  # deploy rewriting its own manifest
