@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,3 +94,80 @@ def require(obj: Mapping, field: str, typ: type | tuple[type, ...], where: str) 
         name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
         raise ArtifactError(f"{where}: field '{field}' must be {name}, got {type(value).__name__}")
     return value
+
+
+# -- refuse before destroying ----------------------------------------------------------------
+_BUNDLE_KIND = "edgedyn.bundle"  # edgedyn.deploy's BUNDLE_SCHEMA, without importing deploy here
+_BUNDLE_MANIFEST = "manifest.json"
+_MAX_INSPECT_BYTES = 256 << 20  # an artifact this large is not read whole to learn its kind
+
+
+def _kind(schema: str) -> str:
+    return schema.split("/", 1)[0]
+
+
+def _found_kind(path: Path) -> str:
+    """What the regular file at ``path`` is, as the schema kind it declares or a few words."""
+    size = path.stat().st_size
+    if size > _MAX_INSPECT_BYTES:
+        return f"a file of {size} bytes, too large to be checked"
+    try:
+        obj = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "not a JSON artifact"
+    found = obj.get("schema") if isinstance(obj, dict) else None
+    if not isinstance(found, str):
+        return "a JSON file without a 'schema' field"
+    return _kind(found)
+
+
+def _bundle_of(path: Path) -> Path | None:
+    """The bundle directory ``path`` lies in (its folder holds a bundle manifest), or None."""
+    manifest = path.parent / _BUNDLE_MANIFEST
+    try:
+        if not manifest.is_file() or manifest.stat().st_size > _MAX_INSPECT_BYTES:
+            return None
+        obj = json.loads(manifest.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    found = obj.get("schema") if isinstance(obj, dict) else None
+    return path.parent if isinstance(found, str) and _kind(found) == _BUNDLE_KIND else None
+
+
+def refuse_foreign(path: str | os.PathLike, schema: str, *, allow: bool = False, hint: str = "") -> None:
+    """Refuse (one-line :class:`ArtifactError`) to write an artifact of ``schema``'s kind over
+    something that is not one: another schema, a file that is not JSON, a directory, a FIFO
+    or device, or any existing file of a deployed bundle (a folder holding a bundle
+    ``manifest.json``), unless the artifact written is a bundle manifest itself.
+
+    ``schema`` is ``name/major`` or ``name``; kinds are compared without the version, so an
+    older table may be replaced by a newer one. A missing ``path`` is fine. ``allow=True``
+    (an ``--overwrite`` flag) skips the check. ``hint`` ends the message ("; pass --overwrite").
+    Nothing is opened that is not a regular file (a FIFO would block the open).
+    """
+    if allow:
+        return
+    path = Path(path)
+    kind = _kind(schema)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ArtifactError(f"{path}: cannot check it before writing a {kind} ({err.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        found = "a directory"
+    elif not stat.S_ISREG(st.st_mode):
+        found = "not a regular file"
+    elif kind != _BUNDLE_KIND and (bundle := _bundle_of(path)) is not None:
+        found = f"a file of the bundle {bundle}"
+    else:
+        try:
+            found = _found_kind(path)
+        except OSError as err:
+            raise ArtifactError(f"{path}: cannot check it before writing a {kind} ({err.strerror})") from None
+        if found == kind:
+            return
+        if "." in found and " " not in found:
+            found = f"a {found} artifact"
+    raise ArtifactError(f"{path}: refusing to overwrite it with a {kind}: it is {found}{hint}")

@@ -6,15 +6,22 @@ into one line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 import click
 
 from . import __version__
 from .cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, NONNEG_INT, NUM_CLASSES, POSITIVE_INT, Int, Threads
-from .errors import EdgedynError
+from .errors import EdgedynError, Terminated
+
+EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
 
 
 class _Group(click.Group):
@@ -22,11 +29,17 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgedynError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            _fail(str(err))
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated) under main()
+            terminated = isinstance(err, Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            sys.exit(EXIT_SIGTERM if terminated else EXIT_SIGINT)
+        except OSError as err:
+            if err.errno == errno.EPIPE:  # click's own rule: a closed pipe on stdout ends quietly
+                raise
+            _fail(f"{user_file(err)}: {err.strerror or _first_line(err)}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            _fail(f"{user_file(err)}: cannot decode it ({_first_line(err)})")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -180,8 +193,67 @@ def _register() -> None:
 _register()
 
 
+# -- one rule for every command: errors, Ctrl-C and SIGTERM ----------------------------------
+_PATH_NAMES = ("path", "file", "filename", "fh", "fp", "src", "dst", "out", "target")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _fail(message: str) -> None:
+    lines = message.strip().splitlines()
+    click.echo(f"error: {lines[0] if lines else 'failed'}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def user_file(err: BaseException) -> str:
+    """The file an OSError or a decode error concerns: its ``filename``, else the innermost
+    frame of its traceback with a path-like local (``path``, ``fh``, ...); ``"a file"`` if none."""
+    for name in (getattr(err, "filename", None), getattr(err, "filename2", None)):
+        if isinstance(name, (str, bytes, os.PathLike)):
+            return os.fsdecode(name)
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in _PATH_NAMES:
+            value = frame.f_locals.get(name)
+            if isinstance(value, os.PathLike) or isinstance(value, str) and value and "\n" not in value:
+                return os.fspath(value)
+            if isinstance(getattr(value, "name", None), str):  # an open file
+                return value.name  # type: ignore[union-attr]
+    return "a file"
+
+
+_sigterm_seen = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds the main thread as Ctrl-C does; a second one lets that cleanup finish."""
+    global _sigterm_seen
+    if _sigterm_seen:
+        return
+    _sigterm_seen = True
+    raise Terminated()
+
+
 def main() -> None:
-    cli(prog_name="edgedyn")
+    """The ``edgedyn`` entry point: SIGTERM behaves as Ctrl-C (state saved, temporary files
+    removed) and ends with status 143; Ctrl-C ends with 130; expected failures with 2."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli(prog_name="edgedyn")
+    except SystemExit as done:  # a command that handled the interrupt itself (profile exits 130)
+        if _sigterm_seen and done.code != EXIT_ERROR:
+            sys.exit(EXIT_SIGTERM)
+        raise
+    except KeyboardInterrupt:  # outside the commands (while parsing options): click's Abort did not see it
+        sys.exit(EXIT_SIGTERM if _sigterm_seen else EXIT_SIGINT)
 
 
 if __name__ == "__main__":

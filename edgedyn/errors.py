@@ -21,3 +21,9 @@ class ArtifactError(EdgedynError):
 
 class BackendUnavailable(EdgedynError):
     """An optional backend (TensorRT, CUDA, jetson-stats) that is not installed or has no device."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler: it unwinds as Ctrl-C does
+    (``finally`` blocks and ``except KeyboardInterrupt`` run, state is saved), and the CLI
+    then exits 143 instead of 130."""

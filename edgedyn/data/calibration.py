@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import IMAGE_EXTENSIONS, DataError, _check_input_size, _check_limit, _describe, _spread, image_transform
+from .files import load_rgb_image
 
 
 def load_calibration(path: str | Path, input_size: int, *, limit: int | None = None) -> np.ndarray:
@@ -54,8 +55,6 @@ def _calibration_from_npy(path: Path, input_size: int, limit: int | None) -> np.
 
 
 def _calibration_from_images(folder: Path, input_size: int, limit: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     files = sorted(
         f
         for f in folder.rglob("*")
@@ -69,11 +68,11 @@ def _calibration_from_images(folder: Path, input_size: int, limit: int | None) -
         )
     transform = image_transform(input_size)
     out = []
-    for i in _spread(len(files), limit):
+    for i in _spread(len(files), limit):  # regular files only (is_file), opened under PIL's pixel limit
         try:
-            with Image.open(files[i]) as img:
-                out.append(transform(img).numpy())
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"calibration image {files[i]} cannot be read ({_describe(exc)})") from None
+            img = load_rgb_image(files[i])
+        except DataError as exc:
+            raise DataError(f"calibration image {exc}") from None
+        out.append(transform(img).numpy())
     return np.stack(out).astype(np.float32, copy=False)
 

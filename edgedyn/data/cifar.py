@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from .core import DataError, DataSplits, InMemoryDataset, _carve, _channel_stats_uint8, _describe
+from .files import open_regular
 
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
@@ -46,7 +48,7 @@ def load_cifar10(root: Path, input_size: int, seed: int, holdout_fraction: float
     if not (root / CIFAR10_TRAIN_FILES[0]).exists() and (root / CIFAR10_DIRNAME).is_dir():
         folder = root / CIFAR10_DIRNAME
     for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE):
-        if not (folder / name).is_file():
+        if not os.path.lexists(folder / name):  # a FIFO or a device is found, and refused when read
             raise DataError(f"cifar10: missing batch file {folder / name}; {what}")
     parts = [_read_cifar_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
     train_x = np.concatenate([p[0] for p in parts])
@@ -71,8 +73,10 @@ def load_cifar10(root: Path, input_size: int, seed: int, holdout_fraction: float
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 pickle batch as uint8 [N, 3, 32, 32] and int64 [N]."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             batch = _BatchUnpickler(fh, encoding="bytes").load()
+    except DataError:
+        raise
     except Exception as exc:  # a corrupt pickle can raise almost anything
         raise DataError(
             f"cifar10: cannot read batch file {path} ({_describe(exc)}); "
@@ -87,14 +91,37 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
         raise DataError(f"cifar10: batch file {path} has no b'data' / b'labels' entries; is it a CIFAR-10 batch?")
-    data = np.asarray(data)
-    y = np.asarray(labels, dtype=np.int64)
+    y = _labels(labels, path)
+    try:
+        data = np.asarray(data)
+    except Exception as exc:  # an object that numpy cannot make an array of
+        raise DataError(f"cifar10: batch file {path} has b'data' that is no array ({_describe(exc)})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(y) != len(data):
         raise DataError(
             f"cifar10: batch file {path} has data {data.dtype} {data.shape} and {len(y)} labels, "
             "expected uint8 [N, 3072] and N labels"
         )
-    if len(y) and (y.min() < 0 or y.max() > 9):
-        raise DataError(f"cifar10: batch file {path} has labels outside 0..9")
     return data.reshape(-1, 3, 32, 32), y
 
+
+def _labels(labels: object, path: Path) -> np.ndarray:
+    """b'labels' as int64 [N]: a list of ints in 0..9 (numpy ints accepted, bools and floats not)."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        values: list = labels.tolist()
+    elif isinstance(labels, (list, tuple)):
+        values = list(labels)
+    else:
+        raise DataError(f"cifar10: batch file {path} has b'labels' of type {type(labels).__name__}, "
+                        "expected a list of ints in 0..9")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise DataError(f"cifar10: batch file {path} has b'labels'[{i}] = {_short(v)} "
+                            f"({type(v).__name__}), expected an int in 0..9")
+        if not 0 <= v <= 9:
+            raise DataError(f"cifar10: batch file {path} has labels outside 0..9 (b'labels'[{i}] = {_short(v)})")
+    return np.asarray(values, dtype=np.int64).reshape(len(values))
+
+
+def _short(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -15,19 +15,25 @@ images x 3 x 32 x 32 = 184 MB) and are scaled and normalised a whole batch at a 
 
 Files are parsed with numpy alone (the idx format is a 4-byte magic, big-endian
 dimensions and raw bytes): a bad magic, a truncated file, counts that disagree or a
-label outside the class range raise one line naming the file.
+label outside the class range raise one line naming the file. Only regular files are
+read, the header is checked against the file's real size before the data is read, and a
+gzip stream is decompressed in bounded chunks (:mod:`edgedyn.data.files`).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 
 from .core import DataError, DataSplits, InMemoryDataset, _carve, _channel_stats_uint8, _describe
+from .files import open_regular, read_exact
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_APT = "apt-get install dataset-fashion-mnist"
@@ -40,16 +46,18 @@ IDX_FILES = {
 _MAGIC_IMAGES = 0x00000803  # unsigned byte, 3 dimensions
 _MAGIC_LABELS = 0x00000801  # unsigned byte, 1 dimension
 NUM_CLASSES = 10
+GZIP_MAX_RATIO = 1032  # deflate expands at most ~1032:1; a header declaring more is corrupt
 
 
 def find_idx_files(root: Path, hint: str) -> dict[str, Path]:
-    """The four idx files in ``root`` (raw preferred over ``.gz``); one-line error naming a missing one."""
+    """The four idx files in ``root`` (raw preferred over ``.gz``); one-line error naming a missing one.
+    A name that exists but is no regular file (a FIFO, say) is found here and refused when read."""
     if not root.is_dir():
         raise DataError(f"{root}: folder not found; {hint}")
     found = {}
     for key, name in IDX_FILES.items():
         for cand in (root / name, root / f"{name}.gz"):
-            if cand.is_file():
+            if os.path.lexists(cand):
                 found[key] = cand
                 break
         else:
@@ -57,26 +65,53 @@ def find_idx_files(root: Path, hint: str) -> dict[str, Path]:
     return found
 
 
+def _product(dims: tuple[int, ...]) -> int:
+    return math.prod(dims)  # Python ints: no overflow, whatever the header says
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """One idx file as a uint8 array of the dimensions its header declares."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({_describe(exc)})") from None
+    """One idx file as a uint8 array of the dimensions its header declares.
+
+    Only a regular file is opened; the header is read first, and the data is read only when
+    its declared size (exact integer arithmetic) matches the file: the raw file's real size,
+    or for ``.gz`` at most :data:`GZIP_MAX_RATIO` times the compressed size, read in bounded
+    chunks and refused as soon as it runs past the declared size (a gzip bomb stops there).
+    """
+    kind = "images" if magic == _MAGIC_IMAGES else "labels"
+    gz = path.suffix == ".gz"
+    with open_regular(path) as raw:
+        size = os.fstat(raw.fileno()).st_size
+        try:
+            fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            with fh:
+                return _read_idx_stream(fh, path, magic, kind, size, gz)
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: cannot read ({_describe(exc)})") from None
+
+
+def _read_idx_stream(fh: IO[bytes], path: Path, magic: int, kind: str, size: int, gz: bool) -> np.ndarray:
     ndim = magic & 0xFF
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise DataError(f"{path}: truncated header ({len(raw)} bytes)")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        kind = "images" if magic == _MAGIC_IMAGES else "labels"
-        raise DataError(f"{path}: bad magic 0x{found:08x}, expected 0x{magic:08x} (idx {kind}, unsigned byte)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    want = int(np.prod(dims, dtype=np.int64))
-    if len(raw) - head != want:
-        raise DataError(f"{path}: header declares {'x'.join(map(str, dims))} = {want} bytes of data, "
-                        f"the file holds {len(raw) - head} (truncated or corrupt)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)
+    head_len = 4 + 4 * ndim
+    head = fh.read(head_len)
+    if len(head) < 4 or int.from_bytes(head[:4], "big") != magic:
+        found = f"0x{int.from_bytes(head[:4], 'big'):08x}" if len(head) >= 4 else f"{len(head)} bytes"
+        if len(head) < 4:
+            raise DataError(f"{path}: truncated header ({found})")
+        raise DataError(f"{path}: bad magic {found}, expected 0x{magic:08x} (idx {kind}, unsigned byte)")
+    if len(head) < head_len:
+        raise DataError(f"{path}: truncated header ({len(head)} bytes)")
+    dims = tuple(int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if kind == "images" and 0 in dims[1:]:
+        raise DataError(f"{path}: header declares zero-sized images ({'x'.join(map(str, dims))})")
+    want = _product(dims)
+    shape = "x".join(map(str, dims))
+    room = GZIP_MAX_RATIO * size if gz else size - head_len
+    if want > room or (not gz and want != room):
+        holds = f"at most {room} once decompressed" if gz else str(room)
+        raise DataError(f"{path}: header declares {shape} = {want} bytes of data, the file holds {holds} "
+                        "(truncated or corrupt)")
+    data = read_exact(fh, want, path, f"the header ({shape})")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
