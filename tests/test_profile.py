@@ -430,3 +430,34 @@ def test_refit_rederives_a_table_from_its_own_timings_and_refuses_bad_ones(fake,
     assert res.exit_code == 2 and "--refit" in res.output
     res = CliRunner().invoke(cli, args[:-3] + ["--out", str(tmp_path / "none.json"), "--refit"])
     assert res.exit_code == 2 and "none.json" in res.output
+
+
+# -- the shipped tables predict exactly as they did before the blocks/backends reshape ----
+GOLDEN_TABLES = Path(__file__).resolve().parent / "golden" / "tables" / "predictions.json"
+SHIPPED = [("cpu-resnet20.json", "resnet20", 32), ("cpu-resnet18.json", "resnet18", 224),
+           ("orin.json", "resnet20", 32), ("orin.json", "resnet18", 224)]
+
+
+def shipped_predictions() -> dict[str, dict[str, list[float]]]:
+    """Per shipped table and model: predict, raw_sum and the key count of fixed specs (min,
+    full, three uniform, five random); recorded in ``GOLDEN_TABLES`` before the reshape."""
+    root = Path(__file__).resolve().parents[1] / "profiles"
+    out = {}
+    for name, model, size in SHIPPED:
+        table = LatencyTable.load(root / name)
+        net = DynamicNet.from_name(model, input_size=size)
+        specs = [net.min_spec(), net.full_spec()] + [net.uniform_spec(r) for r in (0.25, 0.5, 0.75)]
+        specs += [net.random_spec(seed) for seed in range(5)]
+        out[f"{name}:{model}@{size}"] = {
+            "predict": [table.predict(net, s) for s in specs],
+            "raw_sum": [table.raw_sum(net, s) for s in specs],
+            "keys": [len(table.keys(net, s)) for s in specs]}
+    return out
+
+
+def test_shipped_tables_predict_exactly_as_recorded():
+    want = json.loads(GOLDEN_TABLES.read_text())
+    got = json.loads(json.dumps(shipped_predictions()))  # floats through JSON: repr round-trips exactly
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == want[k], k
