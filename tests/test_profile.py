@@ -55,6 +55,11 @@ class FakeBackend(Backend):
     def version(self):
         return "fake-1"
 
+    def default_threads(self):  # ONNX Runtime's hook: a CPU thread count, chosen by timing
+        from edgedyn.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.default_threads(self)
+
     def block_runner(self, key, workdir=None):
         FakeBackend.block_calls += 1
         if FakeBackend.fail_after is not None and FakeBackend.block_calls > FakeBackend.fail_after:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendUnavailable
 from .base import BackendOptions, OnnxBackend, Runner
+
+if TYPE_CHECKING:
+    from ..blocks import BlockKey, Layout
 
 
 def default_threads() -> int:
@@ -164,9 +167,14 @@ class OnnxRuntimeBackend(OnnxBackend):
     def from_onnx(self, onnx_path: Path, example: Any) -> OrtRunner:
         return OrtRunner(str(onnx_path), self.options, name=str(onnx_path))
 
-    def layout(self) -> Any:
+    def default_threads(self) -> int | None:
+        """On the CPU, the module's :func:`default_threads` (the profiler then picks the count
+        per model by timing); on CUDA none."""
+        return default_threads() if self.options.device == "cpu" else None  # the module function
+
+    def layout(self) -> Layout:
         """NCHWc with the block size ONNX Runtime picks on this CPU (plain where it blocks nothing)."""
-        from ..profile.layout import PLAIN, Layout
+        from ..blocks.layout import PLAIN, Layout
 
         if self.options.device != "cpu":
             return PLAIN
@@ -183,9 +191,9 @@ class OnnxRuntimeBackend(OnnxBackend):
         model.ir_version = 9
         return OrtRunner(model.SerializeToString(), self.options, name="call overhead")
 
-    def block_runner(self, key: Any, workdir: Path | None = None) -> OrtRunner:
+    def block_runner(self, key: BlockKey, workdir: Path | None = None) -> OrtRunner:
         """The block's ONNX goes straight from memory into a session (no files)."""
-        from ..profile.block_models import block_onnx
+        from ..blocks.models import block_onnx
 
         return OrtRunner(block_onnx(key).SerializeToString(), self.options, name=key.to_str())
 

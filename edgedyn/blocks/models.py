@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import BlockKey
+from .key import BlockKey
 
 OPSET = 18
 
@@ -88,7 +88,7 @@ def _nchwc_onnx(key: BlockKey):
     """``key`` as ONNX Runtime runs it inside a network: its own NCHWc kernels, blocked tensors in and out.
 
     This is what ONNX Runtime's CPU graph optimizer turns the block into (see
-    :mod:`edgedyn.profile.layout`); building it directly keeps the input and output
+    :mod:`edgedyn.blocks.layout`); building it directly keeps the input and output
     reorders that an isolated plain block would pay out of the measurement.
     """
     from onnx import TensorProto, helper, numpy_helper
