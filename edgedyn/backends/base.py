@@ -122,6 +122,12 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def _infer(self, x: np.ndarray) -> np.ndarray: ...
 
+    def timed_call(self) -> float:
+        """One timed call (ms) on a fixed input, as the interleaved measurements
+        (:mod:`edgedyn.profile.measure`) take them; the default is one :meth:`time` call with
+        no warm-up, in the backend's proper clock (runners override it with a cheaper one)."""
+        return float(self.time(n_warmup=0, n_iters=1)[0])
+
     def time(self, n_warmup: int = 10, n_iters: int = 50, x: np.ndarray | None = None) -> np.ndarray:
         """Per-call latency in ms, after ``n_warmup`` untimed calls (default: host clock)."""
         if x is None:

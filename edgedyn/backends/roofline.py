@@ -215,7 +215,7 @@ def block_bytes(dev: RooflineDevice, key: BlockKey) -> float:
     return float(elems * ELEM_BYTES[k.precision])
 
 
-def block_breakdown(dev: RooflineDevice, key: BlockKey) -> dict[str, float]:
+def block_breakdown(dev: RooflineDevice, key: BlockKey) -> dict[str, Any]:
     """Compute time, memory time and overhead of a block, in seconds, and which bound it is."""
     p = _precision(dev, key)
     eff = dev.depthwise_efficiency if (key.op == "conv" and key.depthwise) else dev.compute_efficiency

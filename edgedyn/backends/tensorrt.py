@@ -132,7 +132,7 @@ def tensorrt_api(trt: ModuleType) -> TrtApi:
 def make_logger(trt: ModuleType) -> Any:
     """A ``trt.ILogger`` that keeps errors (for one-line messages) and forwards warnings to logging."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+    class _Logger(trt.ILogger):  # type: ignore[name-defined]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []

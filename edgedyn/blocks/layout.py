@@ -150,7 +150,7 @@ class Layout:
                     for src_blocked in may[t.src]:
                         for res_blocked in (may[t.res_src] if t.residual else (True,)):
                             ctx = self._context(t, src_blocked, res_blocked)
-                            keys.update(dict.fromkeys(self._simulate(ctx, lambda x, c=(ci, co): c, batch, precision,
+                            keys.update(dict.fromkeys(self._simulate(ctx, _fixed(ci, co), batch, precision,
                                                                      emit_from=len(ctx) - 1)))
         return list(keys)
 
@@ -209,3 +209,7 @@ def _grid(net: DynamicNet, blocks: list[BlockTemplate], batch: int, precision: s
                 keys[t.key_for(ci, co, batch, precision)] = None
     return list(keys)
 
+
+def _fixed(c_in: int, c_out: int) -> Callable[[BlockTemplate], tuple[int, int]]:
+    """Channels of every block: ``(c_in, c_out)`` (one block simulated at one channel pair)."""
+    return lambda t: (c_in, c_out)

@@ -164,7 +164,8 @@ class _Cutter:
         """A conv with its BatchNorm, a residual add whose other operand is ready, and an activation."""
         m: Any = self.mod_of(node)
         in_shape = _shape(src)
-        tail, fused_add, other = node, False, None
+        tail, fused_add = node, False
+        other_node: fx.Node | None = None
         bn = self.single_user(tail, lambda u: isinstance(self.mod_of(u), nn.BatchNorm2d))
         if bn is not None:
             self.consumed.add(bn)
@@ -172,14 +173,15 @@ class _Cutter:
         add = self.single_user(tail, _is_add)
         if add is not None:
             operand = add.args[0] if add.args[1] is tail else add.args[1]
+            assert isinstance(operand, fx.Node)  # _is_add checked both
             if self.order.get(operand, 1 << 30) < self.order[tail]:  # the other operand is ready: fuse
                 self.consumed.add(add)
-                tail, fused_add, other = add, True, operand
+                tail, fused_add, other_node = add, True, operand
         tail, act = self.fuse_act(tail)
         self.add_block(BlockTemplate(
             str(node.target), "conv", info.in_group, info.out_group, info.in_channels, info.out_channels,
             in_shape[2], in_shape[3], _pair(m.kernel_size), _pair(m.stride), _pair(m.padding),
-            info.depthwise, fused_add, act), src, node, tail, res_node=other)
+            info.depthwise, fused_add, act), src, node, tail, res_node=other_node)
         for n in (node, tail):
             self.group[n], self.channels[n] = info.out_group, info.out_channels
 

@@ -114,7 +114,7 @@ class Profiler:
         busy = busy_before_timing(self.log)
         if busy is not None:
             info["cpu_busy_at_start"] = busy
-        meta = {"name": c.backend, "version": backend.version(), "threads": self.options.threads}
+        meta: dict[str, Any] = {"name": c.backend, "version": backend.version(), "threads": self.options.threads}
         if self.thread_choice is not None:
             meta["thread_choice"] = self.thread_choice
         return LatencyTable(device=info, backend=meta, precision=c.precision_name, batch=c.batch, measured=True,
