@@ -13,7 +13,6 @@ from edgedyn.cli import cli
 from edgedyn.dynamic import DynamicNet, SubnetSpec
 from edgedyn.errors import ArtifactError, EdgedynError
 from edgedyn.profile import BlockKey, LatencyTable, all_keys, model_blocks, subnet_keys
-from edgedyn.profile import profiler as profiler_mod
 from edgedyn.profile.profiler import ProfileConfig, Profiler
 
 SCALE, OFFSET = 1.25, 0.05
@@ -215,6 +214,31 @@ def test_merge_serves_several_models(fake, tmp_path):
     for size in (16, 24):
         table.check_model(DynamicNet.from_name("resnet20", input_size=size))
     assert len(table.calibration) == 2
+
+
+class PlainFake(FakeBackend):
+    """The fake without a thread count to choose (as torch, TensorRT or a GPU backend)."""
+
+    def default_threads(self):
+        return None
+
+
+def test_the_profiler_uses_a_registered_backend_through_its_hooks(tmp_path, monkeypatch):
+    from edgedyn.backends import register_backend, registry
+
+    monkeypatch.setattr(registry, "_TARGETS", dict(registry._TARGETS))
+    register_backend("plain-fake", PlainFake)
+    monkeypatch.setattr(FakeBackend, "net", DynamicNet.from_name("resnet20", input_size=16))
+    monkeypatch.setattr(FakeBackend, "block_calls", 0)
+    monkeypatch.setattr(FakeBackend, "fail_after", None)
+    table = Profiler(cfg(tmp_path, backend="plain-fake", validate=0), log=lambda m: None, progress=False).run()
+    assert table.measured and table.backend["name"] == "plain-fake" and table.layout.kind == "plain"
+    assert table.backend["threads"] is None and "thread_choice" not in table.backend  # no thread hook: no choice
+    assert FakeBackend.block_calls == len(table.entries) > 0
+    net = FakeBackend.net
+    spec = net.random_spec(3)
+    truth = SCALE * sum(fake_ms(k) for k in subnet_keys(net, spec)) + OFFSET
+    assert LatencyTable.load(tmp_path / "t.json").predict(net, spec) == pytest.approx(truth, rel=1e-5)
 
 
 def test_onnxruntime_block_runner_runs_real_blocks():
