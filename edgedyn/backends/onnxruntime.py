@@ -35,25 +35,25 @@ def session_options(threads: int | None):
     parallel operator, which makes small networks slower and noisier on 2 threads than
     on 1; the profiler therefore picks the thread count per model (``profile/threads.py``).
     """
-    import onnxruntime as ort
+    import onnxruntime
 
-    so = ort.SessionOptions()
+    so = onnxruntime.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    import onnxruntime
 
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         raise BackendUnavailable(f"onnxruntime has no CUDA provider here (device {device!r}); "
                                  "install onnxruntime-gpu or use --device cpu")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -68,11 +68,11 @@ class OrtRunner(Runner):
 
     def __init__(self, model: str | bytes, options: BackendOptions, name: str = "model") -> None:
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime
 
         self.name = name
         try:
-            self.session = ort.InferenceSession(model, session_options(options.threads),
+            self.session = onnxruntime.InferenceSession(model, session_options(options.threads),
                                                 providers=_providers(options.device))
         except Exception as err:
             first = str(err).strip().splitlines()[0][:200]
@@ -124,7 +124,7 @@ def nchwc_block(threads: int | None = None) -> int:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
+    import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")
@@ -137,7 +137,7 @@ def nchwc_block(threads: int | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgedyn-nchwc-") as tmp:
         so = session_options(threads)
         so.optimized_model_filepath = str(Path(tmp) / "probe.onnx")
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        onnxruntime.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(so.optimized_model_filepath)
         inits = {i.name: list(i.dims) for i in opt.graph.initializer}
         for node in opt.graph.node:
@@ -199,17 +199,17 @@ class OnnxRuntimeBackend(OnnxBackend):
 
     def build(self, onnx_path: Path, out_path: Path) -> Path:
         """Save ONNX Runtime's fully optimized graph for this device as the deployable model."""
-        import onnxruntime as ort
+        import onnxruntime
 
         from ..artifacts import atomic_write_bytes
 
         out_path = Path(out_path)
         tmp = out_path.with_name(out_path.name + ".opt.tmp")
         so = session_options(self.options.threads)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(tmp)
         try:
-            ort.InferenceSession(str(onnx_path), so, providers=_providers(self.options.device))
+            onnxruntime.InferenceSession(str(onnx_path), so, providers=_providers(self.options.device))
             atomic_write_bytes(out_path, tmp.read_bytes())
         finally:
             tmp.unlink(missing_ok=True)
