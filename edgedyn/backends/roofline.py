@@ -2,6 +2,8 @@
 
 Nothing runs here: a :class:`RooflineDevice` holds a device's published peaks and a few
 stated assumptions, and :func:`block_latency_ms` prices a :class:`BlockKey` with them.
+:class:`RooflineBackend` (the backend ``roofline``) offers this to the profiler through the
+analytic hooks of :class:`~edgedyn.backends.base.Backend` (``measures`` False, ``estimate_ms``).
 
 The model, per block::
 
