@@ -301,7 +301,8 @@ def test_parser_error_is_one_line_naming_the_file(monkeypatch: pytest.MonkeyPatc
 def test_build_failure_reports_tensorrt_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, conv_onnx: Path) -> None:
     _install(monkeypatch, TRT10)
     # A strongly typed TRT 10 network with the FP16 flag is rejected by the builder.
-    monkeypatch.setattr(TrtApi, "network_flags", lambda self, trt: 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    monkeypatch.setattr(TrtApi, "network_flags",
+                        lambda self, trt: 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     with pytest.raises(EdgedynError) as err:
         _backend("fp16").build(conv_onnx, tmp_path / "m.engine")
     message = str(err.value)
@@ -338,7 +339,8 @@ def test_load_reads_engine_io(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, c
     assert runner.input_shape == SHAPE and runner.output_shape == (1, 8, 16, 16)
     assert runner.input_dtype == np.float32 and runner.output_dtype == np.float32  # fp32 I/O kept
     assert calls(trt).contexts == ["STATIC"]
-    with pytest.raises(EdgedynError, match=r"engine input shape \(1, 3, 16, 16\) differs from the requested \(2, 3, 16, 16\)"):
+    differs = r"engine input shape \(1, 3, 16, 16\) differs from the requested \(2, 3, 16, 16\)"
+    with pytest.raises(EdgedynError, match=differs):
         backend.load(tmp_path / "m.engine", (2, 3, 16, 16))
 
 
@@ -361,6 +363,20 @@ def test_prepare_many_exports_in_workers_then_builds_each(monkeypatch: pytest.Mo
                                             progress=lambda: done.append(1))
     assert [r.output_shape for r in runners] == [(1, 4, 8, 8), (1, 8, 8, 8)] and len(done) == 2
     assert all((d / "model.engine").is_file() for d in dirs)
+
+
+def test_block_runner_builds_the_block_and_loads_it_at_its_input_shape(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from edgedyn.blocks import BlockKey
+
+    _install(monkeypatch, TRT10)
+    key = BlockKey("conv", 8, 16, 12, 12, 3, 2, 1, act="relu")
+    runner = _backend("fp16").block_runner(key, tmp_path / "blocks")  # the profiler's path (base class)
+    assert runner.input_shape == (1, 8, 12, 12) and runner.output_shape == (1, 16, 6, 6)
+    assert {p.name for p in (tmp_path / "blocks").iterdir()} >= {"block.onnx", "block.engine"}
+    assert callable(runner.timed_call)  # what the profiler's interleaved measurement calls
+
 
 # -- shared activation memory -------------------------------------------------------------
 @pytest.mark.parametrize("version", [TRT10, TRT11])

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from edgedyn.blocks import PLAIN, Layout
 from edgedyn.dynamic import DynamicNet
 from edgedyn.errors import ArtifactError
 from edgedyn.profile import BlockKey, LatencyTable
-from edgedyn.profile.layout import PLAIN, Layout
 from edgedyn.profile.calibration import fit_calibration
 from edgedyn.profile.table import key_features
 
@@ -175,11 +174,11 @@ def test_blocks_timed_at_the_calls_fixed_cost_are_still_corrected():
 
 
 def test_as_run_pools_keys_onnxruntime_runs_on_the_same_padded_shapes():
-    from edgedyn.profile.layout import as_run
-    from edgedyn.profile.profiler import share_as_run
+    from edgedyn.blocks import as_run
+    from edgedyn.profile.grid import share_as_run
     from edgedyn.profile.table import Entry
 
-    k = lambda ci, co, layout="nchwc16": BlockKey("conv", ci, co, 16, 16, 3, 1, 1, act="relu", layout=layout)  # noqa: E731
+    k = lambda ci, co, layout="nchwc16": BlockKey("conv", ci, co, 16, 16, 3, 1, 1, act="relu", layout=layout)
     assert as_run(k(16, 8)) == as_run(k(16, 16)) == k(16, 16)
     assert as_run(k(24, 20)) == as_run(k(32, 32)) == k(32, 32)  # blocked input: padded too
     assert as_run(k(8, 8)) == k(8, 16) and as_run(k(8, 8)) != as_run(k(12, 8))  # plain input: as it is

@@ -13,7 +13,6 @@ from edgedyn.cli import cli
 from edgedyn.dynamic import DynamicNet, SubnetSpec
 from edgedyn.errors import ArtifactError, EdgedynError
 from edgedyn.profile import BlockKey, LatencyTable, all_keys, model_blocks, subnet_keys
-from edgedyn.profile import profiler as profiler_mod
 from edgedyn.profile.profiler import ProfileConfig, Profiler
 
 SCALE, OFFSET = 1.25, 0.05
@@ -54,6 +53,11 @@ class FakeBackend(Backend):
 
     def version(self):
         return "fake-1"
+
+    def default_threads(self):  # ONNX Runtime's hook: a CPU thread count, chosen by timing
+        from edgedyn.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend.default_threads(self)
 
     def block_runner(self, key, workdir=None):
         FakeBackend.block_calls += 1
@@ -212,6 +216,31 @@ def test_merge_serves_several_models(fake, tmp_path):
     assert len(table.calibration) == 2
 
 
+class PlainFake(FakeBackend):
+    """The fake without a thread count to choose (as torch, TensorRT or a GPU backend)."""
+
+    def default_threads(self):
+        return None
+
+
+def test_the_profiler_uses_a_registered_backend_through_its_hooks(tmp_path, monkeypatch):
+    from edgedyn.backends import register_backend, registry
+
+    monkeypatch.setattr(registry, "_TARGETS", dict(registry._TARGETS))
+    register_backend("plain-fake", PlainFake)
+    monkeypatch.setattr(FakeBackend, "net", DynamicNet.from_name("resnet20", input_size=16))
+    monkeypatch.setattr(FakeBackend, "block_calls", 0)
+    monkeypatch.setattr(FakeBackend, "fail_after", None)
+    table = Profiler(cfg(tmp_path, backend="plain-fake", validate=0), log=lambda m: None, progress=False).run()
+    assert table.measured and table.backend["name"] == "plain-fake" and table.layout.kind == "plain"
+    assert table.backend["threads"] is None and "thread_choice" not in table.backend  # no thread hook: no choice
+    assert FakeBackend.block_calls == len(table.entries) > 0
+    net = FakeBackend.net
+    spec = net.random_spec(3)
+    truth = SCALE * sum(fake_ms(k) for k in subnet_keys(net, spec)) + OFFSET
+    assert LatencyTable.load(tmp_path / "t.json").predict(net, spec) == pytest.approx(truth, rel=1e-5)
+
+
 def test_onnxruntime_block_runner_runs_real_blocks():
     from edgedyn.backends import BackendOptions
     from edgedyn.backends.onnxruntime import OnnxRuntimeBackend
@@ -237,6 +266,11 @@ def test_cli_roofline_table_is_marked_unmeasured(tmp_path):
     assert table.measured is False and table.sources and table.precision == "fp16"
     net = DynamicNet.from_name("resnet20")
     assert table.predict(net, net.min_spec()) < table.predict(net, net.full_spec())
+    # the shipped roofline table was made the same way: the same entries, device and sources
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "profiles" / "orin.json").read_text())
+    made = json.loads(out.read_text())
+    assert made["entries"] and all(shipped["entries"][k] == e for k, e in made["entries"].items())
+    assert made["device"] == shipped["device"] and made["sources"] == shipped["sources"]
 
 
 def test_cli_profile_bad_input(tmp_path):
@@ -430,3 +464,34 @@ def test_refit_rederives_a_table_from_its_own_timings_and_refuses_bad_ones(fake,
     assert res.exit_code == 2 and "--refit" in res.output
     res = CliRunner().invoke(cli, args[:-3] + ["--out", str(tmp_path / "none.json"), "--refit"])
     assert res.exit_code == 2 and "none.json" in res.output
+
+
+# -- the shipped tables predict exactly as they did before the blocks/backends reshape ----
+GOLDEN_TABLES = Path(__file__).resolve().parent / "golden" / "tables" / "predictions.json"
+SHIPPED = [("cpu-resnet20.json", "resnet20", 32), ("cpu-resnet18.json", "resnet18", 224),
+           ("orin.json", "resnet20", 32), ("orin.json", "resnet18", 224)]
+
+
+def shipped_predictions() -> dict[str, dict[str, list[float]]]:
+    """Per shipped table and model: predict, raw_sum and the key count of fixed specs (min,
+    full, three uniform, five random); recorded in ``GOLDEN_TABLES`` before the reshape."""
+    root = Path(__file__).resolve().parents[1] / "profiles"
+    out = {}
+    for name, model, size in SHIPPED:
+        table = LatencyTable.load(root / name)
+        net = DynamicNet.from_name(model, input_size=size)
+        specs = [net.min_spec(), net.full_spec()] + [net.uniform_spec(r) for r in (0.25, 0.5, 0.75)]
+        specs += [net.random_spec(seed) for seed in range(5)]
+        out[f"{name}:{model}@{size}"] = {
+            "predict": [table.predict(net, s) for s in specs],
+            "raw_sum": [table.raw_sum(net, s) for s in specs],
+            "keys": [len(table.keys(net, s)) for s in specs]}
+    return out
+
+
+def test_shipped_tables_predict_exactly_as_recorded():
+    want = json.loads(GOLDEN_TABLES.read_text())
+    got = json.loads(json.dumps(shipped_predictions()))  # floats through JSON: repr round-trips exactly
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == want[k], k

@@ -4,10 +4,18 @@ from dataclasses import replace
 import pytest
 
 from edgedyn.backends.roofline import (
-    SCHEMA, RooflineDevice, block_breakdown, block_bytes, block_latency_ms, load_device, padded_channels,
-    predict_keys, shipped_devices)
+    SCHEMA,
+    RooflineDevice,
+    block_breakdown,
+    block_bytes,
+    block_latency_ms,
+    load_device,
+    padded_channels,
+    predict_keys,
+    shipped_devices,
+)
+from edgedyn.blocks import BlockKey
 from edgedyn.errors import ArtifactError, EdgedynError
-from edgedyn.profile.blocks import BlockKey
 
 ORIN = "jetson_agx_orin_64gb"
 

@@ -43,7 +43,8 @@ def main() -> None:
                                             f"{f'-g{args.group_size}' if args.group_size else ''}.json")
         table = profile(cfg, progress=False)
         val = next(v for v in table.validation.values() if v["model"] == f"{name}@{size}" or not size)
-        rows.append({"model": val["model"], "group_size": args.group_size, "backend": table.backend["name"], "backend_version": table.backend["version"],
+        rows.append({"model": val["model"], "group_size": args.group_size, "backend": table.backend["name"],
+                     "backend_version": table.backend["version"],
                      "threads": table.backend.get("threads"), "thread_choice": table.backend.get("thread_choice"),
                      "precision": table.precision, "batch": table.batch,
                      "layout": table.layout.tag, "passes": args.passes, "calibration_terms": sorted(
@@ -54,8 +55,9 @@ def main() -> None:
     print(f"\n{'model':<16} {'backend':<12} {'thr':>3} {'prof s':>7} {'K':>3} {'MAPE %':>7} {'<=10% %':>8} "
           f"{'rho table':>9} {'rho FLOPs':>9}")
     for r in rows:
-        print(f"{r['model']:<16} {r['backend']:<12} {r['threads'] or '-':>3} {r['profile_seconds']:>7.1f} {r['k']:>3} {r['mape']:>7.2f} "
-              f"{r['within_10pct']:>8.1f} {r['spearman_table'] or float('nan'):>9.4f} {r['spearman_flops'] or float('nan'):>9.4f}")
+        print(f"{r['model']:<16} {r['backend']:<12} {r['threads'] or '-':>3} {r['profile_seconds']:>7.1f} "
+              f"{r['k']:>3} {r['mape']:>7.2f} {r['within_10pct']:>8.1f} "
+              f"{r['spearman_table'] or float('nan'):>9.4f} {r['spearman_flops'] or float('nan'):>9.4f}")
     print(f"device: {rows[0]['device'].get('fingerprint')}  load at start: "
           f"{rows[0]['device'].get('load_average_at_start')}")
     atomic_write_json(args.out, {"benchmark": "profile", "rows": rows})

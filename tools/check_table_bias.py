@@ -24,7 +24,7 @@ CONTROLS = [(4, 4, 4, 4, 8, 8, 8, 8, 16, 16, 16, 16), (8, 8, 8, 8, 16, 16, 16, 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    import bench_search as B
+    import bench_search
     from edgedyn.artifacts import atomic_write_json
     from edgedyn.profile import LatencyTable
 
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-ms", type=float, default=2000.0)
     args = p.parse_args(argv)
     table = LatencyTable.load(args.table)
-    bargs = B.parse_args(["--table", args.table, "--measure-ms", str(args.measure_ms)])
-    timing = B.measure_all(FAMILY + CONTROLS, bargs, table, lambda m: print(m, file=sys.stderr))
+    bargs = bench_search.parse_args(["--table", args.table, "--measure-ms", str(args.measure_ms)])
+    timing = bench_search.measure_all(FAMILY + CONTROLS, bargs, table, lambda m: print(m, file=sys.stderr))
     full = timing[CONTROLS[-1]]
     rows = []
     print(f"{'sub-net':<48}{'kind':>9}{'pred ms':>9}{'meas ms':>9}{'error':>8}{'frac pred':>10}{'frac meas':>10}")

@@ -1,4 +1,5 @@
-"""Execution backends behind one interface (see :mod:`edgedyn.backends.base`).
+"""Execution backends behind one interface (see :mod:`edgedyn.backends.base`), by name
+(:mod:`edgedyn.backends.registry`).
 
 Heavy or optional modules (TensorRT) are imported only when their backend is asked for.
 """
@@ -6,23 +7,10 @@ Heavy or optional modules (TensorRT) are imported only when their backend is ask
 from __future__ import annotations
 
 from .base import PRECISIONS, Backend, BackendOptions, OnnxBackend, Runner
+from .registry import DEVICE_DEFAULTS, backend_class, backend_names, get_backend, register_backend
 
+#: The backends that run models (deploy and serve); ``roofline`` only estimates (profile).
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
-
-def get_backend(name: str, options: BackendOptions | None = None) -> Backend:
-    """Instantiate a backend by name; unknown names give a one-line error."""
-    from ..errors import EdgedynError
-
-    if name == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend as cls
-    elif name == "torch":
-        from .torch_backend import TorchBackend as cls
-    elif name == "tensorrt":
-        from .tensorrt import TensorRTBackend as cls
-    else:
-        raise EdgedynError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} (or roofline for profile)")
-    return cls(options)
-
-
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendOptions", "OnnxBackend", "Runner", "get_backend"]
+__all__ = ["BACKENDS", "DEVICE_DEFAULTS", "PRECISIONS", "Backend", "BackendOptions", "OnnxBackend", "Runner",
+           "backend_class", "backend_names", "get_backend", "register_backend"]

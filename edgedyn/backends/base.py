@@ -11,6 +11,13 @@ A :class:`Backend` turns a model into a :class:`Runner`:
   artifact (an optimized ``.onnx`` or a ``.engine``); ``load(artifact)`` returns a runner.
   ``edgedyn deploy`` and the runtime selector use these.
 
+Profiling hooks, with defaults for a backend that times blocks on this machine's clock:
+``measures`` and ``estimate_ms`` (an analytic backend prices blocks instead of timing
+them: roofline), ``default_threads`` (a CPU backend whose thread count the profiler
+chooses: ONNX Runtime), ``layout`` (how activations flow between blocks), ``block_runner``,
+``overhead_runner``, ``device_info`` and ``sources`` (recorded in the table) and
+``default_subsample``. The profiler asks these and names no backend.
+
 Runners follow Polygraphy's template: ``activate`` / ``infer`` / ``deactivate`` and use as
 a context manager. ``time(n_warmup, n_iters)`` returns per-call latencies in ms measured
 with the backend's proper clock (host clock for CPU, CUDA events for GPUs).
@@ -23,9 +30,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from ..errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from ..blocks import BlockKey, Layout
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -71,10 +83,10 @@ class Runner(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
-    def _activate(self) -> None:  # pragma: no cover - optional hook
+    def _activate(self) -> None:  # noqa: B027  # pragma: no cover - optional hook, empty by default
         pass
 
-    def _deactivate(self) -> None:  # pragma: no cover - optional hook
+    def _deactivate(self) -> None:  # noqa: B027  # pragma: no cover - optional hook, empty by default
         pass
 
     # -- inference --------------------------------------------------------------------
@@ -110,6 +122,12 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def _infer(self, x: np.ndarray) -> np.ndarray: ...
 
+    def timed_call(self) -> float:
+        """One timed call (ms) on a fixed input, as the interleaved measurements
+        (:mod:`edgedyn.profile.measure`) take them; the default is one :meth:`time` call with
+        no warm-up, in the backend's proper clock (runners override it with a cheaper one)."""
+        return float(self.time(n_warmup=0, n_iters=1)[0])
+
     def time(self, n_warmup: int = 10, n_iters: int = 50, x: np.ndarray | None = None) -> np.ndarray:
         """Per-call latency in ms, after ``n_warmup`` untimed calls (default: host clock)."""
         if x is None:
@@ -131,6 +149,12 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     artifact_suffix: ClassVar[str]
+    #: False for an analytic backend: it times nothing, the profiler prices every block
+    #: with :meth:`estimate_ms` and marks the table as not measured on hardware.
+    measures: ClassVar[bool] = True
+    #: When profiling, measure every N-th channel width per axis and interpolate the rest
+    #: (more than 1 where each block is slow to build: TensorRT).
+    default_subsample: ClassVar[int] = 1
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()
@@ -172,28 +196,46 @@ class Backend(abc.ABC):
         one at a time). TensorRT overrides this: its runners share one activation buffer."""
         return [self.load(Path(a), input_shape).activate() for a in artifacts], None
 
-    def block_runner(self, key: Any, workdir: Path) -> Runner:
-        """A runner for one latency-table block (:class:`~edgedyn.profile.BlockKey`).
+    def block_runner(self, key: BlockKey, workdir: Path) -> Runner:
+        """A runner for one latency-table block (:class:`~edgedyn.blocks.BlockKey`).
 
         The default writes the block as ONNX and goes through :meth:`build` and
         :meth:`load`, as deploy does; backends with a faster path override it.
         """
         import onnx
 
-        from ..profile.block_models import block_onnx
+        from ..blocks.models import block_onnx
 
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         onnx_path = workdir / "block.onnx"
-        onnx.save(block_onnx(key), str(onnx_path))
+        model = block_onnx(key)
+        onnx.save(model, str(onnx_path))
         artifact = self.build(onnx_path, workdir / f"block{self.artifact_suffix}")
-        return self.load(artifact, None)
+        shape = tuple(int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim)
+        return self.load(artifact, shape)
 
-    def layout(self) -> Any:
-        """How this backend lays activations out between blocks (:class:`~edgedyn.profile.layout.Layout`)."""
-        from ..profile.layout import PLAIN
+    def layout(self) -> Layout:
+        """How this backend lays activations out between blocks (:class:`~edgedyn.blocks.Layout`)."""
+        from ..blocks.layout import PLAIN
 
         return PLAIN
+
+    def default_threads(self) -> int | None:
+        """The CPU intra-op thread count this backend runs with when none is asked for, or
+        None where it has no thread count to choose (the default). A backend that returns
+        one gets its count chosen by timing when profiled (:mod:`edgedyn.profile.threads`),
+        and the table records it."""
+        return None
+
+    def estimate_ms(self, key: BlockKey) -> float:
+        """An analytic backend's latency of one block in ms (``measures`` False); a backend
+        that measures has no estimate."""
+        raise BackendUnavailable(f"backend {self.name!r} measures blocks; it has no analytic estimate")
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Where an analytic backend's figures come from (``{"title", "url"}`` each), for its tables."""
+        return []
 
     def overhead_runner(self) -> Runner | None:
         """A runner for a model that does (almost) nothing: the fixed cost of one call, which

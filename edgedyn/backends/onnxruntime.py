@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BackendUnavailable
 from .base import BackendOptions, OnnxBackend, Runner
+
+if TYPE_CHECKING:
+    from ..blocks import BlockKey, Layout
 
 
 def default_threads() -> int:
@@ -32,25 +35,25 @@ def session_options(threads: int | None):
     parallel operator, which makes small networks slower and noisier on 2 threads than
     on 1; the profiler therefore picks the thread count per model (``profile/threads.py``).
     """
-    import onnxruntime as ort
+    import onnxruntime
 
-    so = ort.SessionOptions()
+    so = onnxruntime.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    import onnxruntime
 
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         raise BackendUnavailable(f"onnxruntime has no CUDA provider here (device {device!r}); "
                                  "install onnxruntime-gpu or use --device cpu")
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -65,11 +68,11 @@ class OrtRunner(Runner):
 
     def __init__(self, model: str | bytes, options: BackendOptions, name: str = "model") -> None:
         super().__init__()
-        import onnxruntime as ort
+        import onnxruntime
 
         self.name = name
         try:
-            self.session = ort.InferenceSession(model, session_options(options.threads),
+            self.session = onnxruntime.InferenceSession(model, session_options(options.threads),
                                                 providers=_providers(options.device))
         except Exception as err:
             first = str(err).strip().splitlines()[0][:200]
@@ -121,7 +124,7 @@ def nchwc_block(threads: int | None = None) -> int:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
+    import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones((1, 3, 3, 3), np.float32), "w")
@@ -134,7 +137,7 @@ def nchwc_block(threads: int | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgedyn-nchwc-") as tmp:
         so = session_options(threads)
         so.optimized_model_filepath = str(Path(tmp) / "probe.onnx")
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        onnxruntime.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(so.optimized_model_filepath)
         inits = {i.name: list(i.dims) for i in opt.graph.initializer}
         for node in opt.graph.node:
@@ -164,9 +167,14 @@ class OnnxRuntimeBackend(OnnxBackend):
     def from_onnx(self, onnx_path: Path, example: Any) -> OrtRunner:
         return OrtRunner(str(onnx_path), self.options, name=str(onnx_path))
 
-    def layout(self) -> Any:
+    def default_threads(self) -> int | None:
+        """On the CPU, the module's :func:`default_threads` (the profiler then picks the count
+        per model by timing); on CUDA none."""
+        return default_threads() if self.options.device == "cpu" else None  # the module function
+
+    def layout(self) -> Layout:
         """NCHWc with the block size ONNX Runtime picks on this CPU (plain where it blocks nothing)."""
-        from ..profile.layout import PLAIN, Layout
+        from ..blocks.layout import PLAIN, Layout
 
         if self.options.device != "cpu":
             return PLAIN
@@ -183,25 +191,25 @@ class OnnxRuntimeBackend(OnnxBackend):
         model.ir_version = 9
         return OrtRunner(model.SerializeToString(), self.options, name="call overhead")
 
-    def block_runner(self, key: Any, workdir: Path | None = None) -> OrtRunner:
+    def block_runner(self, key: BlockKey, workdir: Path | None = None) -> OrtRunner:
         """The block's ONNX goes straight from memory into a session (no files)."""
-        from ..profile.block_models import block_onnx
+        from ..blocks.models import block_onnx
 
         return OrtRunner(block_onnx(key).SerializeToString(), self.options, name=key.to_str())
 
     def build(self, onnx_path: Path, out_path: Path) -> Path:
         """Save ONNX Runtime's fully optimized graph for this device as the deployable model."""
-        import onnxruntime as ort
+        import onnxruntime
 
         from ..artifacts import atomic_write_bytes
 
         out_path = Path(out_path)
         tmp = out_path.with_name(out_path.name + ".opt.tmp")
         so = session_options(self.options.threads)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(tmp)
         try:
-            ort.InferenceSession(str(onnx_path), so, providers=_providers(self.options.device))
+            onnxruntime.InferenceSession(str(onnx_path), so, providers=_providers(self.options.device))
             atomic_write_bytes(out_path, tmp.read_bytes())
         finally:
             tmp.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 Nothing runs here: a :class:`RooflineDevice` holds a device's published peaks and a few
 stated assumptions, and :func:`block_latency_ms` prices a :class:`BlockKey` with them.
+:class:`RooflineBackend` (the backend ``roofline``) offers this to the profiler through the
+analytic hooks of :class:`~edgedyn.backends.base.Backend` (``measures`` False, ``estimate_ms``).
 
 The model, per block::
 
@@ -41,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json, load_json, require
-from ..errors import ArtifactError, EdgedynError
-from ..profile.blocks import BlockKey
+from ..blocks.key import BlockKey
+from ..errors import ArtifactError, BackendUnavailable, EdgedynError
+from .base import Backend, BackendOptions, Runner
 
 SCHEMA = "edgedyn.roofline_device/1"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -214,7 +217,7 @@ def block_bytes(dev: RooflineDevice, key: BlockKey) -> float:
     return float(elems * ELEM_BYTES[k.precision])
 
 
-def block_breakdown(dev: RooflineDevice, key: BlockKey) -> dict[str, float]:
+def block_breakdown(dev: RooflineDevice, key: BlockKey) -> dict[str, Any]:
     """Compute time, memory time and overhead of a block, in seconds, and which bound it is."""
     p = _precision(dev, key)
     eff = dev.depthwise_efficiency if (key.op == "conv" and key.depthwise) else dev.compute_efficiency
@@ -233,3 +236,64 @@ def block_latency_ms(dev: RooflineDevice, key: BlockKey) -> float:
 def predict_keys(dev: RooflineDevice, keys: Iterable[BlockKey]) -> dict[BlockKey, float]:
     """Roofline latency in ms of every distinct key (a table one can plan with)."""
     return {k: block_latency_ms(dev, k) for k in dict.fromkeys(keys)}
+
+
+# -- the backend --------------------------------------------------------------------------
+DEFAULT_DEVICE = "jetson_agx_orin_64gb"
+
+
+class RooflineBackend(Backend):
+    """The analytic backend: every block priced by :func:`block_latency_ms`; nothing runs.
+
+    ``BackendOptions.extra["roofline_device"]``: the device file (default: the shipped
+    Jetson AGX Orin 64GB). The profiler writes its tables unmeasured (``measures``).
+    """
+
+    name = "roofline"
+    artifact_suffix = ".json"
+    measures = False
+
+    def __init__(self, options: BackendOptions | None = None) -> None:
+        super().__init__(options)
+        self._device: RooflineDevice | None = None
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    def version(self) -> str:
+        return "1"
+
+    @property
+    def device(self) -> RooflineDevice:
+        """The device file, loaded (and checked) on first use."""
+        if self._device is None:
+            self._device = RooflineDevice.load(self.options.extra.get("roofline_device")
+                                               or SHIPPED_DIR / f"{DEFAULT_DEVICE}.json")
+        return self._device
+
+    def device_info(self) -> dict[str, Any]:
+        dev, kind = self.device, self.options.device
+        return {"kind": kind, "name": dev.name, "fingerprint": f"{kind}:{dev.name}", "roofline": dev.to_json()}
+
+    def estimate_ms(self, key: BlockKey) -> float:
+        return block_latency_ms(self.device, key)
+
+    def sources(self) -> list[dict[str, Any]]:
+        return list(self.device.sources)
+
+    def _runs_nothing(self) -> BackendUnavailable:
+        return BackendUnavailable("the roofline backend estimates latencies for a profile; it runs no model "
+                                  "(deploy with onnxruntime or tensorrt)")
+
+    def prepare(self, module: Any, example: Any, workdir: Path) -> Runner:
+        raise self._runs_nothing()
+
+    def build(self, onnx_path: Path, out_path: Path) -> Path:
+        raise self._runs_nothing()
+
+    def load(self, artifact: Path, input_shape: tuple[int, ...] | None) -> Runner:
+        raise self._runs_nothing()
+
+    def block_runner(self, key: BlockKey, workdir: Path) -> Runner:
+        raise self._runs_nothing()

@@ -33,6 +33,11 @@ import numpy as np
 from ..artifacts import atomic_write_bytes
 from ..errors import BackendUnavailable, EdgedynError
 from .base import PRECISIONS, OnnxBackend, Runner
+from .tensorrt_onnx import QDQ_OPS, check_qdq, convert_to_fp16, one_line
+
+__all__ = ["DEFAULT_WORKSPACE", "NEEDS", "QDQ_OPS", "TIMING_CACHE_NAME", "SharedActivationMemory", "TensorRTBackend",
+           "TensorRTRunner", "TrtApi", "check_qdq", "convert_to_fp16", "cuda_available", "import_tensorrt",
+           "make_logger", "require_gpu", "tensorrt_api"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -42,7 +47,6 @@ NEEDS = (
 )
 DEFAULT_WORKSPACE = 1 << 30  # bytes; override with BackendOptions.extra["workspace_bytes"]
 TIMING_CACHE_NAME = "timing.cache"
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 # TRT 10 (weakly typed): builder flags that allow each precision. For int8 the graph holds
 # explicit Q/DQ nodes; INT8 enables int8 kernels for them and FP16 lets the layers outside
@@ -50,17 +54,13 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _WEAK_TYPING_FLAGS: dict[str, tuple[str, ...]] = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def import_tensorrt() -> ModuleType:
     """Import ``tensorrt`` or raise :class:`BackendUnavailable` with a one-line message."""
     try:
-        import tensorrt as trt
+        import tensorrt
     except (ImportError, OSError) as err:
-        raise BackendUnavailable(f"{NEEDS} ('import tensorrt' failed: {_one_line(err)})") from None
-    return trt
+        raise BackendUnavailable(f"{NEEDS} ('import tensorrt' failed: {one_line(err)})") from None
+    return tensorrt
 
 
 def cuda_available() -> bool:
@@ -133,7 +133,7 @@ def tensorrt_api(trt: ModuleType) -> TrtApi:
 def make_logger(trt: ModuleType) -> Any:
     """A ``trt.ILogger`` that keeps errors (for one-line messages) and forwards warnings to logging."""
 
-    class _Logger(trt.ILogger):  # type: ignore[misc,name-defined]
+    class _Logger(trt.ILogger):  # type: ignore[name-defined]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
@@ -141,7 +141,7 @@ def make_logger(trt: ModuleType) -> Any:
         def log(self, severity: Any, msg: str) -> None:
             levels = trt.ILogger.Severity
             if severity in (levels.INTERNAL_ERROR, levels.ERROR):
-                self.errors.append(_one_line(msg))
+                self.errors.append(one_line(msg))
             elif severity == levels.WARNING:
                 _LOG.warning("TensorRT: %s", msg)
             else:
@@ -152,67 +152,6 @@ def make_logger(trt: ModuleType) -> Any:
 
 def _last_error(logger: Any) -> str:
     return logger.errors[-1] if logger.errors else "no error message from TensorRT"
-
-
-_QDQ_HINT = (
-    "quantize with onnxruntime's quantize_static, QDQ format, QuantType.QInt8 and extra_options "
-    "ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False"
-)
-
-
-def check_qdq(onnx_path: Path) -> None:
-    """Raise unless the ONNX graph holds explicit Q/DQ nodes that TensorRT can build.
-
-    TensorRT quantization is symmetric only (zero points all zero) and dequantizes only
-    int8/fp8/int4 tensors, so an int32 bias DequantizeLinear is refused too (NvInfer.h,
-    IQuantizeLayer / IDequantizeLayer at TensorRT 10.3 and 11.0).
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as err:  # protobuf raises several types for a corrupt file
-        raise EdgedynError(f"{onnx_path}: not a readable ONNX model ({_one_line(err)})") from None
-    nodes = [node for node in model.graph.node if node.op_type in QDQ_OPS]
-    if not nodes:
-        raise EdgedynError(
-            f"{onnx_path}: precision int8 needs explicit QuantizeLinear/DequantizeLinear nodes ({_QDQ_HINT})"
-        )
-    initializers = {t.name: t for t in model.graph.initializer}
-    for node in nodes:
-        zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
-        if zero_point is not None:
-            value = numpy_helper.to_array(zero_point)
-            if value.dtype != np.int8 or np.any(value != 0):
-                raise EdgedynError(
-                    f"{onnx_path}: {node.op_type} node '{node.name}' has zero point {value.ravel()[:4].tolist()} "
-                    f"of type {value.dtype}; TensorRT needs symmetric int8 Q/DQ, zero point 0 ({_QDQ_HINT})"
-                )
-        source = initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
-        if source is not None and source.data_type != onnx.TensorProto.INT8:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(source.data_type)
-            raise EdgedynError(
-                f"{onnx_path}: DequantizeLinear node '{node.name}' dequantizes a tensor of type {dtype}; "
-                f"the int8 path expects int8 tensors only ({_QDQ_HINT})"
-            )
-
-
-def convert_to_fp16(src: Path, dst: Path) -> Path:
-    """Write an fp16 copy of ``src`` (fp32 inputs/outputs kept) to ``dst`` for strongly typed builds."""
-    import onnx
-
-    try:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-        from onnxruntime.transformers.onnx_model import OnnxModel
-    except ImportError as err:
-        raise BackendUnavailable(
-            f"fp16 engines on TensorRT 11 need onnxruntime's float16 converter ({_one_line(err)})"
-        ) from None
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    graph = OnnxModel(model)
-    graph.topological_sort()  # the converter appends its input/output Casts at the end
-    return atomic_write_bytes(dst, graph.model.SerializeToString())
 
 
 class SharedActivationMemory:
@@ -401,6 +340,7 @@ class TensorRTBackend(OnnxBackend):
 
     name = "tensorrt"
     artifact_suffix = ".engine"
+    default_subsample = 2  # an engine build per block: measure every other width, interpolate the rest
 
     @classmethod
     def available(cls) -> bool:
@@ -494,7 +434,7 @@ class TensorRTBackend(OnnxBackend):
 def _parser_error(error: Any) -> str:
     op = error.node_operator()
     where = f"{op} node '{error.node_name()}': " if op else ""
-    return _one_line(f"{where}{error.desc()}")
+    return one_line(f"{where}{error.desc()}")
 
 
 def _load_timing_cache(config: Any, path: Path) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import BackendUnavailable
 from .base import Backend, Runner
+
+if TYPE_CHECKING:
+    from ..blocks import BlockKey
 
 
 class TorchRunner(Runner):
@@ -74,8 +77,8 @@ class TorchBackend(Backend):
         inputs = example if isinstance(example, tuple) else (example,)
         return TorchRunner(module, inputs, self.options.device, self.options.precision)
 
-    def block_runner(self, key: Any, workdir: Path | None = None) -> TorchRunner:
-        from ..profile.block_models import block_torch
+    def block_runner(self, key: BlockKey, workdir: Path | None = None) -> TorchRunner:
+        from ..blocks.models import block_torch
 
         module, inputs = block_torch(key)
         return self.prepare(module, inputs)

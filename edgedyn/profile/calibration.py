@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..blocks.layout import as_run, pad_channels
 from ..errors import EdgedynError
-from .layout import as_run, pad_channels
 
 if TYPE_CHECKING:
-    from .blocks import BlockKey
+    from ..blocks import BlockKey
 
 FEATURES = ("block_sum", "weight_melems", "act_melems")
 NOISE_REL = 0.02  # relative spread of one whole-sub-net measurement (per-call median of 30-200 calls)
@@ -143,8 +143,8 @@ def _fit(feats, measured, names, counts, timed_ms, prior_rel):
     return c, d
 
 
-def fit_calibration(feats: list[dict[str, float]], measured: Sequence[float], counts: np.ndarray | None = None,
-                    timed_ms: np.ndarray | None = None) -> CalibrationFit:
+def fit_calibration(feats: list[dict[str, float]], measured: Sequence[float] | np.ndarray,
+                    counts: np.ndarray | None = None, timed_ms: np.ndarray | None = None) -> CalibrationFit:
     """Fit the calibration of one model on whole sub-nets (see the module docstring).
 
     ``feats`` are the sub-nets' uncorrected features, ``measured`` their latencies (ms).
@@ -168,7 +168,7 @@ def fit_calibration(feats: list[dict[str, float]], measured: Sequence[float], co
             c, d = _fit([feats[i] for i in np.flatnonzero(tr)], measured[tr], names,
                         None if counts is None else counts[tr], timed_ms, rel)
             pred = _design([feats[i] for i in np.flatnonzero(te)], names) @ c
-            if d is not None:
+            if d is not None and counts is not None:
                 pred = pred + c[0] * (counts[te] @ d)
             errs[te] = np.abs(pred - measured[te]) / measured[te]
         cv = float(errs.mean() * 100)

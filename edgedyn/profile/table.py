@@ -16,7 +16,7 @@ File format (JSON, ``schema: "edgedyn.latency_table/2"``)::
 
 ``source`` is ``measured``, ``interpolated`` or ``roofline``. A sub-net's *block sum* is
 the sum over its keys under the table's ``layout`` (reorders included, see
-:mod:`~edgedyn.profile.layout`) of ``ms - call_overhead_ms``: each entry was timed as one
+:mod:`~edgedyn.blocks.layout`) of ``ms - call_overhead_ms``: each entry was timed as one
 backend call, the whole sub-net is one call. A prediction is the calibration's linear
 model over the sub-net's features (:data:`FEATURES`: the block sum with the model's
 fitted per-block corrections, and the weight and activation elements its blocks touch),
@@ -27,17 +27,17 @@ in isolation) must be re-profiled.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import validate as V
+from .. import validate
 from ..artifacts import atomic_write_json, load_json, require
+from ..blocks import PLAIN, BlockKey, Layout, all_keys, subnet_keys
 from ..errors import ArtifactError
-from .blocks import BlockKey, all_keys, subnet_keys
 from .calibration import FEATURES, Calibration, key_features
-from .layout import PLAIN, Layout
 
 if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
@@ -80,7 +80,7 @@ class LatencyTable:
     entries: dict[BlockKey, Entry] = field(default_factory=dict)
     calibration: dict[str, Calibration] = field(default_factory=dict)
     validation: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # an analytic table's citations
     created: str = ""
     path: Path | None = None
     layout: Layout = PLAIN
@@ -223,68 +223,19 @@ class LatencyTable:
         device = require(obj, "device", dict, w)
         backend = require(obj, "backend", dict, w)
         if backend.get("threads") is not None:
-            V.integer(backend["threads"], w, "backend.threads", lo=1, hi=MAX_THREADS)
+            validate.integer(backend["threads"], w, "backend.threads", lo=1, hi=MAX_THREADS)
         precision = require(obj, "precision", str, w)
-        batch = V.integer(require(obj, "batch", int, w), w, "batch", lo=1)
+        batch = validate.integer(require(obj, "batch", int, w), w, "batch", lo=1)
         measured = require(obj, "measured", bool, w)
-        raw_entries = require(obj, "entries", dict, w)
-        entries: dict[BlockKey, Entry] = {}
-        for text, e in raw_entries.items():
-            where = f"{w}: entries[{text[:60]}...]"
-            try:
-                key = BlockKey.from_str(text)
-            except (ValueError, TypeError) as err:
-                raise ArtifactError(f"{where}: bad block key ({err})") from None
-            if not isinstance(e, dict):
-                raise ArtifactError(f"{where}: entry must be an object")
-            ms = V.positive(V.field_of(e, "ms", where), where, "ms")
-            source = e.get("source", "measured")
-            if source not in SOURCES:
-                raise ArtifactError(f"{where}: field 'source' is {source!r}, expected one of {SOURCES}")
-            spread = [V.optional(V.nonneg, e.get(k), where, k) for k in ("p10", "p90", "iqr")]
-            n = V.integer(e.get("n", 0), where, "n", lo=0)
-            entries[key] = Entry(ms, source, *spread, n)
-        calibration = {}
-        for sig, c in require(obj, "calibration", dict, w).items():
-            where = f"{w}: calibration[{sig}]"
-            if not isinstance(c, dict):
-                raise ArtifactError(f"{where}: must be an object")
-            coef = require(c, "coef", dict, where)
-            if "block_sum" not in coef or any(ft not in FEATURES for ft in coef):
-                raise ArtifactError(f"{where}: field 'coef' must map features {FEATURES} (with 'block_sum') "
-                                    "to numbers")
-            # the block-sum scale is fitted > 0 (calibration refuses otherwise); the memory
-            # terms may be negative, any prediction <= 0 is refused by predict()
-            coefs = {ft: V.finite(v, where, f"coef.{ft}") for ft, v in coef.items()}
-            V.positive(coef["block_sum"], where, "coef.block_sum")
-            raw_corr = c.get("corrections", {})
-            if not isinstance(raw_corr, dict):
-                raise ArtifactError(f"{where}: field 'corrections' must be an object")
-            corrections: dict[BlockKey, float] = {}
-            for text, v in raw_corr.items():
-                try:
-                    k = BlockKey.from_str(text)
-                except (ValueError, TypeError) as err:
-                    raise ArtifactError(f"{where}: field 'corrections' has a bad entry {text[:60]!r} ({err})") from None
-                corrections[k] = V.finite(v, where, f"corrections[{text[:60]}]")
-            points = c.get("points", [])
-            if not isinstance(points, list):
-                raise ArtifactError(f"{where}: field 'points' must be a list")
-            calibration[sig] = Calibration(
-                str(c.get("model", "?")), coefs, V.finite(V.field_of(c, "offset_ms", where), where, "offset_ms"),
-                V.integer(c.get("n", 0), where, "n", lo=0), points,
-                V.optional(V.nonneg, c.get("cv_mape"), where, "cv_mape"), corrections,
-                V.nonneg(c.get("prior_rel", 0.0), where, "prior_rel"))
-        lay = require(obj, "layout", dict, w)
-        V.integer(lay.get("block", 0), w, "layout.block", lo=0, hi=1024)
-        try:
-            layout = Layout.from_json(lay)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ArtifactError(f"{w}: field 'layout' is invalid ({err})") from None
+        entries = _entries_from(require(obj, "entries", dict, w), w)
+        calibration = {sig: _calibration_from(c, f"{w}: calibration[{sig}]")
+                       for sig, c in require(obj, "calibration", dict, w).items()}
+        layout = _layout_from(require(obj, "layout", dict, w), w)
         # every entry was timed as one call and includes its fixed cost: the cost of one
         # call cannot exceed the largest entry
         largest = max((e.ms for e in entries.values()), default=None)
-        overhead = V.finite(V.field_of(obj, "call_overhead_ms", w), w, "call_overhead_ms", lo=0.0, hi=largest)
+        overhead = validate.finite(validate.field_of(obj, "call_overhead_ms", w), w, "call_overhead_ms", lo=0.0,
+                                   hi=largest)
         bad = next((k for k in entries if k.layout not in ("plain", layout.tag)), None)
         if bad is not None:
             raise ArtifactError(f"{w}: entries[{bad.to_str()[:60]}...]: layout {bad.layout!r} does not match "
@@ -294,8 +245,75 @@ class LatencyTable:
         if not isinstance(validation, dict) or not isinstance(sources, list):
             raise ArtifactError(f"{w}: field 'validation' must be an object and 'sources' a list")
         # the catch-all: no NaN or infinity anywhere else either (device info, points, validation)
-        V.all_finite(obj, w)
+        validate.all_finite(obj, w)
         return cls(device=device, backend=backend, precision=precision, batch=batch, measured=measured,
                    entries=entries, calibration=calibration, validation=dict(validation),
                    sources=list(sources), created=str(obj.get("created", "")), path=path,
                    layout=layout, call_overhead_ms=overhead)
+
+
+def timestamp() -> str:
+    """Now in UTC, to the second (ISO 8601): when a table was created or refitted."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _entries_from(raw_entries: dict, w: str) -> dict[BlockKey, Entry]:
+    """The table's ``entries`` object, each key and number checked."""
+    entries: dict[BlockKey, Entry] = {}
+    for text, e in raw_entries.items():
+        where = f"{w}: entries[{text[:60]}...]"
+        try:
+            key = BlockKey.from_str(text)
+        except (ValueError, TypeError) as err:
+            raise ArtifactError(f"{where}: bad block key ({err})") from None
+        if not isinstance(e, dict):
+            raise ArtifactError(f"{where}: entry must be an object")
+        ms = validate.positive(validate.field_of(e, "ms", where), where, "ms")
+        source = e.get("source", "measured")
+        if source not in SOURCES:
+            raise ArtifactError(f"{where}: field 'source' is {source!r}, expected one of {SOURCES}")
+        p10, p90, iqr = (validate.optional(validate.nonneg, e.get(k), where, k) for k in ("p10", "p90", "iqr"))
+        n = validate.integer(e.get("n", 0), where, "n", lo=0)
+        entries[key] = Entry(ms, source, p10, p90, iqr, n)
+    return entries
+
+
+def _calibration_from(c: Any, where: str) -> Calibration:
+    """One model's ``calibration`` object, each feature, number and correction checked."""
+    if not isinstance(c, dict):
+        raise ArtifactError(f"{where}: must be an object")
+    coef = require(c, "coef", dict, where)
+    if "block_sum" not in coef or any(ft not in FEATURES for ft in coef):
+        raise ArtifactError(f"{where}: field 'coef' must map features {FEATURES} (with 'block_sum') "
+                            "to numbers")
+    # the block-sum scale is fitted > 0 (calibration refuses otherwise); the memory
+    # terms may be negative, any prediction <= 0 is refused by predict()
+    coefs = {ft: validate.finite(v, where, f"coef.{ft}") for ft, v in coef.items()}
+    validate.positive(coef["block_sum"], where, "coef.block_sum")
+    raw_corr = c.get("corrections", {})
+    if not isinstance(raw_corr, dict):
+        raise ArtifactError(f"{where}: field 'corrections' must be an object")
+    corrections: dict[BlockKey, float] = {}
+    for text, v in raw_corr.items():
+        try:
+            k = BlockKey.from_str(text)
+        except (ValueError, TypeError) as err:
+            raise ArtifactError(f"{where}: field 'corrections' has a bad entry {text[:60]!r} ({err})") from None
+        corrections[k] = validate.finite(v, where, f"corrections[{text[:60]}]")
+    points = c.get("points", [])
+    if not isinstance(points, list):
+        raise ArtifactError(f"{where}: field 'points' must be a list")
+    return Calibration(
+        str(c.get("model", "?")), coefs, validate.finite(validate.field_of(c, "offset_ms", where), where, "offset_ms"),
+        validate.integer(c.get("n", 0), where, "n", lo=0), points,
+        validate.optional(validate.nonneg, c.get("cv_mape"), where, "cv_mape"), corrections,
+        validate.nonneg(c.get("prior_rel", 0.0), where, "prior_rel"))
+
+
+def _layout_from(lay: dict, w: str) -> Layout:
+    """The table's ``layout`` object."""
+    validate.integer(lay.get("block", 0), w, "layout.block", lo=0, hi=1024)
+    try:
+        return Layout.from_json(lay)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{w}: field 'layout' is invalid ({err})") from None

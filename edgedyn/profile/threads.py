@@ -19,9 +19,15 @@ deploy serves with the table's count by default.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EdgedynError
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..dynamic import DynamicNet
 
 #: a count within this fraction of the best count's mean slowdown counts as tied; ties go to fewer threads
 TOLERANCE = 0.05
@@ -56,3 +62,35 @@ def choose_threads(medians: Mapping[int, Sequence[float]], tolerance: float = TO
     score = {t: sum(v[j] / best[j] for j in range(n)) / n for t, v in medians.items()}
     top = min(score.values())
     return min(t for t, s in score.items() if s <= top * (1.0 + tolerance))
+
+
+def time_thread_counts(backends: Mapping[int, Backend], net: DynamicNet, example: Any,
+                       log: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+    """Time the reference sub-nets (smallest, half, full) of ``net`` on each backend (one per
+    candidate thread count), interleaved; returns the count :func:`choose_threads` keeps and
+    the timings behind it (recorded in the table as ``backend.thread_choice``)."""
+    from ..backends import OnnxBackend
+    from ..export import export_many
+    from .measure import WHOLE_NET, measure_calls
+    from .tempdirs import owned_tempdir
+
+    candidates = list(backends)
+    names = ["smallest", "half", "full"]
+    specs = [net.min_spec(), net.uniform_spec(0.5), net.full_spec()]
+    log(f"threads: timing {', '.join(names)} sub-nets at {', '.join(map(str, candidates))} threads")
+    with owned_tempdir("threads") as tmp:
+        modules = [net.extract(s) for s in specs]
+        onnx_backends = [be for be in backends.values() if isinstance(be, OnnxBackend)]
+        if len(onnx_backends) == len(backends):  # export once, a session per thread count
+            paths = export_many([(m, example, Path(tmp) / f"{n}.onnx") for m, n in zip(modules, names)])
+            runners = [be.from_onnx(p, example) for be in onnx_backends for p in paths]
+        else:
+            runners = [be.prepare(m, example, Path(tmp)) for be in backends.values() for m in modules]
+        stats = measure_calls(runners, WHOLE_NET, seed=1)
+        del runners
+    medians = {t: [stats[i * len(specs) + j].median for j in range(len(specs))] for i, t in enumerate(candidates)}
+    threads = choose_threads(medians)
+    log("threads: " + "; ".join(f"{t}: " + ", ".join(f"{m:.4g}" for m in ms) + " ms"
+                                for t, ms in medians.items()) + f" -> {threads}")
+    return threads, {"reference": names, "median_ms": {str(t): [round(m, 5) for m in ms] for t, ms in medians.items()},
+                     "tolerance": TOLERANCE, "chosen": threads}

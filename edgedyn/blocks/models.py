@@ -6,11 +6,13 @@ folded, as in the exported sub-nets; a fused residual add is a second graph inpu
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
-from .blocks import BlockKey
+from .key import BlockKey
 
 OPSET = 18
 
@@ -88,7 +90,7 @@ def _nchwc_onnx(key: BlockKey):
     """``key`` as ONNX Runtime runs it inside a network: its own NCHWc kernels, blocked tensors in and out.
 
     This is what ONNX Runtime's CPU graph optimizer turns the block into (see
-    :mod:`edgedyn.profile.layout`); building it directly keeps the input and output
+    :mod:`edgedyn.blocks.layout`); building it directly keeps the input and output
     reorders that an isolated plain block would pay out of the measurement.
     """
     from onnx import TensorProto, helper, numpy_helper
@@ -116,8 +118,9 @@ def _nchwc_onnx(key: BlockKey):
         if key.residual:
             inputs.append(value("residual", [b, c_out, oh, ow]))
             names.append("residual")
-        act = {"relu": {"activation": "Relu"},
-               "relu6": {"activation": "Clip", "activation_params": [0.0, 6.0]}}.get(key.act, {})
+        fused: dict[str, dict[str, Any]] = {"relu": {"activation": "Relu"},
+                                            "relu6": {"activation": "Clip", "activation_params": [0.0, 6.0]}}
+        act = fused.get(key.act, {})
         node = helper.make_node("Conv", names, ["output"], domain=NCHWC_DOMAIN, kernel_shape=[key.kernel] * 2,
                                 strides=[key.stride] * 2, pads=[key.padding] * 4, dilations=[1, 1], group=1, **act)
         out = value("output", [b, c_out, oh, ow])
@@ -148,6 +151,7 @@ class _Block(nn.Module):
     def __init__(self, key: BlockKey) -> None:
         super().__init__()
         self.key = key
+        self.op: nn.Module
         if key.op == "conv":
             self.op = nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.padding,
                                 groups=key.c_in if key.depthwise else 1)

@@ -1,0 +1,57 @@
+"""A block of one model: fixed geometry, channel counts taken from its coupling groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .key import BlockKey
+
+if TYPE_CHECKING:
+    from ..dynamic import DynamicNet, SubnetSpec
+
+
+@dataclass(frozen=True)
+class BlockTemplate:
+    """A block of one model: fixed geometry, channel counts taken from coupling groups."""
+
+    name: str  # the layer(s) it covers, for people
+    op: str
+    in_group: int | None  # group of the input channels (None: fixed)
+    out_group: int | None
+    c_in_fixed: int
+    c_out_fixed: int
+    in_h: int
+    in_w: int
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    depthwise: bool = False
+    residual: bool = False
+    act: str = "none"
+    expand: int = 1  # linear after flatten: input features per channel
+    src: int = -1  # index of the block whose output this block reads (-1: the model input)
+    res_src: int = -1  # a fused residual add: index of the block that computed the other operand
+
+    def channels(self, spec: SubnetSpec) -> tuple[int, int]:
+        """(c_in, c_out) of this block in ``spec`` (before ``expand``)."""
+        c_in = spec[self.in_group] if self.in_group is not None else self.c_in_fixed
+        c_out = spec[self.out_group] if self.out_group is not None else self.c_out_fixed
+        return c_in, c_out
+
+    def key(self, spec: SubnetSpec, batch: int = 1, precision: str = "fp32", layout: str = "plain") -> BlockKey:
+        return self.key_for(*self.channels(spec), batch, precision, layout)
+
+    def key_for(self, c_in: int, c_out: int, batch: int = 1, precision: str = "fp32",
+                layout: str = "plain") -> BlockKey:
+        """The key at given channel counts (one-axis blocks take ``c_in`` for both)."""
+        if self.op not in ("conv", "linear") or self.depthwise:
+            c_out = c_in
+        return BlockKey(self.op, c_in * self.expand, c_out, self.in_h, self.in_w, self.kernel, self.stride,
+                        self.padding, self.depthwise, self.residual, self.act, batch, precision, layout)
+
+    def in_widths(self, net: DynamicNet) -> tuple[int, ...]:
+        return net.groups[self.in_group].widths_from() if self.in_group is not None else (self.c_in_fixed,)
+
+    def out_widths(self, net: DynamicNet) -> tuple[int, ...]:
+        return net.groups[self.out_group].widths_from() if self.out_group is not None else (self.c_out_fixed,)
