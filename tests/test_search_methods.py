@@ -1,6 +1,6 @@
 """The search methods' registry, their options, the typed checkpoint state, and a toy
 method registered from outside that runs through the whole pipeline (the worked example
-of docs/search-methods.md)."""
+of docs/design.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# -- the toy method of docs/search-methods.md ---------------------------------------------
+# -- the toy method of docs/design.md ---------------------------------------------
 @dataclass(frozen=True)
 class RandomOptions(MethodOptions):
     samples: int = 8  # random sub-nets drawn

@@ -2,5 +2,5 @@
 
 The registry (:mod:`edgedyn.search.registry`) imports every module of this package the
 first time a method is looked up; each registers its class with ``@register_method``. A
-new method is one new module here (see ``docs/search-methods.md``).
+new method is one new module here (see ``docs/design.md``).
 """
