@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,8 +17,12 @@ from ..errors import ArtifactError, SpecError
 from .groups import CouplingGroup, LayerInfo, find_groups
 from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, make_dynamic, make_static
 from .spec import SubnetSpec
+from .weights import WEIGHTS_SCHEMA, check_state_dict, load_weights_file, read_torch_file, state_dict_from_checkpoint
 
-WEIGHTS_SCHEMA = "edgedyn.dynamic_weights/1"
+if TYPE_CHECKING:
+    from ..models import ModelRef
+
+__all__ = ["WEIGHTS_SCHEMA", "DynamicNet", "load_weights_file", "read_torch_file"]
 
 
 class DynamicNet(nn.Module):
@@ -59,6 +63,7 @@ class DynamicNet(nn.Module):
         self.num_classes = layers[classifier].out_channels
         self._options = {"channel_groups": channel_groups, "group_size": group_size, "min_groups": min_groups}
         self._modules_by_name = dict(model.named_modules())
+        self.model_ref: ModelRef | None = None  # set by from_name
         for info in layers.values():
             make_dynamic(self._modules_by_name[info.name], info.expand)
         self.bn_stats: dict[SubnetSpec, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -69,25 +74,37 @@ class DynamicNet(nn.Module):
     @classmethod
     def from_name(
         cls,
-        name: str,
+        name: str | ModelRef,
         num_classes: int | None = None,
         input_size: int | None = None,
         **options: Any,
     ) -> DynamicNet:
-        """Build a supported model by name (see ``edgedyn.models.MODELS``), untrained."""
-        from ..models import build_model, get_entry
+        """Build a model, untrained, from a reference: a torchvision classification model or
+        ``resnet20`` / ``resnet56`` by name, or ``path/to/file.py:function`` /
+        ``package.module:function`` (see :func:`edgedyn.models.resolve_model`)."""
+        from ..models import resolve_model
 
-        entry = get_entry(name)
-        size = input_size or entry.default_input_size
-        if size < entry.min_input_size:
-            raise SpecError(f"model {name!r} needs an input size >= {entry.min_input_size}, got {size}")
-        model = build_model(name, num_classes)
-        return cls(model, torch.zeros(1, 3, size, size), name=name, **options)
+        ref = resolve_model(name)
+        size = input_size or ref.default_input_size
+        if size < ref.min_input_size:
+            raise SpecError(f"model {ref.ref!r} needs an input size >= {ref.min_input_size}, got {size}")
+        model = ref.build(num_classes, size)
+        net = cls(model, torch.zeros(1, 3, size, size), name=ref.ref, **options)
+        net.model_ref = ref
+        return net
+
+    from_ref = from_name
 
     def config(self) -> dict[str, Any]:
-        """What :meth:`from_name` needs to rebuild this network (JSON-able)."""
-        return {"model": self.name, "num_classes": self.num_classes, "input_size": self.input_shape[-1],
-                **self._options}
+        """What :meth:`from_name` needs to rebuild this network (JSON-able).
+
+        A factory reference adds ``model_sha256``, the hash of its source file.
+        """
+        cfg = {"model": self.name, "num_classes": self.num_classes, "input_size": self.input_shape[-1],
+               **self._options}
+        if self.model_ref is not None and self.model_ref.source_sha256 is not None:
+            cfg["model_sha256"] = self.model_ref.source_sha256
+        return cfg
 
     def signature(self) -> str:
         """A short hash of the architecture and channel grids; artifacts record it."""
@@ -335,15 +352,43 @@ class DynamicNet(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> DynamicNet:
         """Rebuild a network saved with :meth:`save` (a one-line error for a bad file)."""
+        from ..models import resolve_model
+
         blob = load_weights_file(path)
         cfg = blob["config"]
-        net = cls.from_name(cfg["model"], num_classes=cfg["num_classes"], input_size=cfg["input_size"],
+        ref = resolve_model(cfg["model"])
+        ref.check_unchanged(cfg.get("model_sha256"), str(path))
+        net = cls.from_name(ref, num_classes=cfg["num_classes"], input_size=cfg["input_size"],
                             channel_groups=cfg["channel_groups"], group_size=cfg["group_size"],
                             min_groups=cfg["min_groups"])
         if net.signature() != blob.get("signature"):
             raise ArtifactError(f"{path}: field 'signature' does not match the rebuilt {cfg['model']!r}")
         net.load_weights(blob, path)
         return net
+
+    def load_checkpoint(self, path: str | os.PathLike, *, keep_bn_stats: bool = False) -> None:
+        """Load an edgedyn weights file, a state dict or a common checkpoint (one-line errors).
+
+        See :mod:`edgedyn.dynamic.weights` for the shapes accepted. An edgedyn weights file
+        must be of the same model; its per-sub-net BatchNorm statistics are dropped unless
+        ``keep_bn_stats``. Leaves the net at its full spec.
+        """
+        path = Path(path)
+        blob = read_torch_file(path)
+        if isinstance(blob, dict) and "schema" in blob:
+            blob = load_weights_file(path)
+            if blob["config"].get("model") != self.name:
+                raise ArtifactError(f"{path}: field 'config.model' is {blob['config'].get('model')!r}, "
+                                    f"expected {self.name!r}")
+            check_state_dict(self.model, blob["state_dict"], path)
+            self.load_weights(blob, path)
+            if not keep_bn_stats:
+                self.bn_stats.clear()
+        else:
+            state = state_dict_from_checkpoint(blob, path)
+            check_state_dict(self.model, state, path)
+            self.load_weights({"state_dict": state}, path)
+        self.set_subnet(self.full_spec())
 
     def load_weights(self, blob: dict, where: str | os.PathLike = "weights") -> None:
         try:
@@ -357,30 +402,3 @@ class DynamicNet(nn.Module):
         }
         self.set_subnet(self._active)
 
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` with a one-line ArtifactError for a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: weights file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "weights only load failed" in msg.lower():
-            msg = "corrupt, not written by torch.save, or holding objects weights_only loading refuses"
-        raise ArtifactError(f"{path}: not a readable weights file ({msg[:160]})") from None
-
-
-def load_weights_file(path: str | os.PathLike) -> dict:
-    """Load an edgedyn weights file safely (``weights_only=True``); one-line ArtifactError if bad."""
-    path = Path(path)
-    blob = read_torch_file(path)
-    if not isinstance(blob, dict):
-        raise ArtifactError(f"{path}: not an edgedyn weights file")
-    if blob.get("schema") != WEIGHTS_SCHEMA:
-        raise ArtifactError(f"{path}: field 'schema' is {blob.get('schema')!r}, expected {WEIGHTS_SCHEMA!r}")
-    for field in ("config", "state_dict"):
-        if field not in blob:
-            raise ArtifactError(f"{path}: field '{field}' is missing")
-    return blob
