@@ -15,7 +15,8 @@ from torch import nn
 
 from ..errors import ArtifactError, SpecError
 from .groups import CouplingGroup, LayerInfo, find_groups
-from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, make_dynamic, make_static
+from .layers import DYNAMIC_TYPES, DynamicBatchNorm2d, make_static
+from .slicing import apply_spec, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member
 from .spec import SubnetSpec
 from .weights import WEIGHTS_SCHEMA, check_state_dict, load_weights_file, read_torch_file, state_dict_from_checkpoint
 
@@ -65,7 +66,7 @@ class DynamicNet(nn.Module):
         self._modules_by_name = dict(model.named_modules())
         self.model_ref: ModelRef | None = None  # set by from_name
         for info in layers.values():
-            make_dynamic(self._modules_by_name[info.name], info.expand)
+            make_layer_dynamic(self._modules_by_name, info)
         self.bn_stats: dict[SubnetSpec, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._active = self.full_spec()
         self.set_subnet(self._active)
@@ -176,19 +177,26 @@ class DynamicNet(nn.Module):
         return self._active
 
     def set_subnet(self, spec: SubnetSpec) -> None:
-        """Make every layer compute only its active prefix of channels."""
+        """Make every layer compute only its active channels (a prefix, or a prefix of each
+        concatenated input)."""
         self.check_spec(spec)
         stats = self.bn_stats.get(spec)
         for info in self.layers.values():
-            mod = self._modules_by_name[info.name]
-            w_in = spec[info.in_group] if info.in_group is not None else info.in_channels
-            w_out = spec[info.out_group] if info.out_group is not None else info.out_channels
-            if isinstance(mod, DynamicBatchNorm2d):
-                mod.active = w_out
-                mod.override = stats[info.name] if stats is not None else None
-            else:
-                mod.active_in, mod.active_out = w_in, w_out
+            apply_spec(module_of(self._modules_by_name, info), info, spec, stats)
         self._active = spec
+
+    # -- frozen layers ----------------------------------------------------------------
+    def frozen_groups(self) -> list[CouplingGroup]:
+        """Coupling groups held at full width (``CouplingGroup.frozen`` says why)."""
+        return [g for g in self.groups if g.frozen]
+
+    def frozen_layers(self) -> dict[str, str]:
+        """Layer name -> why a side of it stays at full width (frozen groups included)."""
+        out = {i.name: i.frozen for i in self.layers.values() if i.frozen}
+        for g in self.frozen_groups():
+            for m in g.members:
+                out.setdefault(m.layer, f"in frozen group {g.index} ({g.name})")
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -204,21 +212,17 @@ class DynamicNet(nn.Module):
         perm = torch.as_tensor(perm, dtype=torch.long)
         if sorted(perm.tolist()) != list(range(g.channels)):
             raise SpecError(f"group {group} ({g.name}): not a permutation of {g.channels} channels")
+        if g.frozen:
+            return  # always at full width: the order of its channels changes no sub-net
+        blocks = perm.view(-1, g.unit)
+        if g.unit > 1 and not (torch.equal(blocks - blocks[:, :1], torch.arange(g.unit).expand_as(blocks))
+                               and bool((blocks[:, 0] % g.unit == 0).all())):
+            raise SpecError(f"group {group} ({g.name}): a grouped conv's channels move only in whole conv groups "
+                            f"of {g.unit} channels, in order")
         with torch.no_grad():
             for m in g.members:
-                mod = self._modules_by_name[m.layer]
-                if m.side == "out":
-                    tensors = [mod.weight, mod.bias]
-                    if isinstance(mod, DynamicBatchNorm2d):
-                        tensors += [mod.running_mean, mod.running_var]
-                    for t in tensors:
-                        if t is not None:
-                            t.copy_(t[perm])
-                elif isinstance(mod, DynamicLinear):
-                    w = mod.weight.view(mod.out_features, g.channels, m.expand)
-                    w.copy_(w[:, perm, :].clone())
-                else:
-                    mod.weight.copy_(mod.weight[:, perm])
+                info = self.layers[m.layer]
+                permute_member(module_of(self._modules_by_name, info), info, m, g.channels, perm)
         self.bn_stats.clear()
 
     # -- BatchNorm --------------------------------------------------------------------
@@ -252,8 +256,7 @@ class DynamicNet(nn.Module):
                 seen += 1
             if seen == 0:
                 raise ValueError("calibrate_bn needs at least one batch")
-            self.bn_stats[spec] = {n: (m.running_mean[: m.active].clone(), m.running_var[: m.active].clone())
-                                   for n, m in bns}
+            self.bn_stats[spec] = {n: tuple(t.clone() for t in m.active_stats()) for n, m in bns}  # type: ignore[misc]
         finally:
             for (_, m), (mean, var, nbt, mom) in zip(bns, saved):
                 m.running_mean.copy_(mean)
@@ -273,8 +276,8 @@ class DynamicNet(nn.Module):
             model = copy.deepcopy(self.model)
         finally:
             self.set_subnet(previous)
-        for name, mod in model.named_modules():
-            if isinstance(mod, (DynamicConv2d, DynamicLinear, DynamicBatchNorm2d)):
+        for mod in model.modules():
+            if isinstance(mod, DYNAMIC_TYPES):
                 make_static(mod)
         return model.eval()
 
@@ -286,24 +289,12 @@ class DynamicNet(nn.Module):
         return export_onnx(self.extract(spec).cpu(), example, path)
 
     # -- cost -------------------------------------------------------------------------
-    def _widths(self, spec: SubnetSpec, info: LayerInfo) -> tuple[int, int]:
-        w_in = spec[info.in_group] if info.in_group is not None else info.in_channels
-        w_out = spec[info.out_group] if info.out_group is not None else info.out_channels
-        return w_in, w_out
-
     def layer_macs(self, spec: SubnetSpec, info: LayerInfo) -> int:
         """Multiply-accumulates of one layer under ``spec``.
 
         Inference BatchNorm is ``y = a * x + b``: one multiply-add per output element.
         """
-        w_in, w_out = self._widths(spec, info)
-        if info.kind == "conv":
-            kh, kw = info.kernel
-            per_out = kh * kw * (1 if info.depthwise else w_in)
-            return info.out_hw[0] * info.out_hw[1] * per_out * w_out
-        if info.kind == "linear":
-            return w_in * info.expand * w_out
-        return info.out_hw[0] * info.out_hw[1] * w_out  # bn
+        return layer_macs(spec, info)
 
     def macs(self, spec: SubnetSpec | None = None) -> int:
         """MACs for one input: convs, linear layers and BatchNorm (thop's convention).
@@ -316,18 +307,7 @@ class DynamicNet(nn.Module):
     def params(self, spec: SubnetSpec | None = None) -> int:
         """Parameter count of the extracted sub-net."""
         spec = self.check_spec(spec or self._active)
-        total = 0
-        for info in self.layers.values():
-            mod = self._modules_by_name[info.name]
-            w_in, w_out = self._widths(spec, info)
-            bias = w_out if getattr(mod, "bias", None) is not None else 0
-            if info.kind == "conv":
-                total += info.kernel[0] * info.kernel[1] * (1 if info.depthwise else w_in) * w_out + bias
-            elif info.kind == "linear":
-                total += w_in * info.expand * w_out + bias
-            elif mod.weight is not None:
-                total += 2 * w_out
-        return total
+        return sum(layer_params(spec, i, module_of(self._modules_by_name, i)) for i in self.layers.values())
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
