@@ -141,12 +141,12 @@ def _layer_info(name: str, mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -
         return LayerInfo(name, "bn", in_channels=mod.num_features, out_channels=mod.num_features,
                          in_hw=tuple(x.shape[-2:]), out_hw=tuple(out.shape[-2:]))  # type: ignore[arg-type]
     if isinstance(mod, nn.LayerNorm):
-        c = int(mod.normalized_shape[-1]) if mod.normalized_shape else 0
-        per_channel = out.numel() // max(1, out.shape[0] * c)
-        info = LayerInfo(name, "ln", in_channels=c, out_channels=c, out_hw=(per_channel, 1))
-        if len(mod.normalized_shape) != 1:
+        if len(mod.normalized_shape) != 1:  # counted as one channel of all its elements
+            info = LayerInfo(name, "ln", in_channels=1, out_channels=1, out_hw=(out.numel() // out.shape[0], 1))
             info.frozen = f"LayerNorm over {list(mod.normalized_shape)}, not over the channels alone"
-        return info
+            return info
+        c = int(mod.normalized_shape[-1])
+        return LayerInfo(name, "ln", in_channels=c, out_channels=c, out_hw=(out.numel() // (out.shape[0] * c), 1))
     return None
 
 

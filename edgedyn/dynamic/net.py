@@ -18,6 +18,7 @@ from .groups import CouplingGroup, LayerInfo, find_groups
 from .layers import DYNAMIC_TYPES, DynamicBatchNorm2d, make_static
 from .slicing import apply_spec, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member
 from .spec import SubnetSpec
+from .verify import freeze_unfollowed
 from .weights import WEIGHTS_SCHEMA, check_state_dict, load_weights_file, read_torch_file, state_dict_from_checkpoint
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class DynamicNet(nn.Module):
         self.model_ref: ModelRef | None = None  # set by from_name
         for info in layers.values():
             make_layer_dynamic(self._modules_by_name, info)
+        self.groups = freeze_unfollowed(model, groups, layers, example_input)
         self.bn_stats: dict[SubnetSpec, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._active = self.full_spec()
         self.set_subnet(self._active)

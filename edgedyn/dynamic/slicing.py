@@ -21,7 +21,7 @@ def make_layer_dynamic(modules: dict[str, nn.Module], info: LayerInfo) -> None:
     mod = module_of(modules, info)
     if info.kind == "param":
         make_channel_sliced(mod, (info.name.rpartition(".")[2],))
-    elif info.kind in ("conv", "linear", "bn", "ln"):
+    elif info.kind in ("conv", "linear", "bn") or info.kind == "ln" and not info.frozen:
         make_dynamic(mod, info.expand)
 
 
@@ -80,6 +80,8 @@ def layer_macs(spec: SubnetSpec, info: LayerInfo) -> int:
 
 
 def layer_params(spec: SubnetSpec, info: LayerInfo, mod: nn.Module) -> int:
+    if info.kind == "ln" and info.frozen:  # not sliced: all its parameters
+        return sum(p.numel() for p in mod.parameters(recurse=False))
     w_in, w_out = widths(spec, info)
     if info.kind == "param":
         return w_out
