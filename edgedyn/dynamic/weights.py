@@ -35,7 +35,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        found = re.search(r"(?:unsupported global:? GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err), re.IGNORECASE)
         if found:
             raise ArtifactError(f"{path}: refused, the pickle holds Python code or objects ({found.group(1)}); "
                                 "edgedyn loads weights only (weights_only=True)") from None
