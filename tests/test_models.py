@@ -208,3 +208,43 @@ def test_pickle_with_code_is_refused(small_net, tmp_path):
 def test_nn_module_classifier_kwargs_not_passed_to_builtins():
     net = DynamicNet.from_name("squeezenet1_1", num_classes=4, input_size=32)
     assert net.num_classes == 4 and isinstance(net.model, nn.Module)
+
+
+FROZEN = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.norm = nn.LayerNorm([8, 6, 6])
+            self.mid = nn.Conv2d(8, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc(self.mid(self.norm(self.conv(x))).mean((2, 3)))
+
+    def build(input_size=6):
+        return Net()
+""")
+
+
+def test_inspect_says_what_is_sliced_and_what_is_frozen(tmp_path):
+    from click.testing import CliRunner
+
+    from edgedyn.cli import cli
+    from edgedyn.inspect import describe
+
+    (tmp_path / "frozen_net.py").write_text(FROZEN)
+    ref = f"{tmp_path / 'frozen_net.py'}:build"
+    desc = describe(ref, channel_groups=4)
+    status = {x["name"]: (x["status"], x["why"]) for x in desc["layers"]}
+    assert status["norm"][0] == "frozen" and "LayerNorm over [8, 6, 6]" in status["norm"][1]
+    assert status["conv"][0] == "frozen" and status["mid"][0] == "partly frozen"
+    assert status["fc"][0] == "sliced" and desc["counts"]["frozen"] == 2
+    assert [g["frozen"] is not None for g in desc["groups"]] == [True, False]
+    result = CliRunner().invoke(cli, ["inspect", "--model", ref])
+    assert result.exit_code == 0 and "FROZEN: layer 'norm'" in result.output
+    result = CliRunner().invoke(cli, ["inspect", "--model", f"{tmp_path / 'frozen_net.py'}:nothing"])
+    assert result.exit_code == 2 and "has no function 'nothing'" in result.output

@@ -82,6 +82,9 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
     active: int
     override: tuple[torch.Tensor, torch.Tensor] | None
     index: Index
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def active_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared running statistics of the active channels (views for a prefix)."""
@@ -192,7 +195,7 @@ def _static_conv(mod: DynamicConv2d) -> None:
         mod.bias = nn.Parameter(_take(mod.bias, out, mod.out_index).clone())
     mod.in_channels, mod.out_channels = inn, out
     del mod.active_in, mod.active_out, mod.in_index, mod.out_index
-    mod.__class__ = nn.Conv2d
+    mod.__class__ = nn.Conv2d  # type: ignore[assignment]
 
 
 def _static_linear(mod: DynamicLinear) -> None:
@@ -208,7 +211,7 @@ def _static_linear(mod: DynamicLinear) -> None:
         mod.bias = nn.Parameter(mod.bias[:out].clone())
     mod.in_features, mod.out_features = inn, out
     del mod.active_in, mod.active_out, mod.expand, mod.in_index
-    mod.__class__ = nn.Linear
+    mod.__class__ = nn.Linear  # type: ignore[assignment]
 
 
 def _static_bn(mod: DynamicBatchNorm2d) -> None:
@@ -221,7 +224,7 @@ def _static_bn(mod: DynamicBatchNorm2d) -> None:
         mod.bias = nn.Parameter(_take(mod.bias, c, mod.index).clone())
     mod.num_features = c
     del mod.active, mod.override, mod.index
-    mod.__class__ = nn.BatchNorm2d
+    mod.__class__ = nn.BatchNorm2d  # type: ignore[assignment]
 
 
 def _static_channel_sliced(mod: nn.Module) -> None:

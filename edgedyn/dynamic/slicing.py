@@ -96,6 +96,7 @@ def layer_params(spec: SubnetSpec, info: LayerInfo, mod: nn.Module) -> int:
 def permute_member(mod: nn.Module, info: LayerInfo, m: Member, channels: int, perm: torch.Tensor) -> None:
     """Reorder one member's ``channels`` channels (from ``m.offset``) by ``perm``, in place."""
     lo, hi = m.offset, m.offset + channels
+    tensors: list[torch.Tensor | None]
     if m.side == "out":
         if info.kind == "param":
             tensors = [mod._parameters[info.name.rpartition(".")[2]]]
@@ -112,4 +113,6 @@ def permute_member(mod: nn.Module, info: LayerInfo, m: Member, channels: int, pe
     elif isinstance(mod, DynamicConv2d) and mod.groups > 1:
         return  # grouped / depthwise: the input follows the output (whole conv groups move)
     else:
-        mod.weight[:, lo:hi].copy_(mod.weight[:, lo:hi][:, perm])
+        weight = mod.weight
+        assert isinstance(weight, torch.Tensor)
+        weight[:, lo:hi].copy_(weight[:, lo:hi][:, perm])

@@ -140,6 +140,7 @@ def resolve_model(ref: str | ModelRef) -> ModelRef:
     target, _, func_name = ref.rpartition(":")
     if not target or not func_name.isidentifier():
         raise ModelError(f"model {ref!r}: expected path/to/file.py:function or package.module:function")
+    source: Path | None
     if target.endswith(".py") or "/" in target or "\\" in target:
         module, source = _import_file(ref, Path(target))
         kind = "file"
@@ -152,10 +153,9 @@ def resolve_model(ref: str | ModelRef) -> ModelRef:
     if not callable(factory):
         raise ModelError(f"model {ref!r}: {func_name!r} in {source or target} is not callable")
     defaults = _defaults(factory)
-    size = defaults.get("input_size")
-    classes = defaults.get("num_classes")
-    return ModelRef(ref, kind, size if isinstance(size, int) else FACTORY_INPUT_SIZE, 8,
-                    classes if isinstance(classes, int) else None, source,
+    default_size, default_classes = defaults.get("input_size"), defaults.get("num_classes")
+    return ModelRef(ref, kind, default_size if isinstance(default_size, int) else FACTORY_INPUT_SIZE, 1,
+                    default_classes if isinstance(default_classes, int) else None, source,
                     file_sha256(source) if source is not None else None, factory)
 
 
