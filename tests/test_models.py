@@ -248,3 +248,27 @@ def test_inspect_says_what_is_sliced_and_what_is_frozen(tmp_path):
     assert result.exit_code == 0 and "FROZEN: layer 'norm'" in result.output
     result = CliRunner().invoke(cli, ["inspect", "--model", f"{tmp_path / 'frozen_net.py'}:nothing"])
     assert result.exit_code == 2 and "has no function 'nothing'" in result.output
+
+
+def _sweep_names():
+    import re
+
+    return [n for n in torchvision_names() if not re.match(r"^(vit_|swin_|maxvit_)", n)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _sweep_names())
+def test_every_torchvision_cnn_sweep(name):
+    """set_subnet, extract and ONNX Runtime agree (1e-4) on a random and a uniform spec at 64x64;
+    ShuffleNet V2 is the one refusal (its channel shuffle), in one line that says so."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from model_coverage import check_model
+
+    record = check_model(name, size=64)
+    if name.startswith("shufflenet"):
+        assert record["status"] == "refused" and "channel shuffle" in record["why"]
+        return
+    assert record["status"] in ("works", "frozen layers"), record
+    assert record["min_macs_ratio"] < 0.5, record  # something really is sliced
