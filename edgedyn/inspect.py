@@ -23,12 +23,12 @@ def layer_status(net: DynamicNet, info: LayerInfo) -> dict[str, Any]:
     """What edgedyn does with one layer: ``sliced``, ``frozen`` (with the reason) or ``fixed``."""
     groups = {g for g in (info.in_group, info.out_group) if g is not None}
     groups |= {g for g, _, _ in info.in_parts + info.out_parts}
-    frozen = [net.groups[g].frozen for g in sorted(groups) if net.groups[g].frozen]
+    frozen = [str(net.groups[g].frozen) for g in sorted(groups) if net.groups[g].frozen]
     searchable = [g for g in groups if not net.groups[g].frozen]
     if info.name == net.classifier:
         status, why = ("sliced" if searchable else "fixed"), "classifier: its outputs are never slimmed"
     elif info.frozen or (frozen and not searchable):
-        status, why = "frozen", info.frozen or frozen[0]
+        status, why = "frozen", str(info.frozen or frozen[0])
     elif frozen:
         status, why = "partly frozen", frozen[0]
     else:
