@@ -85,8 +85,22 @@ def test_grouped_conv_permutation_moves_whole_groups():
     net.permute_channels(g, (blocks[:, None] * 4 + torch.arange(4)).flatten())
     with torch.no_grad():
         assert (net(x) - ref).abs().max().item() <= 1e-5
-    with pytest.raises(SpecError, match="whole conv groups of 4 channels"):
-        net.permute_channels(g, torch.randperm(32, generator=torch.Generator().manual_seed(0)))
+    # any other order is taken to the nearest one that moves whole conv groups: function unchanged
+    net.permute_channels(g, torch.randperm(32, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        assert (net(x) - ref).abs().max().item() <= 1e-5
+    with pytest.raises(SpecError, match="not a permutation"):
+        net.permute_channels(g, [0] * 32)
+
+
+def test_whole_units_projection():
+    from edgedyn.dynamic.slicing import whole_units
+
+    # channels 4-7 (unit 1) come first in the order, then unit 0, then unit 2
+    perm = torch.tensor([4, 6, 5, 0, 7, 1, 2, 3, 8, 9, 10, 11])
+    assert whole_units(perm, 4).tolist() == [4, 5, 6, 7, 0, 1, 2, 3, 8, 9, 10, 11]
+    block = torch.tensor([8, 9, 10, 11, 0, 1, 2, 3, 4, 5, 6, 7])
+    assert torch.equal(whole_units(block, 4), block)
 
 
 class Concat(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ArtifactError, SpecError
 from .groups import CouplingGroup, LayerInfo, find_groups
 from .layers import DYNAMIC_TYPES, DynamicBatchNorm2d, make_static
-from .slicing import apply_spec, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member
+from .slicing import apply_spec, whole_units, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member
 from .spec import SubnetSpec
 from .verify import freeze_unfollowed
 from .weights import WEIGHTS_SCHEMA, check_state_dict, load_weights_file, read_torch_file, state_dict_from_checkpoint
@@ -208,7 +208,10 @@ class DynamicNet(nn.Module):
         """Reorder a coupling group's channels everywhere they appear (function unchanged).
 
         Per-sub-net BatchNorm statistics are dropped: a new order changes which channels
-        each sub-net keeps, so they must be recalibrated.
+        each sub-net keeps, so they must be recalibrated. A frozen group is left as it is
+        (it always runs at full width). In a group of grouped convs (``unit`` > 1) channels
+        move only in whole conv groups: the conv groups are ordered by the mean position of
+        their channels in ``perm`` (see :func:`~edgedyn.dynamic.slicing.whole_units`).
         """
         g = self.groups[group]
         perm = torch.as_tensor(perm, dtype=torch.long)
@@ -216,11 +219,8 @@ class DynamicNet(nn.Module):
             raise SpecError(f"group {group} ({g.name}): not a permutation of {g.channels} channels")
         if g.frozen:
             return  # always at full width: the order of its channels changes no sub-net
-        blocks = perm.view(-1, g.unit)
-        if g.unit > 1 and not (torch.equal(blocks - blocks[:, :1], torch.arange(g.unit).expand_as(blocks))
-                               and bool((blocks[:, 0] % g.unit == 0).all())):
-            raise SpecError(f"group {group} ({g.name}): a grouped conv's channels move only in whole conv groups "
-                            f"of {g.unit} channels, in order")
+        if g.unit > 1:
+            perm = whole_units(perm, g.unit)
         with torch.no_grad():
             for m in g.members:
                 info = self.layers[m.layer]

@@ -116,3 +116,16 @@ def permute_member(mod: nn.Module, info: LayerInfo, m: Member, channels: int, pe
         weight = mod.weight
         assert isinstance(weight, torch.Tensor)
         weight[:, lo:hi].copy_(weight[:, lo:hi][:, perm])
+
+
+def whole_units(perm: torch.Tensor, unit: int) -> torch.Tensor:
+    """The permutation nearest ``perm`` that moves whole units of ``unit`` channels, each in order.
+
+    Units (the conv groups of a grouped conv) are ranked by the mean position of their
+    channels in ``perm``; a permutation that already moves whole units is returned unchanged.
+    """
+    position = torch.empty_like(perm)
+    position[perm] = torch.arange(len(perm))
+    mean = position.view(-1, unit).float().mean(1)
+    order = torch.sort(mean, stable=True).indices
+    return (order[:, None] * unit + torch.arange(unit)).flatten()
