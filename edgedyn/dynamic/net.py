@@ -16,7 +16,7 @@ from torch import nn
 from ..errors import ArtifactError, SpecError
 from .groups import CouplingGroup, LayerInfo, find_groups
 from .layers import DYNAMIC_TYPES, DynamicBatchNorm2d, make_static
-from .slicing import apply_spec, whole_units, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member
+from .slicing import apply_spec, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member, whole_units
 from .spec import SubnetSpec
 from .verify import freeze_unfollowed
 from .weights import WEIGHTS_SCHEMA, check_state_dict, load_weights_file, read_torch_file, state_dict_from_checkpoint
