@@ -117,6 +117,10 @@ class ChannelSliced:
     channel_active: dict[str, tuple[int, Index]]
 
 
+class ChannelSlicedNorm(ChannelSliced):
+    """The dynamic form of a LayerNorm (a leaf layer, as the torch layers' dynamic forms are)."""
+
+
 def _sliced(name: str) -> property:
     def get(self: Any) -> Any:
         p = self._parameters[name]
@@ -145,7 +149,8 @@ def _channel_subclass(cls: type, names: tuple[str, ...]) -> type:
         attrs["_edgedyn_base"] = cls
         if issubclass(cls, nn.LayerNorm):
             attrs["normalized_shape"] = property(_normalized_shape)
-        _SUBCLASSES[key] = type(f"Dynamic{cls.__name__}", (ChannelSliced, cls), attrs)
+        mixin = ChannelSlicedNorm if issubclass(cls, nn.LayerNorm) else ChannelSliced
+        _SUBCLASSES[key] = type(f"Dynamic{cls.__name__}", (mixin, cls), attrs)
     return _SUBCLASSES[key]
 
 
@@ -162,7 +167,8 @@ def make_channel_sliced(mod: nn.Module, names: tuple[str, ...]) -> nn.Module:
 
 
 _DYNAMIC = {nn.Conv2d: DynamicConv2d, nn.Linear: DynamicLinear, nn.BatchNorm2d: DynamicBatchNorm2d}
-DYNAMIC_TYPES = (*_DYNAMIC.values(), ChannelSliced)
+#: Dynamic layers (leaves for a tracer); a module with sliced per-channel parameters is a ChannelSliced.
+DYNAMIC_TYPES = (*_DYNAMIC.values(), ChannelSlicedNorm)
 
 
 def make_dynamic(mod: nn.Module, expand: int = 1) -> nn.Module:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ArtifactError, SpecError
 from .groups import CouplingGroup, LayerInfo, find_groups
-from .layers import DYNAMIC_TYPES, DynamicBatchNorm2d, make_static
+from .layers import DYNAMIC_TYPES, ChannelSliced, DynamicBatchNorm2d, make_static
 from .slicing import apply_spec, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member, whole_units
 from .spec import SubnetSpec
 from .verify import freeze_unfollowed
@@ -279,7 +279,7 @@ class DynamicNet(nn.Module):
         finally:
             self.set_subnet(previous)
         for mod in model.modules():
-            if isinstance(mod, DYNAMIC_TYPES):
+            if isinstance(mod, (*DYNAMIC_TYPES, ChannelSliced)):
                 make_static(mod)
         return model.eval()
 
