@@ -272,3 +272,19 @@ def test_every_torchvision_cnn_sweep(name):
         return
     assert record["status"] in ("works", "frozen layers"), record
     assert record["min_macs_ratio"] < 0.5, record  # something really is sliced
+
+
+def test_factory_file_imports_its_neighbours_and_import_errors_are_one_line(tmp_path):
+    (tmp_path / "blocks_xyz.py").write_text("from torch import nn\n\ndef stem():\n    return nn.Conv2d(3, 4, 3)\n")
+    (tmp_path / "net_xyz.py").write_text(textwrap.dedent("""
+        from torch import nn
+        from blocks_xyz import stem
+
+        def build(num_classes=2):
+            return nn.Sequential(stem(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+    """))
+    assert DynamicNet.from_name(f"{tmp_path / 'net_xyz.py'}:build", input_size=8).num_classes == 2
+    (tmp_path / "broken_xyz.py").write_text("import no_such_module_xyz\n")
+    with pytest.raises(ModelError, match="importing .*broken_xyz.py raised ModuleNotFoundError") as err:
+        resolve_model(f"{tmp_path / 'broken_xyz.py'}:build")
+    assert "\n" not in str(err.value)

@@ -176,11 +176,15 @@ def _import_file(ref: str, path: Path) -> tuple[Any, Path]:
         raise ModelError(f"model {ref!r}: {path} cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
+    sys.path.insert(0, str(path.parent))  # the file may import its neighbours
     try:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[mod_name]
         raise ModelError(f"model {ref!r}: importing {path} raised {type(err).__name__}: {_first_line(err)}") from None
+    finally:
+        if sys.path and sys.path[0] == str(path.parent):
+            del sys.path[0]
     return module, path
 
 
