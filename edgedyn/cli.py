@@ -61,7 +61,9 @@ def _parse_spec(text: str):
 
 
 @cli.command()
-@click.option("--model", "model_name", required=True, help="Supported model name (resnet20, resnet18, ...).")
+@click.option("--model", "model_name", required=True,
+              help="A torchvision classification model or resnet20 / resnet56, or path/to/file.py:function, "
+                   "or package.module:function.")
 @click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted).")
 @click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted).")
 @click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True, help="Equal channel groups per coupling group.")
@@ -70,7 +72,8 @@ def _parse_spec(text: str):
 @click.option("--spec", "spec_text", default=None, help="Also report this sub-net (inline JSON or a .json file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model_name, input_size, num_classes, channel_groups, group_size, min_groups, spec_text, as_json) -> None:
-    """List a model's coupling groups, channel grids and floors, with MACs and params."""
+    """List a model's coupling groups, channel grids and floors, which layers edgedyn slices and which it
+    holds at full width (frozen) and why, with MACs and params."""
     from .inspect import describe, format_description
 
     spec = _parse_spec(spec_text) if spec_text else None

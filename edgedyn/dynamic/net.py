@@ -8,17 +8,23 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import ArtifactError, SpecError
 from .groups import CouplingGroup, LayerInfo, find_groups
-from .layers import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, make_dynamic, make_static
+from .layers import DYNAMIC_TYPES, ChannelSliced, DynamicBatchNorm2d, make_static
+from .slicing import apply_spec, layer_macs, layer_params, make_layer_dynamic, module_of, permute_member, whole_units
 from .spec import SubnetSpec
+from .verify import freeze_unfollowed
+from .weights import WEIGHTS_SCHEMA, check_state_dict, load_weights_file, read_torch_file, state_dict_from_checkpoint
 
-WEIGHTS_SCHEMA = "edgedyn.dynamic_weights/1"
+if TYPE_CHECKING:
+    from ..models import ModelRef
+
+__all__ = ["WEIGHTS_SCHEMA", "DynamicNet", "load_weights_file", "read_torch_file"]
 
 
 class DynamicNet(nn.Module):
@@ -59,8 +65,10 @@ class DynamicNet(nn.Module):
         self.num_classes = layers[classifier].out_channels
         self._options = {"channel_groups": channel_groups, "group_size": group_size, "min_groups": min_groups}
         self._modules_by_name = dict(model.named_modules())
+        self.model_ref: ModelRef | None = None  # set by from_name
         for info in layers.values():
-            make_dynamic(self._modules_by_name[info.name], info.expand)
+            make_layer_dynamic(self._modules_by_name, info)
+        self.groups = freeze_unfollowed(model, groups, layers, example_input)
         self.bn_stats: dict[SubnetSpec, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._active = self.full_spec()
         self.set_subnet(self._active)
@@ -69,25 +77,37 @@ class DynamicNet(nn.Module):
     @classmethod
     def from_name(
         cls,
-        name: str,
+        name: str | ModelRef,
         num_classes: int | None = None,
         input_size: int | None = None,
         **options: Any,
     ) -> DynamicNet:
-        """Build a supported model by name (see ``edgedyn.models.MODELS``), untrained."""
-        from ..models import build_model, get_entry
+        """Build a model, untrained, from a reference: a torchvision classification model or
+        ``resnet20`` / ``resnet56`` by name, or ``path/to/file.py:function`` /
+        ``package.module:function`` (see :func:`edgedyn.models.resolve_model`)."""
+        from ..models import resolve_model
 
-        entry = get_entry(name)
-        size = input_size or entry.default_input_size
-        if size < entry.min_input_size:
-            raise SpecError(f"model {name!r} needs an input size >= {entry.min_input_size}, got {size}")
-        model = build_model(name, num_classes)
-        return cls(model, torch.zeros(1, 3, size, size), name=name, **options)
+        ref = resolve_model(name)
+        size = input_size or ref.default_input_size
+        if size < ref.min_input_size:
+            raise SpecError(f"model {ref.ref!r} needs an input size >= {ref.min_input_size}, got {size}")
+        model = ref.build(num_classes, size)
+        net = cls(model, torch.zeros(1, 3, size, size), name=ref.ref, **options)
+        net.model_ref = ref
+        return net
+
+    from_ref = from_name
 
     def config(self) -> dict[str, Any]:
-        """What :meth:`from_name` needs to rebuild this network (JSON-able)."""
-        return {"model": self.name, "num_classes": self.num_classes, "input_size": self.input_shape[-1],
-                **self._options}
+        """What :meth:`from_name` needs to rebuild this network (JSON-able).
+
+        A factory reference adds ``model_sha256``, the hash of its source file.
+        """
+        cfg = {"model": self.name, "num_classes": self.num_classes, "input_size": self.input_shape[-1],
+               **self._options}
+        if self.model_ref is not None and self.model_ref.source_sha256 is not None:
+            cfg["model_sha256"] = self.model_ref.source_sha256
+        return cfg
 
     def signature(self) -> str:
         """A short hash of the architecture and channel grids; artifacts record it."""
@@ -159,19 +179,26 @@ class DynamicNet(nn.Module):
         return self._active
 
     def set_subnet(self, spec: SubnetSpec) -> None:
-        """Make every layer compute only its active prefix of channels."""
+        """Make every layer compute only its active channels (a prefix, or a prefix of each
+        concatenated input)."""
         self.check_spec(spec)
         stats = self.bn_stats.get(spec)
         for info in self.layers.values():
-            mod = self._modules_by_name[info.name]
-            w_in = spec[info.in_group] if info.in_group is not None else info.in_channels
-            w_out = spec[info.out_group] if info.out_group is not None else info.out_channels
-            if isinstance(mod, DynamicBatchNorm2d):
-                mod.active = w_out
-                mod.override = stats[info.name] if stats is not None else None
-            else:
-                mod.active_in, mod.active_out = w_in, w_out
+            apply_spec(module_of(self._modules_by_name, info), info, spec, stats)
         self._active = spec
+
+    # -- frozen layers ----------------------------------------------------------------
+    def frozen_groups(self) -> list[CouplingGroup]:
+        """Coupling groups held at full width (``CouplingGroup.frozen`` says why)."""
+        return [g for g in self.groups if g.frozen]
+
+    def frozen_layers(self) -> dict[str, str]:
+        """Layer name -> why a side of it stays at full width (frozen groups included)."""
+        out = {i.name: i.frozen for i in self.layers.values() if i.frozen}
+        for g in self.frozen_groups():
+            for m in g.members:
+                out.setdefault(m.layer, f"in frozen group {g.index} ({g.name})")
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -181,27 +208,23 @@ class DynamicNet(nn.Module):
         """Reorder a coupling group's channels everywhere they appear (function unchanged).
 
         Per-sub-net BatchNorm statistics are dropped: a new order changes which channels
-        each sub-net keeps, so they must be recalibrated.
+        each sub-net keeps, so they must be recalibrated. A frozen group is left as it is
+        (it always runs at full width). In a group of grouped convs (``unit`` > 1) channels
+        move only in whole conv groups: the conv groups are ordered by the mean position of
+        their channels in ``perm`` (see :func:`~edgedyn.dynamic.slicing.whole_units`).
         """
         g = self.groups[group]
         perm = torch.as_tensor(perm, dtype=torch.long)
         if sorted(perm.tolist()) != list(range(g.channels)):
             raise SpecError(f"group {group} ({g.name}): not a permutation of {g.channels} channels")
+        if g.frozen:
+            return  # always at full width: the order of its channels changes no sub-net
+        if g.unit > 1:
+            perm = whole_units(perm, g.unit)
         with torch.no_grad():
             for m in g.members:
-                mod = self._modules_by_name[m.layer]
-                if m.side == "out":
-                    tensors = [mod.weight, mod.bias]
-                    if isinstance(mod, DynamicBatchNorm2d):
-                        tensors += [mod.running_mean, mod.running_var]
-                    for t in tensors:
-                        if t is not None:
-                            t.copy_(t[perm])
-                elif isinstance(mod, DynamicLinear):
-                    w = mod.weight.view(mod.out_features, g.channels, m.expand)
-                    w.copy_(w[:, perm, :].clone())
-                else:
-                    mod.weight.copy_(mod.weight[:, perm])
+                info = self.layers[m.layer]
+                permute_member(module_of(self._modules_by_name, info), info, m, g.channels, perm)
         self.bn_stats.clear()
 
     # -- BatchNorm --------------------------------------------------------------------
@@ -235,8 +258,7 @@ class DynamicNet(nn.Module):
                 seen += 1
             if seen == 0:
                 raise ValueError("calibrate_bn needs at least one batch")
-            self.bn_stats[spec] = {n: (m.running_mean[: m.active].clone(), m.running_var[: m.active].clone())
-                                   for n, m in bns}
+            self.bn_stats[spec] = {n: tuple(t.clone() for t in m.active_stats()) for n, m in bns}  # type: ignore[misc]
         finally:
             for (_, m), (mean, var, nbt, mom) in zip(bns, saved):
                 m.running_mean.copy_(mean)
@@ -256,8 +278,8 @@ class DynamicNet(nn.Module):
             model = copy.deepcopy(self.model)
         finally:
             self.set_subnet(previous)
-        for name, mod in model.named_modules():
-            if isinstance(mod, (DynamicConv2d, DynamicLinear, DynamicBatchNorm2d)):
+        for mod in model.modules():
+            if isinstance(mod, (*DYNAMIC_TYPES, ChannelSliced)):
                 make_static(mod)
         return model.eval()
 
@@ -269,24 +291,12 @@ class DynamicNet(nn.Module):
         return export_onnx(self.extract(spec).cpu(), example, path)
 
     # -- cost -------------------------------------------------------------------------
-    def _widths(self, spec: SubnetSpec, info: LayerInfo) -> tuple[int, int]:
-        w_in = spec[info.in_group] if info.in_group is not None else info.in_channels
-        w_out = spec[info.out_group] if info.out_group is not None else info.out_channels
-        return w_in, w_out
-
     def layer_macs(self, spec: SubnetSpec, info: LayerInfo) -> int:
         """Multiply-accumulates of one layer under ``spec``.
 
         Inference BatchNorm is ``y = a * x + b``: one multiply-add per output element.
         """
-        w_in, w_out = self._widths(spec, info)
-        if info.kind == "conv":
-            kh, kw = info.kernel
-            per_out = kh * kw * (1 if info.depthwise else w_in)
-            return info.out_hw[0] * info.out_hw[1] * per_out * w_out
-        if info.kind == "linear":
-            return w_in * info.expand * w_out
-        return info.out_hw[0] * info.out_hw[1] * w_out  # bn
+        return layer_macs(spec, info)
 
     def macs(self, spec: SubnetSpec | None = None) -> int:
         """MACs for one input: convs, linear layers and BatchNorm (thop's convention).
@@ -299,18 +309,7 @@ class DynamicNet(nn.Module):
     def params(self, spec: SubnetSpec | None = None) -> int:
         """Parameter count of the extracted sub-net."""
         spec = self.check_spec(spec or self._active)
-        total = 0
-        for info in self.layers.values():
-            mod = self._modules_by_name[info.name]
-            w_in, w_out = self._widths(spec, info)
-            bias = w_out if getattr(mod, "bias", None) is not None else 0
-            if info.kind == "conv":
-                total += info.kernel[0] * info.kernel[1] * (1 if info.depthwise else w_in) * w_out + bias
-            elif info.kind == "linear":
-                total += w_in * info.expand * w_out + bias
-            elif mod.weight is not None:
-                total += 2 * w_out
-        return total
+        return sum(layer_params(spec, i, module_of(self._modules_by_name, i)) for i in self.layers.values())
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -335,15 +334,43 @@ class DynamicNet(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike) -> DynamicNet:
         """Rebuild a network saved with :meth:`save` (a one-line error for a bad file)."""
+        from ..models import resolve_model
+
         blob = load_weights_file(path)
         cfg = blob["config"]
-        net = cls.from_name(cfg["model"], num_classes=cfg["num_classes"], input_size=cfg["input_size"],
+        ref = resolve_model(cfg["model"])
+        ref.check_unchanged(cfg.get("model_sha256"), str(path))
+        net = cls.from_name(ref, num_classes=cfg["num_classes"], input_size=cfg["input_size"],
                             channel_groups=cfg["channel_groups"], group_size=cfg["group_size"],
                             min_groups=cfg["min_groups"])
         if net.signature() != blob.get("signature"):
             raise ArtifactError(f"{path}: field 'signature' does not match the rebuilt {cfg['model']!r}")
         net.load_weights(blob, path)
         return net
+
+    def load_checkpoint(self, path: str | os.PathLike, *, keep_bn_stats: bool = False) -> None:
+        """Load an edgedyn weights file, a state dict or a common checkpoint (one-line errors).
+
+        See :mod:`edgedyn.dynamic.weights` for the shapes accepted. An edgedyn weights file
+        must be of the same model; its per-sub-net BatchNorm statistics are dropped unless
+        ``keep_bn_stats``. Leaves the net at its full spec.
+        """
+        path = Path(path)
+        blob = read_torch_file(path)
+        if isinstance(blob, dict) and "schema" in blob:
+            blob = load_weights_file(path)
+            if blob["config"].get("model") != self.name:
+                raise ArtifactError(f"{path}: field 'config.model' is {blob['config'].get('model')!r}, "
+                                    f"expected {self.name!r}")
+            check_state_dict(self.model, blob["state_dict"], path)
+            self.load_weights(blob, path)
+            if not keep_bn_stats:
+                self.bn_stats.clear()
+        else:
+            state = state_dict_from_checkpoint(blob, path)
+            check_state_dict(self.model, state, path)
+            self.load_weights({"state_dict": state}, path)
+        self.set_subnet(self.full_spec())
 
     def load_weights(self, blob: dict, where: str | os.PathLike = "weights") -> None:
         try:
@@ -357,30 +384,3 @@ class DynamicNet(nn.Module):
         }
         self.set_subnet(self._active)
 
-
-def read_torch_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` with a one-line ArtifactError for a bad file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: weights file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        msg = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "weights only load failed" in msg.lower():
-            msg = "corrupt, not written by torch.save, or holding objects weights_only loading refuses"
-        raise ArtifactError(f"{path}: not a readable weights file ({msg[:160]})") from None
-
-
-def load_weights_file(path: str | os.PathLike) -> dict:
-    """Load an edgedyn weights file safely (``weights_only=True``); one-line ArtifactError if bad."""
-    path = Path(path)
-    blob = read_torch_file(path)
-    if not isinstance(blob, dict):
-        raise ArtifactError(f"{path}: not an edgedyn weights file")
-    if blob.get("schema") != WEIGHTS_SCHEMA:
-        raise ArtifactError(f"{path}: field 'schema' is {blob.get('schema')!r}, expected {WEIGHTS_SCHEMA!r}")
-    for field in ("config", "state_dict"):
-        if field not in blob:
-            raise ArtifactError(f"{path}: field '{field}' is missing")
-    return blob
