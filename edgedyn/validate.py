@@ -205,11 +205,17 @@ def all_finite(obj: Any, where: str, field: str = "") -> None:
             stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
-def _obj(value: Any, where: str, field: str, *, null: bool = False) -> dict | None:
-    if value is None and null:
+def _obj(value: Any, where: str, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise _fail(where, field, f"must be an object, got {_show(value)}")
+    return value
+
+
+def _obj_or_null(value: Any, where: str, field: str) -> dict | None:
+    if value is None:
         return None
     if not isinstance(value, dict):
-        raise _fail(where, field, "must be an object" + (" or null" if null else "") + f", got {_show(value)}")
+        raise _fail(where, field, f"must be an object or null, got {_show(value)}")
     return value
 
 
@@ -246,7 +252,7 @@ def validate_search_result(doc: dict, where: str) -> None:
                 integer(s[k], where, f"{f}.{k}", lo=0)
         for k in ("holdout_accuracy", "test_accuracy"):
             optional(fraction, s.get(k), where, f"{f}.{k}")
-        budget = _obj(s.get("budget"), where, f"{f}.budget", null=True)
+        budget = _obj_or_null(s.get("budget"), where, f"{f}.budget")
         if budget is not None and "value" in budget:
             positive(budget["value"], where, f"{f}.budget.value")
     optional(fraction, doc.get("average_test_accuracy"), where, "average_test_accuracy")
