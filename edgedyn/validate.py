@@ -15,6 +15,7 @@ The same rule (:func:`number_problem`) backs the CLI's option types
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,16 +45,38 @@ def describe_range(lo: float | None = None, hi: float | None = None, *, lo_open:
     return what
 
 
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 4, 4, 4, 40, 40
+    return r
+
+
+_REPR = _short_repr()
+
+
+def _digits(n: int) -> int:
+    """Decimal digits of ``n`` >= 1, without str() (refused past 4,300 digits)."""
+    d = int((n.bit_length() - 1) * math.log10(2)) + 1  # exact or one short
+    return d + 1 if n >= 10 ** d else d
+
+
 def _show(value: Any) -> str:
+    """``value`` for a one-line message: short and bounded whatever it is (a 5,000-digit
+    integer, a list nested a thousand deep, a megabyte of text)."""
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
         return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {_digits(abs(value))} digits"
     if isinstance(value, (int, bool)) or value is None:
         return "null" if value is None else repr(value)
-    text = repr(value)
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # a huge int inside a list, say
+        text = "..."
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{text} ({type(value).__name__})"
