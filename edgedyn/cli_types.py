@@ -21,6 +21,15 @@ import click
 from .validate import NumberError, available_cpus, describe_range, number_problem, parse_ramp
 
 
+def _given(value: Any) -> str:
+    """The value a user gave, for a one-line message: at most 40 characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit of str()
+        return "an integer of more than 4,300 digits"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _option_name(param: click.Parameter | None) -> str:
     if param is None:
         return "value"
@@ -42,14 +51,14 @@ class FiniteFloat(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, bool):
-            self.fail(f"must be {self._range()}, got {value!r}", param, ctx)
+            self.fail(f"must be {self._range()}, got {_given(value)}", param, ctx)
         if isinstance(value, (int, float)):
             number: Any = float(value)
         else:
             try:
                 number = float(str(value).strip())
             except ValueError:
-                self.fail(f"must be {self._range()}, got {value!r}", param, ctx)
+                self.fail(f"must be {self._range()}, got {_given(value)}", param, ctx)
         problem = number_problem(number, self.min, self.max, lo_open=self.min_open, hi_open=self.max_open)
         if problem is not None:
             self.fail(problem, param, ctx)
@@ -76,7 +85,7 @@ class Int(click.ParamType):
     def _parse(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         expected = describe_range(self.min, self.max, integer=True)
         if isinstance(value, bool):
-            self.fail(f"must be {expected}, got {value!r}", param, ctx)
+            self.fail(f"must be {expected}, got {_given(value)}", param, ctx)
         if isinstance(value, int):
             return value
         text = str(value).strip()
@@ -87,9 +96,9 @@ class Int(click.ParamType):
         try:
             f = float(text)
         except ValueError:
-            self.fail(f"must be {expected}, got {value!r}", param, ctx)
+            self.fail(f"must be {expected}, got {_given(value)}", param, ctx)
         if not math.isfinite(f) or f != int(f):
-            self.fail(f"must be {expected}, got {value!r}", param, ctx)
+            self.fail(f"must be {expected}, got {_given(value)}", param, ctx)
         return int(f)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -127,7 +136,7 @@ class Threads(Int):
         number = self._parse(value, param, ctx)
         if number < 1:
             self.fail(f"threads must be >= 1 (an integer; above the {n} CPUs available it is capped), "
-                      f"got {value!r}", param, ctx)
+                      f"got {_given(value)}", param, ctx)
         if number > n:
             click.echo(f"warning: {_option_name(param)} {number} is more than the {n} CPUs available here; "
                        f"using {n}", err=True)

@@ -124,7 +124,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
     for sub in manifest.subnets:  # one per distinct sub-net; budgets that chose the same one share it
         rows.append({"budget": ",".join(str(b.get("text")) for b in sub.budgets) or "-",
                      "widths": list(sub.spec.widths), "mmacs": sub.macs / 1e6, "predicted_ms": sub.predicted_ms,
-                     "measured_ms": sub.measured["median"], "test_acc": sub.accuracy.get("test")})
+                     "measured_ms": sub.measured["median"] if sub.measured else None, "test_acc": sub.accuracy.get("test")})
     summary = {"model": model, "data": data, "table": str(table_path), "search_budgets": budgets,
                "picks": [{"budget": c["budget"].get("text"), "widths": c["widths"]} for c in result["subnets"]],
                "deploy_checks": manifest.checks, "validation": val and

@@ -75,7 +75,7 @@ def _common(kind: str) -> dict[str, Any]:
     try:
         import torch
 
-        torch_version = torch.__version__
+        torch_version = str(torch.__version__)
     except ImportError:  # pragma: no cover - torch is a hard dependency
         torch_version = UNKNOWN
     return {
@@ -135,6 +135,7 @@ def _cpu_info() -> dict[str, Any]:
     name = parsed["model"] or platform.processor() or UNKNOWN
     threads = os.cpu_count()
     physical = parsed["physical_cores"] or _sysfs_physical_cores()
+    available: int | None
     try:
         available = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -68,6 +68,8 @@ def export_onnx(
         )
     import onnx
 
+    if program is None:  # the dynamo exporter always returns a program; this keeps the type exact
+        raise RuntimeError(f"torch.onnx.export returned no program for {path}")
     proto = program.model_proto
     onnx.checker.check_model(proto)
     return atomic_write_bytes(path, proto.SerializeToString())
@@ -170,13 +172,13 @@ def export_many(jobs: Sequence[tuple[torch.nn.Module, torch.Tensor, str | os.Pat
     way. Default: one process per CPU core (sequential, in this process, for one job or core).
     ``progress`` is called after each export.
     """
-    jobs = [(m, x, Path(p)) for m, x, p in jobs]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    as_paths = [(m, x, Path(p)) for m, x, p in jobs]
+    workers = min(workers or os.cpu_count() or 1, len(as_paths))
     with contextlib.ExitStack() as stack:
-        results: Iterable[Path] = map(_export_job, jobs)
+        results: Iterable[Path] = map(_export_job, as_paths)
         if workers > 1:
             pool = stack.enter_context(worker_pool(workers))
-            results = _bounded_map(pool, _export_packed, map(_pack, jobs), 2 * workers)
+            results = _bounded_map(pool, _export_packed, map(_pack, as_paths), 2 * workers)
         paths = []
         for path in results:
             paths.append(path)

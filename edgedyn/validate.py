@@ -15,6 +15,7 @@ The same rule (:func:`number_problem`) backs the CLI's option types
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,16 +45,38 @@ def describe_range(lo: float | None = None, hi: float | None = None, *, lo_open:
     return what
 
 
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 3, 4, 4, 4, 40, 40
+    return r
+
+
+_REPR = _short_repr()
+
+
+def _digits(n: int) -> int:
+    """Decimal digits of ``n`` >= 1, without str() (refused past 4,300 digits)."""
+    d = int((n.bit_length() - 1) * math.log10(2)) + 1  # exact or one short
+    return d + 1 if n >= 10 ** d else d
+
+
 def _show(value: Any) -> str:
+    """``value`` for a one-line message: short and bounded whatever it is (a 5,000-digit
+    integer, a list nested a thousand deep, a megabyte of text)."""
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
         return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {_digits(abs(value))} digits"
     if isinstance(value, (int, bool)) or value is None:
         return "null" if value is None else repr(value)
-    text = repr(value)
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):  # a huge int inside a list, say
+        text = "..."
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{text} ({type(value).__name__})"
@@ -205,11 +228,17 @@ def all_finite(obj: Any, where: str, field: str = "") -> None:
             stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
-def _obj(value: Any, where: str, field: str, *, null: bool = False) -> dict | None:
-    if value is None and null:
+def _obj(value: Any, where: str, field: str) -> dict:
+    if not isinstance(value, dict):
+        raise _fail(where, field, f"must be an object, got {_show(value)}")
+    return value
+
+
+def _obj_or_null(value: Any, where: str, field: str) -> dict | None:
+    if value is None:
         return None
     if not isinstance(value, dict):
-        raise _fail(where, field, "must be an object" + (" or null" if null else "") + f", got {_show(value)}")
+        raise _fail(where, field, f"must be an object or null, got {_show(value)}")
     return value
 
 
@@ -246,7 +275,7 @@ def validate_search_result(doc: dict, where: str) -> None:
                 integer(s[k], where, f"{f}.{k}", lo=0)
         for k in ("holdout_accuracy", "test_accuracy"):
             optional(fraction, s.get(k), where, f"{f}.{k}")
-        budget = _obj(s.get("budget"), where, f"{f}.budget", null=True)
+        budget = _obj_or_null(s.get("budget"), where, f"{f}.budget")
         if budget is not None and "value" in budget:
             positive(budget["value"], where, f"{f}.budget.value")
     optional(fraction, doc.get("average_test_accuracy"), where, "average_test_accuracy")

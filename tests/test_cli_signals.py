@@ -157,3 +157,29 @@ def test_sigterm_during_profile_keeps_its_progress(tmp_path: Path) -> None:
     assert "Traceback" not in text
     assert list(tmp_path.glob("t.json.partial*")), sorted(tmp_path.iterdir())  # the progress kept
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_huge_or_deeply_nested_value_is_shown_short() -> None:
+    """A 5,000-digit number or a list nested 5,000 deep is named in a short line, not
+    echoed whole, nor a ValueError / RecursionError from repr()."""
+    from click.testing import CliRunner
+
+    from edgedyn.cli import cli
+    from edgedyn.validate import number_problem
+
+    res = CliRunner().invoke(cli, ["inspect", "--model", "resnet20", "--input-size", "9" * 5000])
+    assert res.exit_code == 2 and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    line = [ln for ln in res.output.splitlines() if "--input-size" in ln and "must be" in ln]
+    assert len(line) == 1 and len(line[0]) < 200, res.output
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        huge = int("9" * 5000)
+    finally:
+        sys.set_int_max_str_digits(old)
+    nested: list = []
+    for _ in range(5000):
+        nested = [nested]
+    for value, shown in ((huge, "an integer of 5000 digits"), ([huge], "(list)"), (nested, "[[[[...]]]]")):
+        problem = number_problem(value, 0, 10, integer=True)
+        assert problem is not None and shown in problem and len(problem) < 120, problem

@@ -20,7 +20,6 @@ import pytest
 
 from edgedyn.data import DataError, load_calibration, load_data, make_loader
 from edgedyn.data.idx import IDX_FILES
-
 from test_data_sources import _idx_bytes, write_idx_set
 
 

@@ -197,8 +197,8 @@ def test_undecodable_image_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not an image at all")
     s = load_data(f"imagefolder:{tmp_path}", 16, holdout_fraction=0.3)
     with pytest.raises(DataError, match="cannot decode the image") as err:
-        for batch in make_loader(s.train, 4, shuffle=False):
+        for _ in make_loader(s.train, 4, shuffle=False):
             pass
-        for batch in make_loader(s.holdout, 4, shuffle=False):
+        for _ in make_loader(s.holdout, 4, shuffle=False):
             pass
     assert str(bad) in str(err.value)

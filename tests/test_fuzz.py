@@ -3,8 +3,9 @@ gives finite, positive latencies, or fails with an EdgedynError of one line (exi
 from the CLI). Nothing else is raised, nothing hangs, and no file is written.
 
 Mutated: a small latency table, a deployed bundle's ``manifest.json``, a search run's
-``subnets.json`` (the builders are shared with test_validation), and argument lists of
-``edgedyn run`` and ``edgedyn inspect``. A mutation changes, deletes or retypes fields,
+``subnets.json`` (the builders are shared with test_validation), argument lists of
+``edgedyn run`` and ``edgedyn inspect``, and data folders (issue 23: idx files, CIFAR-10
+batches, imagefolder layouts with FIFOs, devices and symlink loops). A mutation changes, deletes or retypes fields,
 inserts NaN, +-inf, negatives, huge values and wrong types, or truncates the file.
 
 Hypothesis runs derandomized (a fixed seed; no example database), with a bounded example
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from edgedyn.artifacts import load_json
 from edgedyn.cli import cli
@@ -33,10 +35,10 @@ from edgedyn.deploy import Manifest
 from edgedyn.errors import EdgedynError
 from edgedyn.profile import LatencyTable
 from edgedyn.runtime import Selector
-
 from test_validation import small_bundle, small_run_dir, small_table, table_net
 
-EXAMPLES = {"table": 100, "manifest": 100, "search_result": 60, "cli_run": 80, "cli_inspect": 30}
+EXAMPLES = {"table": 100, "manifest": 100, "search_result": 60, "cli_run": 80, "cli_inspect": 30,
+            "data_idx": 40, "data_cifar": 30, "data_imagefolder": 25}
 
 
 def fuzz_settings(name: str):
@@ -414,3 +416,173 @@ def test_fuzz_cli_inspect(data) -> None:
         before = listing(Path(cwd))
         res = CliRunner().invoke(cli, args)
         _check_cli(res, before, listing(Path(cwd)))
+
+
+# -- data folders (idx, CIFAR-10, imagefolder) ---------------------------------------------------
+def data_listing(root: Path) -> list[tuple[str, int, int, int]]:
+    """Every entry under ``root``, links not followed (a folder may hold a symlink loop)."""
+    out = []
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            st_ = os.lstat(os.path.join(folder, name))
+            out.append((os.path.join(folder, name), st_.st_mode, st_.st_size, st_.st_mtime_ns))
+    return sorted(out)
+
+
+def _loads_or_one_line(spec: str, root: Path, drain: bool = False) -> None:
+    """``load_data(spec)`` loads (and every batch can be read) or fails with one EdgedynError
+    line; nothing under ``root`` is written."""
+    from edgedyn.data import load_data, make_loader
+
+    before = data_listing(root)
+    try:
+        splits = load_data(spec, 16, holdout_fraction=0.25)
+        if drain:
+            for ds in (splits.train, splits.holdout, splits.test):
+                for _ in make_loader(ds, 8, shuffle=False):
+                    pass
+    except EdgedynError as err:
+        one_line(err)
+        event(f"refused: {str(err).replace(str(root), '')[:48]}")
+    else:
+        assert splits.num_classes >= 1 and len(splits.test) >= 1
+        event("loaded")
+    assert data_listing(root) == before
+
+
+ODD_ENTRIES = ["fifo", "dir", "loop", "dangling", "devnull", "empty"]
+
+
+def _odd_entry(path: Path, kind: str) -> None:
+    """Replace ``path`` by something that is no regular file of the expected kind."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "loop":
+        path.symlink_to(path.name)
+    elif kind == "dangling":
+        path.symlink_to(path.with_name("absent"))
+    elif kind == "devnull":
+        path.symlink_to("/dev/null")
+    else:
+        path.write_bytes(b"")
+
+
+DIMS = [0, 1, 2, 27, 28, 29, 2 ** 16, 2 ** 31, 2 ** 32 - 1]
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("data_idx")
+@given(data=st.data())
+def test_fuzz_idx_folder(data) -> None:
+    import gzip
+
+    from edgedyn.data.idx import IDX_FILES
+    from test_data_sources import write_idx_set
+
+    gz = data.draw(st.booleans(), label="gzip")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_idx_set(root, gz=False, n_train=30, n_test=10)
+        for key in data.draw(st.lists(st.sampled_from(sorted(IDX_FILES)), min_size=1, max_size=2, unique=True),
+                             label="files"):
+            path = root / IDX_FILES[key]
+            raw = bytearray(path.read_bytes())
+            op = data.draw(st.sampled_from(["none", "dim", "byte", "truncate", "append", "odd"]), label="op")
+            if op == "dim":  # a header dimension set to an extreme
+                i = data.draw(st.integers(0, 3 if "images" in key else 1), label="dim")
+                raw[4 + 4 * i: 8 + 4 * i] = data.draw(st.sampled_from(DIMS), label="value").to_bytes(4, "big")
+            elif op == "byte":
+                raw[data.draw(st.integers(0, 15), label="at")] = data.draw(st.integers(0, 255), label="to")
+            elif op == "truncate":
+                raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="keep")]
+            elif op == "append":
+                raw += bytes(data.draw(st.integers(1, 5000), label="extra"))
+            if op == "odd":
+                _odd_entry(path, data.draw(st.sampled_from(ODD_ENTRIES), label="entry"))
+            else:
+                path.write_bytes(bytes(raw))
+        if gz:
+            for path in root.iterdir():
+                if path.is_file() and not path.is_symlink() and path.stat().st_size:
+                    path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+                    path.unlink()
+        _loads_or_one_line(f"idx:{root}", root)
+
+
+CIFAR_LABELS: list[Any] = [None, "abc", 3, 1.5, [], [1.5] * 20, [True] * 20, [-1] * 20, [10] * 20, [2 ** 70] * 20,
+                           [[1]] * 20, list(range(10)), b"\x01" * 20, {"a": 1}, np.arange(20) % 10,
+                           np.zeros(20, np.float32), list(range(10)) * 2]
+CIFAR_DATA: list[Any] = [None, "abc", [], [[1, 2]], np.zeros((20, 3072), np.float32), np.zeros((20, 3071), np.uint8),
+                         np.zeros((19, 3072), np.uint8), np.zeros((20, 3, 32, 32), np.uint8),
+                         np.zeros((20, 3072), np.uint8)]
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("data_cifar")
+@given(data=st.data())
+def test_fuzz_cifar_folder(data) -> None:
+    import pickle
+
+    from edgedyn.data import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES
+
+    names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        for name in names:
+            batch = {b"labels": list(range(10)) * 2, b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8)}
+            (root / name).write_bytes(pickle.dumps(batch, protocol=4))
+        for name in data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True), label="files"):
+            batch = {b"labels": list(range(10)) * 2, b"data": np.zeros((20, 3072), np.uint8)}
+            op = data.draw(st.sampled_from(["none", "labels", "data", "drop", "top", "truncate", "odd"]), label="op")
+            if op == "labels":
+                batch[b"labels"] = data.draw(st.sampled_from(CIFAR_LABELS), label="labels")
+            elif op == "data":
+                batch[b"data"] = data.draw(st.sampled_from(CIFAR_DATA), label="data")
+            elif op == "drop":
+                del batch[data.draw(st.sampled_from([b"labels", b"data"]), label="key")]
+            blob = pickle.dumps([batch] if op == "top" else batch, protocol=data.draw(st.integers(3, 5), label="protocol"))
+            if op == "truncate":
+                blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="keep")]
+            if op == "odd":
+                _odd_entry(root / name, data.draw(st.sampled_from(ODD_ENTRIES), label="entry"))
+            else:
+                (root / name).write_bytes(blob)
+        _loads_or_one_line(f"cifar10:{root}", root)
+
+
+IMAGE_ENTRIES = ["png"] * 8 + ["garbage", "empty", "fifo", "devnull", "loop", "dangling", "dirloop", "tiny", "txt"]
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("data_imagefolder")
+@given(data=st.data())
+def test_fuzz_imagefolder(data) -> None:
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for split, least in (("train", 2), ("val", 1)):
+            (root / split).mkdir()
+            for cls in data.draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
+                                 label=f"{split} classes"):
+                folder = root / split / cls
+                folder.mkdir()
+                kinds = data.draw(st.lists(st.sampled_from(IMAGE_ENTRIES), min_size=least, max_size=5),
+                                  label="entries")
+                for i, kind in enumerate(kinds):
+                    path = folder / (f"{i}.txt" if kind == "txt" else f"{i}.png")
+                    if kind in ("png", "txt", "tiny"):
+                        side = 1 if kind == "tiny" else 10
+                        Image.new("RGB", (side, side), (i * 30, 0, 0)).save(path, format="PNG")
+                    elif kind == "garbage":
+                        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+                    elif kind == "dirloop":
+                        (folder / f"up{i}").symlink_to(folder)
+                    else:
+                        _odd_entry(path, kind)
+        _loads_or_one_line(f"imagefolder:{root}", root, drain=True)

@@ -27,7 +27,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     with open_regular(path) as raw:
         size = os.fstat(raw.fileno()).st_size
         try:
-            fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if gz else raw
             with fh:
                 return _read_idx_stream(fh, path, magic, kind, size, gz)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError

@@ -82,7 +82,8 @@ def _walk_once(top: str) -> Iterator[tuple[str, list[str]]]:
         if (st.st_dev, st.st_ino) in seen:
             continue
         seen.add((st.st_dev, st.st_ino))
-        files, subdirs = [], []
+        files: list[str] = []
+        subdirs: list[str] = []
         for entry in entries:
             try:
                 is_dir = entry.is_dir()  # follows symlinks; False for a loop or a dangling link
