@@ -66,6 +66,8 @@ def run(bundle, budget_ms, policy, subnet, quantile, requests, duration, input_p
                        verify_key=Path(verify_key) if verify_key else None) as selector:
         inputs = serve.load_inputs(input_path, selector.manifest.input_shape, dtype=selector.input_dtype)
         selector.warmup()
+        length = f"{requests} requests" if requests is not None else f"{duration:g} s"
+        click.echo(f"serving {bundle} for {length}; Ctrl-C or SIGTERM stops it with a partial report", err=True)
         report = serve.serve(selector, inputs, requests=requests, duration_s=duration, budget=budget,
                              report_interrupt=True)
         _emit(report, json_out)  # before the runners are released: an interrupt there loses nothing
