@@ -81,6 +81,7 @@ def check_out(out: str | os.PathLike, option: str = "--out") -> Path:
     or a folder holding it; a path under a file."""
     out = Path(out)
     here, where = Path.cwd().resolve(), Path(os.path.abspath(out))
+    where = where.parent.resolve() / where.name if where.name else where  # symlinked folders above it
     if not where.name or where == here or where in here.parents:
         raise EdgedynError(f"{out}: is the current directory or holds it; deploy replaces its --out whole: "
                            f"name a bundle directory instead (e.g. {option} bundle)")
