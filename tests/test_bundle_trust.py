@@ -174,3 +174,33 @@ def test_sign_bundle_signs_what_the_manifest_holds(signed: Path, keys, tmp_path:
         Selector.load(b, verify_key=keys[0])
     sign_bundle(b, keys[0])  # the owner of the key re-signs
     Selector.load(b, verify_key=keys[0]).close()
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d.pop("signature"), lambda d: d.update(signature=None), lambda d: d.update(signature="é" * 64),
+    lambda d: d.update(signature=d["signature"][::-1]), lambda d: d.update(algorithm="md5"),
+    lambda d: d.update(schema="edgedyn.bundle_signature/2"), lambda d: d.pop("schema"),
+    "not json", "[" * 100_000, "",
+])
+def test_a_malformed_signature_file_is_one_line(signed: Path, keys, tmp_path: Path, mutate) -> None:
+    b = _copy(signed, tmp_path)
+    sig = b / SIGNATURE_NAME
+    if isinstance(mutate, str):
+        sig.write_text(mutate)
+    else:
+        doc = json.loads(sig.read_text())
+        mutate(doc)
+        sig.write_text(json.dumps(doc))
+    with pytest.raises(EdgedynError) as info:
+        Selector.load(b, verify_key=keys[0])
+    _one_line(info, SIGNATURE_NAME)
+
+
+def test_the_key_id_only_names_the_key(signed: Path, keys, tmp_path: Path) -> None:
+    b = _copy(signed, tmp_path)
+    doc = json.loads((b / SIGNATURE_NAME).read_text())
+    doc["key_id"] = [1, 2]  # not signed data: the signature alone decides
+    (b / SIGNATURE_NAME).write_text(json.dumps(doc))
+    Selector.load(b, verify_key=keys[0]).close()
+    with pytest.raises(EdgedynError, match="signature does not match"):
+        Selector.load(b, verify_key=keys[1])

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_write_json, load_json, require
+from ..artifacts import atomic_write_json, require
 from ..errors import ArtifactError
 from .manifest import BUNDLE_SCHEMA, MANIFEST_NAME, Manifest
 
@@ -75,26 +75,31 @@ def _signature(key: bytes, canonical: bytes) -> str:
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest's JSON object, read once (one-line ArtifactError naming the file)."""
+def _read_json(path: Path, schema: str, what: str) -> dict[str, Any]:
+    """The JSON object at ``path`` of ``schema``, read once (one-line ArtifactError naming the file)."""
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"{path}: {path.stat().st_size} bytes is too large for a bundle manifest")
+        raise ArtifactError(f"{path}: {path.stat().st_size} bytes is too large for a {what}")
     try:
         obj = json.loads(path.read_bytes())
     except RecursionError:
-        raise ArtifactError(f"{path}: not a manifest: JSON nested too deeply") from None
+        raise ArtifactError(f"{path}: not a {what}: JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({str(err).splitlines()[0][:120]})") from None
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{path}: not valid JSON ({first})") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: top level must be a JSON object")
     found = obj.get("schema")
     if found is None:
-        raise ArtifactError(f"{path}: field 'schema' is missing (expected {BUNDLE_SCHEMA!r})")
-    if found != BUNDLE_SCHEMA:
-        raise ArtifactError(f"{path}: field 'schema' is {found!r}, expected {BUNDLE_SCHEMA!r}")
+        raise ArtifactError(f"{path}: field 'schema' is missing (expected {schema!r})")
+    if found != schema:
+        raise ArtifactError(f"{path}: field 'schema' is {found!r}, expected {schema!r}")
     return obj
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    return _read_json(path, BUNDLE_SCHEMA, "bundle manifest")
 
 
 def sign_bundle(root: str | os.PathLike, key: KeySource) -> Path:
@@ -114,7 +119,7 @@ def verify_signature(manifest_path: Path, obj: dict[str, Any], key: KeySource) -
     if not sig_path.is_file():
         raise ArtifactError(f"{sig_path}: missing: the bundle is not signed (deploy --sign KEYFILE); "
                             f"refusing it (--verify-key)")
-    doc = load_json(sig_path, SIGNATURE_SCHEMA)
+    doc = _read_json(sig_path, SIGNATURE_SCHEMA, "bundle signature")
     where = str(sig_path)
     algorithm = require(doc, "algorithm", str, where)
     if algorithm != ALGORITHM:
