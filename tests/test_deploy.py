@@ -437,3 +437,115 @@ def test_deploy_keeps_only_picks_that_beat_every_cheaper_one(tmp_path: Path, fas
     assert served == 4 and len(m.subnets) + len(left_out) == 4
     kept = deploy(run, out=tmp_path / "all", **{**fast, "keep_dominated": True})
     assert len(kept.subnets) == 4 and not any("left out" in n for n in kept.notes)
+
+
+# -- issue 23: one deploy at a time, --out checked, an atomic swap that survives SIGKILL -------------
+FAKE_BUILD = """
+import datetime, os, shutil, sys
+from pathlib import Path
+import edgedyn.deploy.build as build_mod
+from edgedyn.bundle import Manifest
+
+def fake_build(run, be, job, out, tmp, prediction, bar=None):
+    # the real stages' output, copied from a template bundle: the swap is what is tested here
+    template = Manifest.load(os.environ["TEMPLATE"])
+    for _, rec in template.all_files():
+        shutil.copyfile(template.root / rec["path"], tmp / rec["path"])
+    template.created = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    template.notes = [f"deployed by pid {os.getpid()}"]
+    return template
+
+build_mod._build = fake_build
+build_mod.deploy(sys.argv[1], out=sys.argv[2], threads=1, progress=False)
+"""
+
+
+def _deploy_killed_at(stage: str, run: Path, out: Path, template: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "EDGEDYN_FAULT_STAGE": stage, "TEMPLATE": str(template)}
+    proc = subprocess.run([sys.executable, "-c", FAKE_BUILD, str(run), str(out)], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == -9, (stage, proc.stderr[-2000:])  # SIGKILLed at the stage, nowhere else
+
+
+def _loads(out: Path) -> bytes:
+    """The manifest of the bundle at ``out``, after checking it is whole (every file's sha256)."""
+    from edgedyn.runtime import Selector
+
+    verify_files(Manifest.load(out))
+    Selector.load(out).close()
+    return (out / "manifest.json").read_bytes()
+
+
+@pytest.mark.timeout(600)
+def test_deploy_killed_at_every_stage_leaves_the_old_or_the_new_bundle(fp32_bundle: Path, run_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    from edgedyn.deploy.outdir import STAGES
+
+    out = tmp_path / "bundle"
+    shutil.copytree(fp32_bundle, out)  # a plain folder, as older edgedyn versions wrote bundles
+    old = _loads(out)
+    # the old layout: killed before the swap it is intact; killed after, the new one is in place
+    for stage in ("linked", "swapped"):
+        _deploy_killed_at(stage, run_dir, out, fp32_bundle)
+        now = _loads(out)
+        assert (now == old) == (stage == "linked"), stage
+        old = now
+    assert out.is_symlink() and (tmp_path / "bundle.d").is_dir()
+    for stage in STAGES:  # the new layout
+        _deploy_killed_at(stage, run_dir, out, fp32_bundle)
+        now = _loads(out)
+        assert (now == old) == (stage != "swapped"), stage
+        old = now
+    m = deploy(run_dir, out=out, threads=1, **FAST)  # the next deploy succeeds and tidies up
+    assert _loads(out) != old and m.path == out / "manifest.json"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["bundle", "bundle.d"], left  # no link, lock or build folder left behind
+    inside = sorted(p.name for p in (tmp_path / "bundle.d").iterdir())
+    assert len(inside) == 2 and all(n.startswith("v-") for n in inside), inside  # the new and the replaced
+
+
+def test_a_second_deploy_to_the_same_out_is_refused_at_once(run_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from click.testing import CliRunner
+
+    from edgedyn.cli import cli
+    from edgedyn.locks import exclusive_lock
+
+    def no_build(*a, **k):
+        raise AssertionError("the second deploy built")
+
+    monkeypatch.setattr(build_mod, "_build", no_build)
+    out = tmp_path / "bundle"
+    with exclusive_lock(out, "bundle"):  # the first deploy, still running
+        with pytest.raises(EdgedynError, match=rf"another edgedyn process \(pid {os.getpid()}\) is writing this "
+                                               "bundle") as info:
+            deploy(run_dir, out=out, threads=1, **FAST)
+        assert "\n" not in str(info.value)
+        res = CliRunner().invoke(cli, ["deploy", "--run", str(run_dir), "--out", str(out), "--threads", "1"])
+        assert res.exit_code == 2 and res.output.count("error: ") == 1 and "is writing this bundle" in res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("out", [".", "..", "sub/..", ""])
+def test_deploy_out_dot_is_refused_in_one_line(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              out: str) -> None:
+    from click.testing import CliRunner
+
+    from edgedyn.cli import cli
+
+    here = tmp_path / "work"
+    (here / "sub").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(build_mod, "_build", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(EdgedynError, match="current directory") as info:
+        deploy(run_dir, out=out, threads=1, **FAST)
+    assert "\n" not in str(info.value)
+    res = CliRunner().invoke(cli, ["deploy", "--run", str(run_dir), "--out", out or ".", "--threads", "1"])
+    assert res.exit_code == 2 and res.output.count("error: ") == 1 and "current directory" in res.output
+    assert sorted(p.name for p in here.iterdir()) == ["sub"]

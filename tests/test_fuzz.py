@@ -38,7 +38,7 @@ from edgedyn.runtime import Selector
 from test_validation import small_bundle, small_run_dir, small_table, table_net
 
 EXAMPLES = {"table": 100, "manifest": 100, "search_result": 60, "cli_run": 80, "cli_inspect": 30,
-            "data_idx": 40, "data_cifar": 30, "data_imagefolder": 25}
+            "data_idx": 40, "data_cifar": 30, "data_imagefolder": 25, "schedule": 80}
 
 
 def fuzz_settings(name: str):
@@ -316,7 +316,7 @@ GOOD = {"--budget-ms": ["0.5", "3", "1e-300", "1e308", " 4 ", "2.5"],
         "--channel-groups": ["1", "4", "8", "1_000"],
         "--group-size": ["1", "8", "16", "1e1"],
         "--min-groups": ["1", "2", "1_000"]}
-SCHEDULE_NUMBERS = [0, 1, 2.5, -1, 0.0, NAN, INF, -INF, 1e308, "x", None, True]
+SCHEDULE_NUMBERS = [0, 1, 2.5, -1, 0.0, NAN, INF, -INF, 1e308, "x", None, True, 10 ** 400, -(10 ** 400)]
 
 
 @contextlib.contextmanager
@@ -352,7 +352,8 @@ def run_case(tmp_path_factory):
     real_serve = serve_mod.serve
     real_warmup = Selector.warmup
 
-    def checked_serve(selector, inputs, *, requests=None, duration_s=None, budget=None, keep_timeline=False):
+    def checked_serve(selector, inputs, *, requests=None, duration_s=None, budget=None, keep_timeline=False,
+                      **kw):
         assert (requests is None) != (duration_s is None)
         if requests is not None:
             assert isinstance(requests, int) and requests >= 1
@@ -364,7 +365,7 @@ def run_case(tmp_path_factory):
             b = budget(int(k), float(k)) if callable(budget) else budget
             assert b is None or (math.isfinite(b) and b > 0), b
         return real_serve(selector, inputs, requests=None if requests is None else min(requests, 4),
-                          duration_s=None if duration_s is None else min(duration_s, 0.005), budget=budget)
+                          duration_s=None if duration_s is None else min(duration_s, 0.005), budget=budget, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(serve_mod, "serve", checked_serve)
@@ -586,3 +587,31 @@ def test_fuzz_imagefolder(data) -> None:
                     else:
                         _odd_entry(path, kind)
         _loads_or_one_line(f"imagefolder:{root}", root, drain=True)
+
+
+# -- schedule files: hostile JSON text (issue 23) -------------------------------------------------
+SCHEDULE_ATOMS = ["0", "1", "2.5", "-1", "1e999", "NaN", "Infinity", '"x"', "null", "true", "[]", "{}",
+                  "1" + "0" * 5000, "1" + "0" * 400, "0." + "0" * 5000 + "1"]
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("schedule")
+@given(data=st.data())
+def test_fuzz_schedule_file(tmp_path_factory, data) -> None:
+    from edgedyn.runtime.serve import load_schedule
+
+    depth = data.draw(st.sampled_from([0, 1, 2, 50, 5000, 200_000]), label="depth")
+    rows = data.draw(st.lists(st.lists(st.sampled_from(SCHEDULE_ATOMS), max_size=3), max_size=4), label="rows")
+    text = "[" * depth + "[" + ",".join("[" + ",".join(r) + "]" for r in rows) + "]" + "]" * depth
+    if data.draw(st.booleans(), label="truncate"):
+        text = text[:data.draw(st.integers(0, len(text)), label="cut")]
+    path = tmp_path_factory.mktemp("sched") / "s.json"
+    path.write_text(text)
+    try:
+        out = load_schedule(path)
+    except EdgedynError as err:
+        assert "\n" not in str(err) and str(path) in str(err), str(err)
+        event("refused")
+        return
+    assert out and all(math.isfinite(a) and a >= 0 and math.isfinite(b) and b > 0 for a, b in out)
+    event("loaded")

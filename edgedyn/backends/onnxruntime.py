@@ -223,3 +223,11 @@ class OnnxRuntimeBackend(OnnxBackend):
         if input_shape is not None and tuple(input_shape) != runner.input_shape:
             raise BackendUnavailable(f"{artifact}: input shape {runner.input_shape} != expected {tuple(input_shape)}")
         return runner
+
+    def load_bytes(self, data: bytes, input_shape: tuple[int, ...] | None, name: str) -> OrtRunner:
+        """A session built from a model's bytes (the runtime passes the bytes it verified; no
+        path is reopened). ``name`` names the model in messages."""
+        runner = OrtRunner(bytes(data), self.options, name=name)
+        if input_shape is not None and tuple(input_shape) != runner.input_shape:
+            raise BackendUnavailable(f"{name}: input shape {runner.input_shape} != expected {tuple(input_shape)}")
+        return runner

@@ -12,12 +12,17 @@ The stages, each in its own module, run in this order:
 4. **time** (:mod:`~edgedyn.deploy.timing`): all built sub-nets measured interleaved;
 5. **manifest** (:mod:`~edgedyn.deploy.assemble`): ``manifest.json``, written last.
 
-The bundle is built in a temporary sibling directory and renamed into place, so ``out`` is
-never half-written; ``out`` is checked before any of this (:mod:`~edgedyn.deploy.outdir`).
+The bundle is built in ``OUT.d/.building-<pid>``, moved to a version ``OUT.d/v-<timestamp>`` and
+``out`` (a symbolic link) is renamed onto it atomically, so readers see the old bundle or the new
+one, never neither and never a half-written one. A deploy holds an exclusive lock on ``out`` for
+its whole run (a second deploy to the same ``out`` is refused at once), and ``out`` is checked
+before any of this (:mod:`~edgedyn.deploy.outdir`). With ``sign``, ``manifest.sig`` (an
+HMAC-SHA256 over the manifest, :mod:`edgedyn.bundle.signature`) is written before the swap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -29,14 +34,16 @@ import numpy as np
 import torch
 
 from ..backends import Backend, BackendOptions, get_backend
-from ..bundle import MANIFEST_NAME, Manifest, SubnetRecord
+from ..bundle import MANIFEST_NAME, Manifest, SubnetRecord, sign_bundle
+from ..bundle.signature import read_key
 from ..errors import EdgedynError
+from ..locks import exclusive_lock
 from ..progress import Progress
 from .assemble import make_manifest
 from .check import check_built, check_unexecuted, deploy_checks
 from .evaluation import References, leave_out_dominated, split_arrays
 from .export import export_subnet
-from .outdir import building_dir, check_out, remove_stale_builds, swap_into_place
+from .outdir import building_dir, check_out, fault_point, recover, remove_stale_builds, swap_into_place
 from .prediction import Prediction
 from .quantize import Calibration, calibration, quantize_subnet
 from .source import RunInfo, RunSubnet, load_run
@@ -94,14 +101,19 @@ def _check_request(backend: str, precision: str, threads: int | None) -> None:
 
 
 def _prepare_out(out: Path, run: RunInfo) -> None:
-    """``out`` is not the run, its folder exists, and no killed deploy's leftovers lie beside it."""
+    """``out`` is not the run, its folder exists, and no killed deploy's leftovers lie beside it
+    (the caller holds the bundle's lock)."""
     if out.resolve() == run.path.resolve():
         raise EdgedynError(f"{out}: the bundle cannot be written into the run directory")
+    remove_stale_builds(out)
+    recover(out)
+
+
+def _make_parent(out: Path) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EdgedynError(f"{out}: cannot create its folder ({err.strerror or err}); choose another --out") from None
-    remove_stale_builds(out)
 
 
 def deploy(
@@ -120,6 +132,7 @@ def deploy(
     backend_extra: dict[str, Any] | None = None,
     keep_dominated: bool = False,
     progress: bool = True,
+    sign: str | os.PathLike | bytes | None = None,
 ) -> Manifest:
     """Build a deployable bundle from a search run and return its (saved) manifest.
 
@@ -129,7 +142,9 @@ def deploy(
         precision: ``fp32``, ``int8`` (both backends) or ``fp16`` (TensorRT).
         calib: int8 calibration data: a folder of images or a ``.npy`` (see ``calib/README.md``),
             or an array; default: ``calib_limit`` samples of the run's training split.
-        out: the bundle directory (replaced atomically if it already holds a bundle).
+        out: the bundle: a symbolic link to ``OUT.d/v-<timestamp>``, replaced atomically (an
+            older edgedyn's plain bundle folder too); refused if it is the current directory,
+            a file, or a non-empty folder that is not a bundle.
         table: latency table for the predicted latencies (default: the run's, if present).
         threads: CPU intra-op threads (ONNX Runtime); default: the latency table's (its
             predictions hold for that count only), else the CPUs this process may use.
@@ -144,30 +159,49 @@ def deploy(
             (:func:`~edgedyn.deploy.evaluation.dominated`; the manifest's ``notes`` name it).
         progress: a bar per sub-net built on a terminal; off a terminal, a plain line every
             30 s or so while sub-nets are built and timed (:class:`~edgedyn.progress.Progress`).
+        sign: a key file (or the key's bytes, at least 16): write ``manifest.sig``, an
+            HMAC-SHA256 over the manifest, which ``Selector.load(..., verify_key=...)`` and
+            ``edgedyn run --verify-key`` check.
     """
     _check_request(backend, precision, threads)
     out = check_out(out)  # before any work
+    key = read_key(sign) if sign is not None else None
     run = load_run(run_dir)
-    _prepare_out(out, run)
-    prediction = Prediction(run, table, backend, precision, threads)  # a bad table fails before anything is written
+    _make_parent(out)
+    job = _Job(backend, precision, calib, measure_iters, test_limit, calib_limit, check_samples, keep_dominated)
+    with exclusive_lock(out, "bundle"):  # a second deploy to this out is refused at once
+        _prepare_out(out, run)
+        return _deploy_locked(run, out, job, table, threads, backend_extra, progress, key)
+
+
+def _deploy_locked(run: RunInfo, out: Path, job: _Job, table: str | os.PathLike | None, threads: int | None,
+                   backend_extra: dict[str, Any] | None, progress: bool, key: bytes | None) -> Manifest:
+    """Build in ``OUT.d/.building-<pid>``, sign, and swap into place (the lock is held)."""
+    backend = job.backend
+    prediction = Prediction(run, table, backend, job.precision, threads)  # a bad table fails before anything is written
     tmp = building_dir(out)
     extra = dict(backend_extra or {})
     if backend == "tensorrt":
         extra.setdefault("timing_cache", str(tmp / "timing.cache"))
     be = get_backend(backend, BackendOptions(device="cpu" if backend == "onnxruntime" else "cuda",
-                                             precision=precision, threads=prediction.threads, extra=extra))
+                                             precision=job.precision, threads=prediction.threads, extra=extra))
     # a step per distinct sub-net built; off a terminal, a line every 30 s or so, also while the
     # test split is evaluated and while one large sub-net builds
     bar = Progress(total=len({s.spec for s in run.subnets}), desc="deploy: sub-nets built", unit="sub-net", leave=False,
                    disable=not progress)
-    job = _Job(backend, precision, calib, measure_iters, test_limit, calib_limit, check_samples, keep_dominated)
     try:
         manifest = _build(run, be, job, out, tmp, prediction, bar)
-        manifest.save(tmp / MANIFEST_NAME)  # last
+        fault_point("built")
+        manifest.save(tmp / MANIFEST_NAME)  # last, but for its signature
+        if key is not None:
+            sign_bundle(tmp, key)
+        fault_point("manifest")
         swap_into_place(tmp, out)
     except BaseException:
         bar.close(done=False)
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            tmp.parent.rmdir()  # OUT.d, if this deploy made it and left nothing in it
         raise
     bar.close()
     manifest.path = out / MANIFEST_NAME

@@ -18,7 +18,9 @@ from ..cli_types import Int, Threads
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--calib", default=None, type=click.Path(),
               help="INT8 calibration data: a folder of images or a .npy (default: the run's training data).")
-@click.option("--out", default="bundle", show_default=True, type=click.Path(), help="Bundle directory to write.")
+@click.option("--out", default="bundle", show_default=True, type=click.Path(),
+              help="Bundle to write: a link to OUT.d/v-<time>, swapped atomically; a second deploy to it is refused "
+                   "while this one runs.")
 @click.option("--table", default=None, type=click.Path(dir_okay=False), help="Latency table for predicted latencies.")
 @click.option("--threads", type=Threads(), default=None,
               help="CPU intra-op threads, 1 to the CPUs available (default: the latency table's, else the CPUs available).")
@@ -26,12 +28,15 @@ from ..cli_types import Int, Threads
               help="Timed calls per sub-net at most (each is timed for about 2 s, at least 200 calls).")
 @click.option("--keep-dominated", is_flag=True,
               help="Deploy every search pick, also one no more accurate (fp32, test split) than a cheaper pick.")
-def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated) -> None:
+@click.option("--sign", default=None, type=click.Path(dir_okay=False),
+              help="Key file (at least 16 bytes, e.g. head -c 32 /dev/urandom > KEY): write manifest.sig, an "
+                   "HMAC-SHA256 over the manifest, for edgedyn run --verify-key.")
+def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iters, keep_dominated, sign) -> None:
     """Build a bundle: one compiled, checked, re-measured artifact per chosen sub-net."""
     from . import build
 
     m = build.deploy(run_dir, backend=backend, precision=precision, calib=calib, out=out, table=table,
-                     threads=threads, measure_iters=measure_iters, keep_dominated=keep_dominated)
+                     threads=threads, measure_iters=measure_iters, keep_dominated=keep_dominated, sign=sign)
     click.echo(f"bundle {m.root} ({m.backend['name']} {m.backend['version']}, {m.precision}, "
                f"threads {m.threads}) for {m.fingerprint}")
     click.echo(f"{'sub-net':>7} {'MMAC':>8} {'pred ms':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
@@ -57,6 +62,8 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
         click.echo(f"warning: {problem}", err=True)
     for note in m.notes:
         click.echo(f"note: {note}")
+    if sign:
+        click.echo(f"signed: {m.root / 'manifest.sig'} (HMAC-SHA256 over the manifest; run --verify-key {sign})")
 
 
 __all__ = ["deploy"]

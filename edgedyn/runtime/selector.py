@@ -41,12 +41,16 @@ from ..dynamic import SubnetSpec
 from ..errors import EdgedynError
 from .dispatch import Dispatcher, InferInfo
 from .inputs import InputError, as_array, check_budget, check_threads
-from .loading import load_runners, verify_bundle
+from .loading import load_runners, open_manifest, read_models, verify_bundle
 from .policies import POLICIES, PolicySettings, Ranking, policy_class
 
 _INF = float("inf")
 
-__all__ = ["POLICIES", "InferInfo", "InputError", "Selector", "check_budget", "check_threads"]
+__all__ = ["POLICIES", "InferInfo", "InputError", "Selector", "SelectorClosed", "check_budget", "check_threads"]
+
+
+class SelectorClosed(EdgedynError):
+    """``infer`` (or ``warmup``, ``serve``) on a :class:`Selector` that was closed."""
 
 
 class Selector:
@@ -91,6 +95,7 @@ class Selector:
             settings.subnet = self._ranking.order[0]
         settings.check_subnet(n)
         self._settings = settings
+        self._closed = False
         self._shape = tuple(manifest.input_shape)
         self._dtype = np.dtype(manifest.input_dtype)
         self._check_runners()
@@ -125,23 +130,28 @@ class Selector:
         allow_other_device: bool = False,
         threads: int | None = None,
         trt_memory_device: str = "cuda",
+        verify_key: str | Path | bytes | None = None,
         **adaptive: Any,
     ) -> Selector:
-        """Verify ``bundle`` and load every sub-net once.
+        """Verify ``bundle`` and load every sub-net once, from the bytes verified.
 
         Refuses (one-line :class:`EdgedynError` naming the file or field) a modified or
         missing file, a bundle made for another device fingerprint (unless
-        ``allow_other_device``), or for another backend than ``backend`` when given.
+        ``allow_other_device``), or for another backend than ``backend`` when given. With
+        ``verify_key`` (a key file's path, or the key's bytes) it also refuses a bundle that
+        is unsigned or whose ``manifest.sig`` does not sign its manifest under that key
+        (:mod:`edgedyn.bundle.signature`).
         ``threads`` overrides the manifest's CPU thread count. ``adaptive`` passes
         ``alpha``, ``k_dev``, ``up_margin``, ``dwell``, ``clip`` to the adaptive policy, and
         ``quantile`` (median, p90, p99) to every policy.
         """
         budget_ms = check_budget(budget_ms)
         threads = check_threads(threads)
-        manifest = Manifest.load(bundle)
+        manifest = open_manifest(bundle, verify_key)
         policy_class(policy)
         verify_bundle(manifest, backend, allow_other_device)
-        loaded = load_runners(manifest, threads, allow_other_device, memory_device=trt_memory_device)
+        models = read_models(manifest)  # read once, hashed; the sessions are built from these bytes
+        loaded = load_runners(manifest, threads, allow_other_device, memory_device=trt_memory_device, models=models)
         return cls(manifest, loaded.runners, policy, budget_ms=budget_ms, subnet=subnet, exec_lock=loaded.exec_lock,
                    shared_memory=loaded.shared, **adaptive)
 
@@ -224,6 +234,7 @@ class Selector:
     def warmup(self, calls: int = 50) -> None:
         """Run every sub-net ``calls`` times on zeros, outside the statistics: a session's
         first calls allocate its buffers and run cold, and a server warms up before it serves."""
+        self.check_open()
         x = np.zeros(self._shape, self._dtype)
         for r in self._runners:
             for _ in range(calls):
@@ -243,8 +254,10 @@ class Selector:
 
         Raises ``ValueError`` for a malformed input, and :class:`NumberError` (a
         ``ValueError`` too) for a budget that is not a finite number > 0; nothing is run or
-        counted then.
+        counted then. A closed selector raises :class:`SelectorClosed`.
         """
+        if self._closed:
+            raise SelectorClosed(self._closed_message())
         if type(x) is not np.ndarray or x.shape != self._shape or (x.dtype is not self._dtype
                                                                      and x.dtype != self._dtype):
             x = as_array(x, self._shape, self._dtype)
@@ -256,8 +269,23 @@ class Selector:
             budget = check_budget(budget_ms)
         return self._dispatch(x, budget)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _closed_message(self) -> str:
+        return f"{self.manifest.path}: this selector was closed; load the bundle again to serve"
+
+    def check_open(self) -> None:
+        """Raise :class:`SelectorClosed` (one line) if :meth:`close` was called."""
+        if self._closed:
+            raise SelectorClosed(self._closed_message())
+
     def close(self) -> None:
-        """Release every runner."""
+        """Release every runner; the selector then refuses to serve (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         for r in self._runners:
             r.deactivate()
 
