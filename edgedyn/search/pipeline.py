@@ -40,22 +40,26 @@ log = logging.getLogger("edgedyn.search")
 
 def start(config: SearchConfig, cost_model: CostModel, dist: Dist, hook: Hook | None = None,
           select_cost: CostModel | None = None, scorer: ScorerFactory = Scorer) -> Method:
-    """The run's context and method, every input checked (nothing written yet)."""
+    """The run's context and method, every input checked, a resumed run's checkpoint loaded
+    (nothing written yet)."""
     cls = cast("type[Method]", get_method(config.method))
     options = config.method_options()
     ctx = RunContext(config, cost_model, dist, hook, select_cost, phases=(*cls.phases, "train", "final"),
                      scorer=scorer)
     method = cls(ctx, options)
     method.check_budgets()
+    if config.resume:  # the checkpoint is an input too: checked before the run directory is touched
+        ctx.load()
     return method
 
 
 def run(method: Method) -> SearchResult:
-    """Resume, run the method's phases, select, train, measure and write the outputs."""
+    """Run the method's phases (from where a resumed checkpoint left off), select, train,
+    measure and write the outputs."""
     ctx = method.ctx
-    if ctx.c.resume:
-        ctx.load()
-    elif ctx.ckpt_path.exists() and ctx.dist.is_main:
+    if ctx.c.resume and ctx.resumed:
+        log.info("resumed at phase %s, unit %d", ctx.state.phase, ctx.state.index)
+    elif not ctx.c.resume and ctx.ckpt_path.exists() and ctx.dist.is_main:  # --overwrite
         ctx.ckpt_path.unlink()
     ctx.dist.barrier()
     if ctx.c.weights and ctx.state.phase == "pretrain" and ctx.state.index == 0:
