@@ -18,16 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 import test_profile
+from click.testing import CliRunner
+from test_profile import cfg
+from test_search import MockLatency, small_config
+
 from edgedyn.cli import cli
 from edgedyn.errors import EdgedynError
 from edgedyn.locks import LockedError, exclusive_lock
 from edgedyn.profile.profiler import Profiler
 from edgedyn.search import run_search
-from test_profile import cfg
-from test_search import MockLatency, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 fake = test_profile.fake  # the fixture: the profiler with a deterministic backend
