@@ -113,7 +113,7 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> tuple[dict[str, tor
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ArtifactError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+        raise ArtifactError(f"{path}: not a readable checkpoint ({_first_line(err)[:120]})") from None
     if not isinstance(blob, dict) or blob.get("schema") != CHECKPOINT_SCHEMA:
         raise ArtifactError(f"{path}: field 'schema' is not {CHECKPOINT_SCHEMA!r}")
     config = blob.get("config")
