@@ -121,7 +121,8 @@ def _model_options(f):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Table to write (JSON).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted profile from <out>.partial.json.")
 @click.option("--merge", is_flag=True, help="Add this model's blocks to an existing table at --out.")
-@click.option("--overwrite", is_flag=True, help="Start afresh, discarding an interrupted profile's <out>.partial.json.")
+@click.option("--overwrite", is_flag=True, help="Start afresh, discarding an interrupted profile's <out>.partial.json, "
+              "or replace a file at --out that is not a latency table.")
 @click.option("--refit", is_flag=True,
               help="Measure nothing: re-derive the table at --out from the timings it holds (pooled blocks, "
                    "calibration, validation), e.g. after an edgedyn upgrade; same model options as its profile.")

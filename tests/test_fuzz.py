@@ -615,3 +615,185 @@ def test_fuzz_schedule_file(tmp_path_factory, data) -> None:
         return
     assert out and all(math.isfinite(a) and a >= 0 and math.isfinite(b) and b > 0 for a, b in out)
     event("loaded")
+
+
+# == weights.pt configs and checkpoint.pt files (issue 23) =====================================
+# A tampered weights file (its config, its tensors) or checkpoint (its settings, state and
+# tensors) loads, or fails with one EdgedynError line; never a traceback, never a file written.
+# The loaders run in-process on a network built once; a few cases go through the command line.
+import sys as _sys  # noqa: E402
+
+import torch  # noqa: E402
+
+EXAMPLES.update({"weights": 30, "checkpoint": 30, "cli_checkpoint": 4})
+TENSOR_EDITS = st.lists(st.tuples(st.sampled_from(["shape", "nan", "inf", "delete", "retype", "extra", "scalar"]),
+                                  st.integers(0, 10 ** 6)), max_size=3)
+FOREIGN = [[1, 2, 3], "checkpoint", 7, None, torch.zeros(3), {"schema": 1}, {}]
+SMALL_NET = {"num_classes": 10, "input_size": 8, "channel_groups": 2}
+
+
+def edit_tensors(tensors: dict, edits: list[tuple[str, int]]) -> dict:
+    """``tensors`` with each edit applied to the tensor its number picks."""
+    out = dict(tensors)
+    for kind, pick in edits:
+        if not out:
+            break
+        key = list(out)[pick % len(out)]
+        t = out[key]
+        if kind == "delete":
+            del out[key]
+        elif kind == "extra":
+            out[f"extra{pick}.weight"] = torch.zeros(2)
+        elif not isinstance(t, torch.Tensor):
+            continue
+        elif kind == "shape":
+            out[key] = torch.zeros(t.numel() + 1)
+        elif kind in ("nan", "inf") and t.is_floating_point() and t.numel():
+            out[key] = t.clone().fill_(NAN if kind == "nan" else -INF)
+        elif kind == "retype":
+            out[key] = t.flatten()[:8].tolist()
+        elif kind == "scalar":
+            out[key] = torch.tensor(1.0)
+    return out
+
+
+def save_mutant(data: Any, obj: Any, dst: Path) -> None:
+    """``torch.save`` ``obj`` to ``dst``, or a foreign object instead, maybe truncated."""
+    import io
+
+    if data.draw(st.integers(0, 9), label="foreign") == 0:
+        obj = data.draw(st.sampled_from(FOREIGN), label="foreign object")
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    raw = buf.getvalue()
+    truncate = data.draw(TRUNCATE, label="truncate")
+    dst.write_bytes(raw if truncate is None else raw[: int(len(raw) * truncate)])
+
+
+@pytest.fixture(scope="module")
+def weights_case(tmp_path_factory):
+    from edgedyn.dynamic import DynamicNet
+
+    work = tmp_path_factory.mktemp("fuzz_weights")
+    net = DynamicNet.from_name("resnet20", **SMALL_NET)
+    blob = torch.load(net.save(work / "good.pt"), weights_only=True)
+    (work / "good.pt").unlink()
+    return net, blob, sorted(set(doc_paths(blob["config"])), key=str), work
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("weights")
+@given(data=st.data())
+def test_fuzz_weights_file(weights_case, data) -> None:
+    """As ``--weights`` (the search's loader) and as a run's ``weights.pt`` (``load_net``)."""
+    from edgedyn.search.weights import load_weights_into
+    from edgedyn.validate_weights import load_net
+
+    net, blob, paths, work = weights_case
+    config = mutate(blob["config"], data.draw(ops_strategy(paths), label="config ops"))
+    mutant = {**blob, "config": config, "state_dict": edit_tensors(blob["state_dict"], data.draw(TENSOR_EDITS))}
+    if data.draw(st.booleans(), label="bn_stats"):
+        mutant["bn_stats"] = data.draw(st.sampled_from([{"[8]": {"bn1": [1]}}, {"x": 1}, [1], {"[8]": {}}, None]))
+    path = work / "weights.pt"
+    save_mutant(data, mutant, path)
+    before = listing(work)
+    for load in (lambda: load_weights_into(net, path), lambda: load_net(path)):
+        try:
+            load()
+        except EdgedynError as err:
+            one_line(err)
+            event("refused")
+        else:
+            event("loaded")
+    assert listing(work) == before
+
+
+@pytest.fixture(scope="module")
+def checkpoint_case(tmp_path_factory):
+    """A run's context (built once, as a search builds it) and a checkpoint it saved after a
+    step of SGD with momentum (so the optimizer state holds tensors), to mutate in place."""
+    from test_search import MockLatency, small_config
+
+    from edgedyn.search import train as T
+    from edgedyn.search.dist import current
+    from edgedyn.search.pipeline import start
+
+    config = small_config(tmp_path_factory.mktemp("fuzz_ckpt") / "run", method="usnet", budgets="0.7,1.0",
+                          data="synthetic", data_limit=64)
+    ctx = start(config, MockLatency(), current()).ctx
+    opt = T.make_sgd(ctx.net, 0.1, weight_decay=0.0, extra=[])
+    for p in ctx.net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    ctx.save("pretrain", 1, opt)
+    blob = torch.load(ctx.ckpt_path, weights_only=True)
+    doc = {k: v for k, v in blob.items() if k not in ("state_dict", "optimizer", "alphas")}
+    json.dumps(doc)  # the settings and state are plain JSON; the tensors are edited apart
+    return ctx, blob, doc, sorted(set(doc_paths(doc)), key=str)
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("checkpoint")
+@given(data=st.data())
+def test_fuzz_checkpoint_file(checkpoint_case, data) -> None:
+    """A resumed run's checkpoint: its settings, state, weights and optimizer state."""
+    from edgedyn.search import train as T
+
+    ctx, blob, doc, paths = checkpoint_case
+    mutant = {**blob, **mutate(doc, data.draw(ops_strategy(paths), label="ops")),
+              "state_dict": edit_tensors(blob["state_dict"], data.draw(TENSOR_EDITS, label="tensors"))}
+    if data.draw(st.integers(0, 3), label="optimizer") == 0:
+        mutant["optimizer"] = data.draw(st.sampled_from([None, [], {}, {"state": {}, "param_groups": []}, "x"]))
+    save_mutant(data, mutant, ctx.ckpt_path)
+    before = listing(ctx.out)
+    try:
+        ctx.load()
+        if ctx.state.optimizer is not None:
+            ctx._restore(T.make_sgd(ctx.net, 0.1, weight_decay=0.0, extra=[]), ctx.state.optimizer)
+    except EdgedynError as err:
+        one_line(err)
+        event("refused")
+    else:
+        event("loaded")
+    assert listing(ctx.out) == before
+
+
+@pytest.fixture(scope="module")
+def cli_checkpoint_case(tmp_path_factory):
+    """``edgedyn search ... --resume`` on a checkpoint the command itself wrote (its run stopped
+    at the first checkpoint); the pipeline's phases stand in for a stub that ends the command
+    once the run is loaded."""
+    import edgedyn.search.pipeline as pipeline
+
+    run = tmp_path_factory.mktemp("fuzz_cli_ckpt") / "run"
+    args = ["search", "--data", "synthetic", "--data-limit", "64", "--input-size", "8", "--channel-groups", "2",
+            "--cost", "flops", "--method", "usnet", "--budgets", "0.7,1.0", "--out", str(run)]
+
+    def stop_at_first_checkpoint(method):
+        method.ctx.save(method.ctx.phases[0], 1)
+        _sys.exit(0)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "run", stop_at_first_checkpoint)
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0 and (run / "checkpoint.pt").is_file(), res.output
+        blob = torch.load(run / "checkpoint.pt", weights_only=True)
+        doc = {k: v for k, v in blob.items() if k not in ("state_dict", "optimizer", "alphas")}
+        mp.setattr(pipeline, "run", lambda method: _sys.exit(0))  # loaded: the command would go on
+        yield [*args, "--resume"], run, blob, doc, sorted(set(doc_paths(doc)), key=str)
+
+
+@pytest.mark.timeout(120)
+@fuzz_settings("cli_checkpoint")
+@given(data=st.data())
+def test_fuzz_cli_search_resume(cli_checkpoint_case, data) -> None:
+    args, run, blob, doc, paths = cli_checkpoint_case
+    mutant = {**blob, **mutate(doc, data.draw(ops_strategy(paths), label="ops")),
+              "state_dict": edit_tensors(blob["state_dict"], data.draw(TENSOR_EDITS, label="tensors"))}
+    save_mutant(data, mutant, run / "checkpoint.pt")
+    before = listing(run)
+    res = CliRunner().invoke(cli, args)
+    event(f"exit {res.exit_code}")
+    assert res.exit_code in (0, 2) and "Traceback" not in res.output, (res.output, res.exception)
+    if res.exit_code == 2:
+        _check_cli(res, before, listing(run))

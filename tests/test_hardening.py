@@ -371,3 +371,164 @@ def test_demo_phases_print_a_heartbeat_off_a_terminal(tmp_path, monkeypatch):
         demo.run_demo(tmp_path, log=lines.append)
     beats = [ln for ln in lines if ln.startswith("[1/4] profile (")]
     assert len(beats) >= 2 and lines[-1].startswith("[1/4] profile: stopped (")
+
+
+# -- issue 23: a tampered checkpoint or weights file fails in one line -------------------------
+def interrupted_run(folder: Path):
+    """A search run stopped at its first checkpoint: its config (resume=True) and checkpoint path."""
+    from dataclasses import replace
+
+    from test_search import MockLatency, small_config
+
+    from edgedyn.search import run_search
+
+    class Stop(Exception):
+        pass
+
+    def stop(phase, index):
+        raise Stop
+
+    config = small_config(folder, method="usnet", budgets="0.7,1.0", train_epochs=1)
+    with pytest.raises(Stop):
+        run_search(config, MockLatency(), hook=stop)
+    assert (folder / "checkpoint.pt").is_file()
+    return replace(config, resume=True), folder / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    import torch
+
+    config, ckpt = interrupted_run(tmp_path_factory.mktemp("stopped") / "run")
+    return config, ckpt, torch.load(ckpt, weights_only=True)
+
+
+def _tampered_resume(stopped_run, tmp_path, tamper):
+    """Resume a copy of the stopped run whose checkpoint ``tamper`` changed; the error raised."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+    from test_search import MockLatency
+
+    from edgedyn.search import run_search
+
+    config, ckpt, blob = stopped_run
+    run = tmp_path / "run"
+    shutil.copytree(ckpt.parent, run)
+    obj = tamper({**blob, "state_dict": dict(blob["state_dict"])})
+    torch.save(obj, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(EdgedynError) as info:
+        run_search(replace(config, out=str(run)), MockLatency())
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the log untouched too
+    msg = str(info.value)
+    assert "\n" not in msg and str(run / "checkpoint.pt") in msg, msg
+    return msg
+
+
+def test_resume_refuses_a_checkpoint_tensor_of_the_wrong_shape(stopped_run, tmp_path):
+    import torch
+
+    key = next(k for k, v in stopped_run[2]["state_dict"].items() if v.dim() == 4)
+
+    def wrong_shape(blob):
+        blob["state_dict"][key] = torch.zeros(3, 3)
+        return blob
+
+    msg = _tampered_resume(stopped_run, tmp_path, wrong_shape)
+    assert f"state_dict.{key}" in msg and "[3, 3]" in msg
+
+
+def test_resume_refuses_a_checkpoint_missing_a_tensor(stopped_run, tmp_path):
+    key = next(iter(stopped_run[2]["state_dict"]))
+
+    def missing(blob):
+        del blob["state_dict"][key]
+        return blob
+
+    assert f"state_dict.{key}' is missing" in _tampered_resume(stopped_run, tmp_path, missing)
+
+
+@pytest.mark.parametrize("tamper, words", [
+    (lambda blob: [1, 2, 3], "schema"),
+    (lambda blob: {**blob, "config": [1]}, "config"),
+    (lambda blob: {**blob, "state_dict": [1]}, "state_dict"),
+    (lambda blob: {k: v for k, v in blob.items() if k != "state_dict"}, "state_dict"),
+    (lambda blob: {**blob, "phase": "warp"}, "phase"),
+    (lambda blob: {**blob, "path": [{"widths": "x"}]}, "state"),
+    (lambda blob: {**blob, "alphas": "x"}, "alphas"),
+])
+def test_resume_refuses_a_foreign_or_malformed_checkpoint(stopped_run, tmp_path, tamper, words):
+    assert words in _tampered_resume(stopped_run, tmp_path, tamper)
+
+
+def _saved_weights(tmp_path: Path, tamper) -> Path:
+    import torch
+
+    from edgedyn.dynamic import DynamicNet
+
+    net = DynamicNet.from_name("resnet20", num_classes=10, input_size=8, channel_groups=2)
+    path = net.save(tmp_path / "weights.pt")
+    blob = torch.load(path, weights_only=True)
+    torch.save(tamper(blob), path)
+    return path
+
+
+def _config_without(key):
+    def tamper(blob):
+        blob["config"].pop(key)
+        return blob
+    return tamper
+
+
+def _config_set(key, value):
+    def tamper(blob):
+        blob["config"][key] = value
+        return blob
+    return tamper
+
+
+def _nan_tensor(blob):
+    key = next(k for k, v in blob["state_dict"].items() if v.is_floating_point())
+    blob["state_dict"][key] = blob["state_dict"][key].clone().fill_(float("nan"))
+    return blob
+
+
+@pytest.mark.parametrize("tamper, words", [
+    (_config_without("input_size"), "'config.input_size' is missing"),
+    (_config_set("input_size", "32"), "'config.input_size' must be an integer"),
+    (_config_without("model"), "config.model"),
+    (_config_set("channel_groups", 2.5), "'config.channel_groups' must be an integer"),
+    (_config_set("num_classes", 10 ** 30), "'config.num_classes' is"),
+    (lambda blob: {**blob, "config": "x"}, "'config' must be an object"),
+    (lambda blob: {**blob, "bn_stats": {"[8]": {"bn1": [1]}}}, "bn_stats"),
+    (_nan_tensor, "NaN"),
+])
+def test_a_tampered_weights_file_fails_in_one_line(tmp_path, tamper, words):
+    """As ``--weights`` (the search) and as a run's ``weights.pt`` (what deploy reads,
+    through :func:`edgedyn.validate_weights.load_net`)."""
+    from edgedyn.dynamic import DynamicNet
+    from edgedyn.errors import ArtifactError
+    from edgedyn.search.weights import load_weights_into
+    from edgedyn.validate_weights import load_net
+
+    path = _saved_weights(tmp_path, tamper)
+    net = DynamicNet.from_name("resnet20", num_classes=10, input_size=8, channel_groups=2)
+    for load in (lambda: load_weights_into(net, path), lambda: load_net(path)):
+        with pytest.raises(ArtifactError) as info:
+            load()
+        msg = str(info.value)
+        assert words in msg and str(path) in msg and "\n" not in msg, msg
+
+
+def test_search_with_tampered_weights_refuses_before_the_run_directory(tmp_path):
+    from test_search import MockLatency, small_config
+
+    from edgedyn.errors import ArtifactError
+    from edgedyn.search import run_search
+
+    path = _saved_weights(tmp_path, _config_set("input_size", "32"))
+    with pytest.raises(ArtifactError, match="config.input_size"):
+        run_search(small_config(tmp_path / "run", weights=str(path)), MockLatency())
+    assert not (tmp_path / "run").exists()

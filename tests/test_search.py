@@ -553,8 +553,8 @@ def test_failed_rerun_leaves_the_finished_run_untouched(slim_run, tmp_path):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not torch" * 10)
-    with pytest.raises(ArtifactError):
-        run_search(slim_config(run, weights=str(bad)), MockLatency())
+    with pytest.raises(ArtifactError):  # --overwrite: the inputs are still checked before anything goes
+        run_search(slim_config(run, weights=str(bad), overwrite=True), MockLatency())
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 

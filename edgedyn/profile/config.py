@@ -75,8 +75,9 @@ class ProfileConfig:
         return out.with_name(out.name + ".partial.json")
 
     def check_paths(self) -> None:
-        """Refuse, before anything is measured or written, an ``out`` that cannot be written
-        and a fresh profile that would overwrite an interrupted one's progress."""
+        """Refuse, before anything is measured or written, an ``out`` that cannot be written,
+        one that holds something other than a latency table (unless ``overwrite``), and a
+        fresh profile that would overwrite an interrupted one's progress."""
         out = Path(self.out)
         if out.is_dir():
             raise EdgedynError(f"{out}: is a folder; --out must be a table file (JSON)")
@@ -85,6 +86,11 @@ class ProfileConfig:
                 if not parent.is_dir():
                     raise EdgedynError(f"{out}: {parent} is a file, not a folder; choose another --out")
                 break
+        from ..artifacts import refuse_foreign
+        from .table import TABLE_SCHEMA
+
+        refuse_foreign(out, TABLE_SCHEMA, allow=self.overwrite, hint="; choose another --out, or pass --overwrite "
+                       "to replace it")
         partial = self.partial_path
         if partial.exists() and not self.resume and not self.overwrite:
             raise EdgedynError(f"{partial}: an interrupted profile's progress is there; continue it with "

@@ -14,8 +14,11 @@ The profiler knows backends only through their hooks (:class:`~edgedyn.backends.
 ``measures`` / ``estimate_ms``, ``default_threads``, ``layout``, ``block_runner``,
 ``overhead_runner``, ``device_info`` and ``sources``.
 
-Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it. A
-fresh profile refuses to start over an existing partial unless ``overwrite=True``.
+Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it, once
+its recorded settings are found to be this run's (:mod:`~edgedyn.profile.partial`). A fresh
+profile refuses to start over an existing partial, or to write its table over a file that is
+not a latency table, unless ``overwrite=True``. A run holds an exclusive lock on ``out``
+(:func:`~edgedyn.locks.exclusive_lock`) from start to end.
 
 Build folders live in the temporary directory as ``edgedyn-<kind>-<pid>-XXXX``; each run
 first removes those that a killed run (its pid no longer alive) left behind
@@ -38,6 +41,7 @@ from ..artifacts import atomic_write_json, load_json
 from ..backends import Backend, BackendOptions
 from ..blocks import all_keys
 from ..errors import ArtifactError, EdgedynError
+from ..locks import exclusive_lock
 from ..progress import Progress
 from .block_timing import BlockTiming
 from .config import DEVICE_BACKEND_DEFAULTS, ProfileConfig
@@ -52,6 +56,7 @@ from .fitting import (
 )
 from .grid import interpolate, share_as_run, subsample_keys
 from .measure import WHOLE_NET, measure_calls
+from .partial import PARTIAL_SCHEMA, check_resume_settings
 from .refit import refit_table
 from .table import Entry, LatencyTable, timestamp
 from .tempdirs import TEMP_KINDS, owned_tempdir, pid_alive, remove_stale_tempdirs
@@ -64,9 +69,6 @@ if TYPE_CHECKING:
 __all__ = ["CALIBRATION_SEED", "DEVICE_BACKEND_DEFAULTS", "FLOOR_P", "PARTIAL_SCHEMA", "TEMP_KINDS",
            "VALIDATION_SEED", "ProfileConfig", "ProfileInterrupted", "Profiler", "interpolate", "owned_tempdir",
            "pid_alive", "profile", "remove_stale_tempdirs", "share_as_run", "subsample_keys"]
-
-PARTIAL_SCHEMA = "edgedyn.profile_partial/1"
-
 
 class ProfileInterrupted(EdgedynError):
     """A profile stopped by Ctrl-C; its progress is kept in the partial file (the CLI exits 130)."""
@@ -129,6 +131,7 @@ class Profiler:
         partial = where = None
         if c.resume and self.partial_path.is_file():
             partial = load_json(self.partial_path, PARTIAL_SCHEMA)
+            check_resume_settings(partial, c, self.partial_path)  # before any of its timings is reused
             existing, where = LatencyTable.load_partial(partial["table"], self.partial_path), self.partial_path
         elif c.merge and c.out.is_file():
             existing, where = LatencyTable.load(c.out), c.out
@@ -188,6 +191,12 @@ class Profiler:
 
     # -- phases -----------------------------------------------------------------------
     def run(self) -> LatencyTable:
+        """Profile, holding the table's exclusive lock throughout (a second writer of ``out``,
+        ``--resume`` and ``--merge`` included, is refused at once)."""
+        with exclusive_lock(self.cfg.out, "latency table"):
+            return self._run()
+
+    def _run(self) -> LatencyTable:
         c = self.cfg
         t_start = time.perf_counter()
         table, whole = self._start()
@@ -281,7 +290,8 @@ class Profiler:
     def refit(self) -> LatencyTable:
         """Re-derive the table at ``out`` from the timings it holds, measuring nothing
         (:func:`~edgedyn.profile.refit.refit_table`)."""
-        return refit_table(self.net, Path(self.cfg.out), self.log)
+        with exclusive_lock(self.cfg.out, "latency table"):
+            return refit_table(self.net, Path(self.cfg.out), self.log)
 
 
 def profile(cfg: ProfileConfig, log: Callable[[str], None] = print, progress: bool = True) -> LatencyTable:

@@ -9,6 +9,7 @@ and the selection as plain dicts (``torch.load(weights_only=True)`` reads them b
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,15 +113,79 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> tuple[dict[str, tor
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ArtifactError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+        raise ArtifactError(f"{path}: not a readable checkpoint ({_first_line(err)[:120]})") from None
     if not isinstance(blob, dict) or blob.get("schema") != CHECKPOINT_SCHEMA:
         raise ArtifactError(f"{path}: field 'schema' is not {CHECKPOINT_SCHEMA!r}")
-    if blob.get("config") != identity:
-        theirs = blob.get("config") or {}
-        diff = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
-        raise EdgedynError(f"{path}: cannot resume, the run's settings differ ({', '.join(diff)})")
+    config = blob.get("config")
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path}: field 'config' must be an object, got {type(config).__name__}")
+    if config != identity:
+        diff = sorted(str(k) for k in set(config) | set(identity) if config.get(k) != identity.get(k))
+        raise EdgedynError(f"{path}: cannot resume, the run's settings differ ({', '.join(diff)[:200]})")
     try:
         state = RunState.from_blob(blob)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"{path}: field 'state' is malformed ({err})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, EdgedynError) as err:
+        raise ArtifactError(f"{path}: field 'state' is malformed ({_first_line(err)})") from None
+    if state.phase not in PHASES:
+        raise ArtifactError(f"{path}: field 'phase' is {str(state.phase)[:40]!r}, not one of {', '.join(PHASES)}")
+    if state.index < 0:
+        raise ArtifactError(f"{path}: field 'index' is {state.index}, must be >= 0")
+    if state.alphas is not None and not (isinstance(state.alphas, list)
+                                         and all(isinstance(a, torch.Tensor) for a in state.alphas)):
+        raise ArtifactError(f"{path}: field 'alphas' must be a list of tensors")
+    if state.optimizer is not None and not isinstance(state.optimizer, dict):
+        raise ArtifactError(f"{path}: field 'optimizer' must be an optimizer's state (a dict)")
+    if "state_dict" not in blob:
+        raise ArtifactError(f"{path}: field 'state_dict' is missing")
     return blob["state_dict"], state
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:160]
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(n) for n in t.shape) + "]"
+
+
+def check_tensors(path: Path, field: str, got: Any, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``got`` holds exactly ``expected``'s tensors, each of its shape; a one-line
+    :class:`ArtifactError` naming the file and the tensor (``field.key``) otherwise."""
+    if not isinstance(got, dict):
+        raise ArtifactError(f"{path}: field {field!r} must be a dict of tensors, got {type(got).__name__}")
+    for key, want in expected.items():
+        if key not in got:
+            raise ArtifactError(f"{path}: tensor '{field}.{key}' is missing")
+        have = got[key]
+        if not isinstance(have, torch.Tensor):
+            raise ArtifactError(f"{path}: '{field}.{key}' is a {type(have).__name__}, not a tensor")
+        if have.shape != want.shape:
+            raise ArtifactError(f"{path}: tensor '{field}.{key}' has shape {_shape(have)}, the model's is "
+                                f"{_shape(want)}")
+    extra = [str(k)[:80] for k in got if k not in expected]
+    if extra:
+        raise ArtifactError(f"{path}: tensor '{field}.{extra[0]}' is not one of the model's "
+                            f"({len(extra)} unexpected)")
+    return got
+
+
+def check_saved_list(path: Path, field: str, saved: Sequence[Any], like: Sequence[torch.Tensor]) -> None:
+    """``saved`` (a checkpoint's list of tensors, e.g. the ranking's scales) matches ``like``
+    tensor for tensor, in count and shape; one-line ArtifactError otherwise."""
+    if len(saved) != len(like):
+        raise ArtifactError(f"{path}: field {field!r} holds {len(saved)} tensors, this run has {len(like)}")
+    for i, (have, want) in enumerate(zip(saved, like)):
+        if not isinstance(have, torch.Tensor) or have.shape != want.shape:
+            got = _shape(have) if isinstance(have, torch.Tensor) else type(have).__name__
+            raise ArtifactError(f"{path}: tensor '{field}[{i}]' is {got}, expected shape {_shape(want)}")
+
+
+def check_optimizer(path: Path, opt: torch.optim.Optimizer) -> None:
+    """After ``opt.load_state_dict(saved)``: every per-parameter state tensor fits its parameter."""
+    for g, group in enumerate(opt.param_groups):
+        for i, p in enumerate(group["params"]):
+            for name, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ArtifactError(f"{path}: tensor 'optimizer.state.{name}' of parameter {i} in group {g} "
+                                        f"has shape {_shape(value)}, the parameter's is {_shape(p)}")

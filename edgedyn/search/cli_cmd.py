@@ -99,6 +99,8 @@ OPTIONS = [
     click.option("--compare", multiple=True, type=click.Path(file_okay=False),
                  help="Other run directories to draw in the plot (repeatable)."),
     click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint."),
+    click.option("--overwrite", is_flag=True,
+                 help="Start afresh in a run directory that holds an earlier run (its checkpoint is discarded)."),
     click.option("--option", "options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
                  help="An option of the method that has no flag of its own (repeatable; VALUE is JSON or text)."),
 ]

@@ -62,6 +62,7 @@ class SearchConfig:
     weights: str | None = None
     out: str = "runs/search"
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace an earlier run in ``out`` (never recorded)
     table: str | None = None  # latency table path (recorded only)
     table_measured: bool | None = None
     select_cost: str | None = None  # the cost model pricing budgets, when not the steering one (recorded)
@@ -87,6 +88,8 @@ class SearchConfig:
                 raise EdgedynError(f"{name} must be >= 0")
         if self.batch_size < 1:
             raise EdgedynError("batch_size must be >= 1")
+        if self.resume and self.overwrite:
+            raise EdgedynError("give --resume or --overwrite, not both")
         self.method_options()
 
     def method_options(self) -> MethodOptions:
@@ -95,6 +98,7 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["overwrite"]  # how this run treats its folder, not what it is: subnets.json never records it
         d["compare"] = list(self.compare)
         if not d["options"]:
             del d["options"]

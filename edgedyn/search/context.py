@@ -19,9 +19,9 @@ import torch
 
 from ..cost import CostModel
 from ..dynamic import DynamicNet, SubnetSpec
-from ..errors import EdgedynError
+from ..errors import ArtifactError, EdgedynError
 from . import train as T
-from .checkpoint import PHASES, RunState, load_checkpoint, save_checkpoint
+from .checkpoint import PHASES, RunState, check_optimizer, check_tensors, load_checkpoint, save_checkpoint
 from .config import SearchConfig
 from .dist import Dist
 from .progressive import PathPoint
@@ -64,6 +64,7 @@ class RunContext:
         self.splits = self._splits()
         self.scorer = scorer(self.net, self.splits, self.device)
         self.state = RunState()
+        self.resumed = False  # the state and weights come from the run directory's checkpoint
         if config.weights:  # read now: a bad file fails before the run directory is touched
             from .weights import load_weights_into
 
@@ -136,12 +137,15 @@ class RunContext:
             self.hook(phase, index)
 
     def load(self) -> bool:
+        """The checkpoint's weights and state, every tensor checked (one-line errors naming the
+        file and the tensor); False when there is none."""
         got = load_checkpoint(self.ckpt_path, self.c.identity())
         if got is None:
             return False
-        state_dict, self.state = got
+        state_dict, state = got
+        check_tensors(self.ckpt_path, "state_dict", state_dict, self.net.model.state_dict())
         self.net.model.load_state_dict(state_dict)
-        log.info("resumed at phase %s, unit %d", self.state.phase, self.state.index)
+        self.state, self.resumed = state, True
         return True
 
     def before(self, phase: str) -> bool:
@@ -160,6 +164,15 @@ class RunContext:
         nxt = self.phases[self.phases.index(phase) + 1]
         if self.before(nxt):
             self.save(nxt, 0)
+
+    def _restore(self, opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+        """The checkpoint's optimizer state into ``opt`` (one-line errors when it does not fit)."""
+        try:
+            opt.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ArtifactError(f"{self.ckpt_path}: field 'optimizer' does not fit this phase ({why})") from None
+        check_optimizer(self.ckpt_path, opt)
 
     # ---- seeding, timing, training ----
     def seed(self, phase: str, index: int) -> int:
@@ -199,7 +212,7 @@ class RunContext:
         seeds, first = stream or (phase, 0)
         opt = T.make_sgd(self.net, lr, weight_decay=self.c.weight_decay, extra=extra or [])
         if start and self.state.optimizer is not None:
-            opt.load_state_dict(self.state.optimizer)
+            self._restore(opt, self.state.optimizer)
         for epoch in range(start, epochs):
             with self.timed(phase):
                 loader = self.train_loader(seeds, first + epoch)

@@ -15,6 +15,7 @@ gives the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import cast
@@ -23,6 +24,7 @@ from ..artifacts import atomic_write_json
 from ..cost import CostModel
 from ..dynamic import SubnetSpec
 from ..errors import EdgedynError
+from ..locks import exclusive_lock
 from . import train as T
 from .config import SearchConfig
 from .context import Hook, RunContext, ScorerFactory
@@ -38,22 +40,26 @@ log = logging.getLogger("edgedyn.search")
 
 def start(config: SearchConfig, cost_model: CostModel, dist: Dist, hook: Hook | None = None,
           select_cost: CostModel | None = None, scorer: ScorerFactory = Scorer) -> Method:
-    """The run's context and method, every input checked (nothing written yet)."""
+    """The run's context and method, every input checked, a resumed run's checkpoint loaded
+    (nothing written yet)."""
     cls = cast("type[Method]", get_method(config.method))
     options = config.method_options()
     ctx = RunContext(config, cost_model, dist, hook, select_cost, phases=(*cls.phases, "train", "final"),
                      scorer=scorer)
     method = cls(ctx, options)
     method.check_budgets()
+    if config.resume:  # the checkpoint is an input too: checked before the run directory is touched
+        ctx.load()
     return method
 
 
 def run(method: Method) -> SearchResult:
-    """Resume, run the method's phases, select, train, measure and write the outputs."""
+    """Run the method's phases (from where a resumed checkpoint left off), select, train,
+    measure and write the outputs."""
     ctx = method.ctx
-    if ctx.c.resume:
-        ctx.load()
-    elif ctx.ckpt_path.exists() and ctx.dist.is_main:
+    if ctx.c.resume and ctx.resumed:
+        log.info("resumed at phase %s, unit %d", ctx.state.phase, ctx.state.index)
+    elif not ctx.c.resume and ctx.ckpt_path.exists() and ctx.dist.is_main:  # --overwrite
         ctx.ckpt_path.unlink()
     ctx.dist.barrier()
     if ctx.c.weights and ctx.state.phase == "pretrain" and ctx.state.index == 0:
@@ -123,6 +129,23 @@ def check_out_dir(out: Path) -> None:
             break
 
 
+#: What a search writes in its run directory: one of them there means an earlier run is.
+RUN_FILES = ("checkpoint.pt", "search.log", "subnets.json", "weights.pt")
+
+
+def check_fresh_run(out: Path, config: SearchConfig) -> None:
+    """Refuse (one line) to start a fresh run over an earlier one in ``out`` unless the
+    config says ``resume`` (continue it) or ``overwrite`` (replace it)."""
+    if config.resume and config.overwrite:
+        raise EdgedynError("give --resume or --overwrite, not both")
+    if config.resume or config.overwrite or not out.is_dir():
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise EdgedynError(f"--out {out}: an earlier search run is there ({', '.join(found)}); continue it with "
+                           "--resume or replace it with --overwrite")
+
+
 def run_search(config: SearchConfig, cost_model: CostModel, *, dist: Dist | None = None,
                hook: Hook | None = None, select_cost: CostModel | None = None,
                scorer: ScorerFactory = Scorer) -> SearchResult:
@@ -130,7 +153,9 @@ def run_search(config: SearchConfig, cost_model: CostModel, *, dist: Dist | None
 
     Every input (settings, data, weights, table, budgets) is checked before anything in
     ``config.out`` is touched: a failed start leaves an earlier run's checkpoint and log as
-    they were.
+    they were. A run directory holding an earlier run is refused unless ``config.resume``
+    or ``config.overwrite``; the run holds an exclusive lock on it throughout
+    (:func:`~edgedyn.locks.exclusive_lock`: a second search into it is refused at once).
 
     Args:
         config: the run's settings (``config.method`` names a registered method).
@@ -145,25 +170,29 @@ def run_search(config: SearchConfig, cost_model: CostModel, *, dist: Dist | None
     dist = dist or current()
     out = Path(config.out)
     check_out_dir(out)
-    if config.select_cost is None and select_cost is not None and select_cost is not cost_model:
-        config.select_cost = select_cost.name
-    method = start(config, cost_model, dist, hook, select_cost, scorer)
-    handler = None
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "search.log", mode="a" if config.resume else "w")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        handler.setLevel(logging.DEBUG)
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-    try:
+    lock = exclusive_lock(out, "search run directory") if dist.is_main else contextlib.nullcontext()
+    with lock:
+        check_fresh_run(out, config)
+        dist.barrier()  # every rank has checked before rank 0 writes anything
+        if config.select_cost is None and select_cost is not None and select_cost is not cost_model:
+            config.select_cost = select_cost.name
+        method = start(config, cost_model, dist, hook, select_cost, scorer)
+        handler = None
         if dist.is_main:
-            log.debug("search: %s", config.to_dict())
-        return run(method)
-    finally:
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
+            out.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(out / "search.log", mode="a" if config.resume else "w")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            handler.setLevel(logging.DEBUG)
+            log.addHandler(handler)
+            log.setLevel(logging.DEBUG)
+        try:
+            if dist.is_main:
+                log.debug("search: %s", config.to_dict())
+            return run(method)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
 
 
 def pretrain_only(config: SearchConfig, path: str | Path) -> Path:

@@ -16,6 +16,7 @@ import torch
 from ...dynamic import SubnetSpec
 from ...errors import EdgedynError
 from .. import train as T
+from ..checkpoint import check_saved_list
 from ..progressive import CRITERIA, PathPoint, Threshold, progressive_search
 from ..ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
 from ..registry import MethodOptions, Variant, register_method
@@ -75,6 +76,7 @@ class Progressive(Method):
         else:
             with NoiseInjection(self.net) as noise:
                 if ctx.state.alphas is not None and start:
+                    check_saved_list(ctx.ckpt_path, "alphas", ctx.state.alphas, list(noise.alphas))
                     with torch.no_grad():
                         for a, saved in zip(noise.alphas, ctx.state.alphas):
                             a.copy_(saved)
