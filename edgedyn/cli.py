@@ -66,9 +66,12 @@ def _parse_spec(text: str):
                    "or package.module:function.")
 @click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted).")
 @click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted).")
-@click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True, help="Equal channel groups per coupling group.")
-@click.option("--group-size", type=CHANNEL_GROUPS, default=None, help="Absolute channel-group size (e.g. 8, 16, 32) instead.")
-@click.option("--min-groups", type=CHANNEL_GROUPS, default=1, show_default=True, help="Floor of each group, in channel groups.")
+@click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True,
+              help="Equal channel groups per coupling group.")
+@click.option("--group-size", type=CHANNEL_GROUPS, default=None,
+              help="Absolute channel-group size (e.g. 8, 16, 32) instead.")
+@click.option("--min-groups", type=CHANNEL_GROUPS, default=1, show_default=True,
+              help="Floor of each group, in channel groups.")
 @click.option("--spec", "spec_text", default=None, help="Also report this sub-net (inline JSON or a .json file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model_name, input_size, num_classes, channel_groups, group_size, min_groups, spec_text, as_json) -> None:
@@ -90,7 +93,8 @@ def _model_options(f):
         click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted)."),
         click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True,
                      help="Equal channel groups per coupling group."),
-        click.option("--group-size", type=CHANNEL_GROUPS, default=None, help="Absolute channel-group size (8, 16, 32) instead."),
+        click.option("--group-size", type=CHANNEL_GROUPS, default=None,
+                     help="Absolute channel-group size (8, 16, 32) instead."),
         click.option("--min-groups", type=CHANNEL_GROUPS, default=1, show_default=True,
                      help="Floor of each group, in channel groups."),
     ]):
@@ -106,7 +110,8 @@ def _model_options(f):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Default follows the device: cpu -> fp32, cuda/jetson -> fp16.")
 @click.option("--batch", type=Int(min=1, max=4096), default=1, show_default=True)
-@click.option("--threads", type=Threads(), default=None, help="CPU intra-op threads (ONNX Runtime). Default: the fewest of 1, 2, 4, ... "
+@click.option("--threads", type=Threads(), default=None,
+              help="CPU intra-op threads (ONNX Runtime). Default: the fewest of 1, 2, 4, ... "
               "cores that run the smallest, half and full sub-nets within 5% of the fastest count.")
 @click.option("--subsample", type=Int(min=1, max=1024), default=None,
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")

@@ -82,7 +82,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
     from .deploy.build import deploy
     from .runtime.selector import Selector
     from .runtime.serve import load_inputs, ramp_budget, serve
-    from .search.run import SearchConfig, load_result, run_search
+    from .search import SearchConfig, load_result, run_search
 
     out = Path(out)
     t0 = time.perf_counter()

@@ -270,7 +270,7 @@ def test_fuzz_search_result(result_case, data) -> None:
     """The validator the loaders call (``validate_search_result``) refuses the document, or
     the deploy-side loader then reads finite, positive costs and accuracies in [0, 1]."""
     from edgedyn.deploy.source import load_run
-    from edgedyn.search.run import RESULT_SCHEMA, load_result
+    from edgedyn.search import RESULT_SCHEMA, load_result
     from edgedyn.validate import validate_search_result
 
     doc, paths, work = result_case

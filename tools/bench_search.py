@@ -165,7 +165,8 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                 log(f"seed {seed}: {name} has not finished; left out of the report")
                 continue
             cfg = replace(base, **overrides, seed=seed, weights=str(weights), pretrain_epochs=0, out=str(run_dir),
-                          resume=(run_dir / "checkpoint.pt").is_file())
+                          resume=(run_dir / "checkpoint.pt").is_file(),
+                          overwrite=not (run_dir / "checkpoint.pt").is_file())  # a run killed before its first checkpoint starts again
             charged = 0.0
             if name in REUSE_USNET:
                 if (seed, "usnet") not in runs:

@@ -1,7 +1,7 @@
 """Reading a search run directory (``subnets.json`` + ``weights.pt``) for deployment.
 
 All knowledge of the search result format (``edgedyn.search_result/1``, written by
-:mod:`edgedyn.search.run`) lives in :func:`load_run`.
+:mod:`edgedyn.search.pipeline`) lives in :func:`load_run`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from ..artifacts import load_json, require
 from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import ArtifactError, EdgedynError
+from ..validate_weights import load_net
 
 RESULT_SCHEMA = "edgedyn.search_result/1"
 log = logging.getLogger("edgedyn.deploy")
@@ -73,7 +74,7 @@ def load_run(path: str | os.PathLike) -> RunInfo:
     weights = run_dir / "weights.pt"
     if not weights.is_file():
         raise ArtifactError(f"{weights}: weights file not found (the search run writes it next to subnets.json)")
-    net = DynamicNet.load(weights)
+    net = load_net(weights)  # a tampered weights.pt fails in one line
     signature = doc.get("signature")
     if signature is not None and signature != net.signature():
         raise ArtifactError(f"{where}: field 'signature' {signature!r} does not match {weights} ({net.signature()!r})")
