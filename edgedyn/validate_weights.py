@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import ArtifactError
+from .errors import ArtifactError, EdgedynError
 
 if TYPE_CHECKING:
     from .dynamic import DynamicNet
@@ -36,14 +36,17 @@ _CONFIG_FIELDS: tuple[tuple[str, bool, int, int], ...] = (
 
 def check_weights_config(config: Any, where: str) -> dict[str, Any]:
     """A weights file's ``config``: the model's name and its integer options within bounds."""
-    from .models import MODELS
+    from .models import resolve_model
 
     if not isinstance(config, Mapping):
         raise ArtifactError(f"{where}: field 'config' must be an object, got {type(config).__name__}")
     model = config.get("model")
-    if not isinstance(model, str) or model not in MODELS:
-        shown = repr(model)[:60]
-        raise ArtifactError(f"{where}: field 'config.model' is {shown}, not a supported model ({', '.join(MODELS)})")
+    if not isinstance(model, str) or not model.strip() or len(model) > 4096:
+        raise ArtifactError(f"{where}: field 'config.model' is {repr(model)[:60]}, not a model reference")
+    try:
+        resolve_model(model)  # a name, file.py:function or module:function that still resolves
+    except EdgedynError as err:
+        raise ArtifactError(f"{where}: field 'config.model' does not resolve ({err})") from None
     for name, optional, low, high in _CONFIG_FIELDS:
         if name not in config:
             raise ArtifactError(f"{where}: field 'config.{name}' is missing")
