@@ -155,6 +155,12 @@ class Backend(abc.ABC):
     #: When profiling, measure every N-th channel width per axis and interpolate the rest
     #: (more than 1 where each block is slow to build: TensorRT).
     default_subsample: ClassVar[int] = 1
+    #: True when an artifact loads only on the runtime version that built it (TensorRT
+    #: engines): the selector refuses a bundle built by another version.
+    artifacts_bound_to_version: ClassVar[bool] = False
+    #: Where the runners of a bundle deployed for a ``kind`` device (cpu, cuda, jetson)
+    #: run: ``None`` follows the kind (cpu stays cpu, cuda and jetson run on cuda).
+    serving_device: ClassVar[str | None] = None
 
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions()

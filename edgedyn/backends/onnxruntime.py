@@ -150,6 +150,7 @@ def nchwc_block(threads: int | None = None) -> int:
 class OnnxRuntimeBackend(OnnxBackend):
     name = "onnxruntime"
     artifact_suffix = ".onnx"
+    serving_device = "cpu"  # the CPU execution provider, whatever device the bundle was deployed for
 
     @classmethod
     def available(cls) -> bool:

@@ -341,6 +341,7 @@ class TensorRTBackend(OnnxBackend):
     name = "tensorrt"
     artifact_suffix = ".engine"
     default_subsample = 2  # an engine build per block: measure every other width, interpolate the rest
+    artifacts_bound_to_version = True  # an engine is deserialised only by the TensorRT that built it
 
     @classmethod
     def available(cls) -> bool:

@@ -91,16 +91,19 @@ def load_runners(manifest: Manifest, threads: int | None = None, allow_other_dev
     where a backend that shares activation memory between its runners (TensorRT) puts it
     ("cuda"; tests use "cpu").
     """
-    from ..backends import BackendOptions, get_backend
+    from ..backends import BackendOptions, backend_class, get_backend
 
     name = str(manifest.backend.get("name"))
-    options = BackendOptions(device="cpu" if name == "onnxruntime" else "cuda", precision=manifest.precision,
+    kind = str(manifest.device.get("kind", "cpu"))
+    cls = backend_class(name)
+    device = cls.serving_device or ("cpu" if kind == "cpu" else "cuda")
+    options = BackendOptions(device=device, precision=manifest.precision,
                              threads=threads or manifest.threads, extra={"memory_device": memory_device})
     backend = get_backend(name, options)
     version = backend.version()
-    if name == "tensorrt" and version != manifest.backend.get("version") and not allow_other_device:
+    if cls.artifacts_bound_to_version and version != manifest.backend.get("version") and not allow_other_device:
         raise EdgedynError(f"{manifest.path}: field 'backend.version' is {manifest.backend.get('version')!r}, "
-                           f"TensorRT here is {version!r}; engines only load on the version that built them")
+                           f"{name} here is {version!r}; its artifacts only load on the version that built them")
     data = read_models(manifest) if models is None else models
     root = manifest.root
     if hasattr(backend, "load_bytes"):  # ONNX Runtime: sessions built from the verified bytes
