@@ -20,7 +20,7 @@ import torch
 from ..cost import CostModel
 from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import ArtifactError, EdgedynError
-from . import train as T
+from . import train
 from .checkpoint import PHASES, RunState, check_optimizer, check_tensors, load_checkpoint, save_checkpoint
 from .config import SearchConfig
 from .dist import Dist
@@ -97,7 +97,7 @@ class RunContext:
         score_set = list(make_loader(hold, max(c.batch_size, 256), shuffle=False))
         test = list(make_loader(self.data.test, c.batch_size, shuffle=False))
         calib = make_loader(self.data.train, c.batch_size, shuffle=False)
-        search_calib = T.take_batches(calib, c.search_calib_batches) if c.search_calib_batches else []
+        search_calib = train.take_batches(calib, c.search_calib_batches) if c.search_calib_batches else []
         if not holdout:
             raise EdgedynError(f"data {c.data!r}: the holdout split is empty; raise holdout_fraction or the limit")
         return EvalSplits(holdout, score_set, rest, test, search_calib)
@@ -198,7 +198,7 @@ class RunContext:
         for key, spent in ((f"{phase}_s", time.perf_counter() - wall), (f"{phase}_cpu_s", time.process_time() - cpu)):
             timings[key] = round(timings.get(key, 0.0) + spent, 3)
 
-    def epochs(self, phase: str, epochs: int, step_fn: Callable[[torch.Generator], T.StepFn], lr: float,
+    def epochs(self, phase: str, epochs: int, step_fn: Callable[[torch.Generator], train.StepFn], lr: float,
                extra: list[torch.nn.Parameter] | None = None, schedule: tuple[int, int] | None = None,
                stream: tuple[str, int] | None = None) -> None:
         """``epochs`` epochs of ``step_fn``, checkpointed after each. ``stream=(phase, first)``
@@ -210,14 +210,14 @@ class RunContext:
             return
         self.scorer.clear()
         seeds, first = stream or (phase, 0)
-        opt = T.make_sgd(self.net, lr, weight_decay=self.c.weight_decay, extra=extra or [])
+        opt = train.make_sgd(self.net, lr, weight_decay=self.c.weight_decay, extra=extra or [])
         if start and self.state.optimizer is not None:
             self._restore(opt, self.state.optimizer)
         for epoch in range(start, epochs):
             with self.timed(phase):
                 loader = self.train_loader(seeds, first + epoch)
                 gen = torch.Generator().manual_seed(self.seed(seeds, first + epoch))
-                loss = T.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
+                loss = train.run_epoch(self.net, loader, opt, step_fn(gen), base_lr=lr, epoch=epoch, epochs=epochs,
                                    dist=self.dist, device=self.device, max_batches=self.c.batches_per_epoch,
                                    desc=phase, extra_params=extra or [], schedule=schedule)
             log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, epochs, loss)

@@ -25,7 +25,7 @@ from ..cost import CostModel
 from ..dynamic import SubnetSpec
 from ..errors import EdgedynError
 from ..locks import exclusive_lock
-from . import train as T
+from . import train
 from .config import SearchConfig
 from .context import Hook, RunContext, ScorerFactory
 from .dist import Dist, current
@@ -86,15 +86,15 @@ def measure(ctx: RunContext, picks: Picks) -> list[ChosenSubnet]:
     """Each pick's BN statistics recalibrated, its holdout and test accuracy."""
     net, c = ctx.net, ctx.c
     ctx.seed("final", 0)
-    calib = T.take_batches(ctx.train_loader("final", 0), c.calib_batches)
+    calib = train.take_batches(ctx.train_loader("final", 0), c.calib_batches)
     measured: dict[SubnetSpec, tuple[float, float]] = {}
     subnets = []
     for budget, point in picks:
         spec = point.spec
         if spec not in measured:
             net.calibrate_bn(spec, calib, c.calib_batches)
-            measured[spec] = (T.accuracy(net, spec, ctx.splits.holdout, ctx.device),
-                              T.accuracy(net, spec, ctx.splits.test, ctx.device))
+            measured[spec] = (train.accuracy(net, spec, ctx.splits.holdout, ctx.device),
+                              train.accuracy(net, spec, ctx.splits.test, ctx.device))
         hold, test = measured[spec]
         before = next((s.before_train for s in ctx.state.selection or [] if s.budget == budget.text), None)
         subnets.append(ChosenSubnet(budget, spec, point.cost, net.macs(spec), net.params(spec), hold, test, before))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..dynamic import DynamicNet, SubnetSpec
-from . import train as T
+from . import train
 from .train import Batch
 
 
@@ -47,7 +47,7 @@ class Scorer:
 
     def accuracy(self, spec: SubnetSpec) -> float:
         """Held-out accuracy on the scoring subset, after a temporary BN recalibration (not memoised)."""
-        return T.calibrated_accuracy(self.net, spec, self.splits.score_set, self.splits.calib, self.device)
+        return train.calibrated_accuracy(self.net, spec, self.splits.score_set, self.splits.calib, self.device)
 
     def score(self, spec: SubnetSpec) -> tuple[float, float]:
         """(loss, accuracy) on the scoring subset, after a temporary BN recalibration (once per
@@ -73,9 +73,9 @@ class Scorer:
         """Evaluate ``spec`` on the scoring subset (what ``score`` memoises)."""
         s = self.splits
         if s.score_rest is None:
-            return T.calibrated_loss_and_accuracy(self.net, spec, s.score_set, s.calib, self.device)
-        with T.temporary_bn(self.net, spec, s.calib):
-            loss, acc = T.loss_and_accuracy(self.net, spec, s.score_set, self.device)
+            return train.calibrated_loss_and_accuracy(self.net, spec, s.score_set, s.calib, self.device)
+        with train.temporary_bn(self.net, spec, s.calib):
+            loss, acc = train.loss_and_accuracy(self.net, spec, s.score_set, self.device)
             n = self._score_n
             self._scored[spec] = (self.net.bn_stats.get(spec), loss * n, round(acc * n), n)
         return loss, acc
@@ -88,12 +88,12 @@ class Scorer:
         (every rank computes the same sums whether it scored the sub-net or not)."""
         s = self.splits
         if s.score_rest is None:
-            return T.calibrated_loss_and_accuracy(self.net, spec, s.holdout, s.calib, self.device)
+            return train.calibrated_loss_and_accuracy(self.net, spec, s.holdout, s.calib, self.device)
         if spec not in self._scored:
             self.measure_score(spec)
         stats, loss_sum, correct, n = self._scored[spec]
         self._scored.clear()
-        with T.temporary_bn(self.net, spec, s.calib, stats=stats):
-            loss, acc = T.loss_and_accuracy(self.net, spec, s.score_rest, self.device)
+        with train.temporary_bn(self.net, spec, s.calib, stats=stats):
+            loss, acc = train.loss_and_accuracy(self.net, spec, s.score_rest, self.device)
         m = self._rest_n
         return (loss_sum + loss * m) / (n + m), (correct + round(acc * m)) / (n + m)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...dynamic import SubnetSpec
 from ...errors import EdgedynError
-from .. import train as T
+from .. import train
 from ..checkpoint import Leg
 from ..context import RunContext
 from ..progressive import PathPoint
@@ -97,8 +97,8 @@ class Autoslim(Method):
         ``train_epochs - final`` epochs of the joint schedule)."""
         ctx, o = self.ctx, self.options
         epochs = ctx.c.train_epochs - self.final
-        students = T.random_students if o.supernet_students == "random" else T.uniform_students
-        ctx.epochs("supernet", epochs, lambda gen: T.sandwich_step(self.net, students(self.net, gen)),
+        students = train.random_students if o.supernet_students == "random" else train.uniform_students
+        ctx.epochs("supernet", epochs, lambda gen: train.sandwich_step(self.net, students(self.net, gen)),
                    ctx.c.lr, schedule=(0, ctx.c.train_epochs), stream=("train", 0))
         ctx.advance("supernet")
 
@@ -284,14 +284,14 @@ class Autoslim(Method):
         # timed: what this diagnostic cost (a benchmark takes it out of the pipeline's time)
         with ctx.timed("before_train"):
             ctx.seed("final", 1)
-            calib = T.take_batches(ctx.train_loader("final", 1), ctx.c.calib_batches)
+            calib = train.take_batches(ctx.train_loader("final", 1), ctx.c.calib_batches)
             cache: dict[SubnetSpec, dict[str, float]] = {}
             for s, (_, point) in zip(sel, picks):
                 if point.spec not in cache:
-                    with T.temporary_bn(self.net, point.spec, calib):
+                    with train.temporary_bn(self.net, point.spec, calib):
                         cache[point.spec] = {
-                            "holdout_accuracy": T.accuracy(self.net, point.spec, ctx.splits.holdout, ctx.device),
-                            "test_accuracy": T.accuracy(self.net, point.spec, ctx.splits.test, ctx.device)}
+                            "holdout_accuracy": train.accuracy(self.net, point.spec, ctx.splits.holdout, ctx.device),
+                            "test_accuracy": train.accuracy(self.net, point.spec, ctx.splits.test, ctx.device)}
                 s.before_train = cache[point.spec]
         self.net.set_subnet(self.net.full_spec())
 
@@ -299,6 +299,6 @@ class Autoslim(Method):
         """The last ``final`` epochs of the schedule the one-shot phase began, on the picks."""
         ctx = self.ctx
         first = ctx.c.train_epochs - self.final
-        make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))
+        make = lambda gen: train.sandwich_step(self.net, train.chosen_students(chosen, gen))
         ctx.epochs("train", self.final, make, ctx.c.lr, schedule=(first, ctx.c.train_epochs),
                    stream=("train", first))

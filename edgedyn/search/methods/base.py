@@ -25,7 +25,7 @@ from typing import ClassVar
 
 from ...dynamic import SubnetSpec
 from ...errors import EdgedynError
-from .. import train as T
+from .. import train
 from ..checkpoint import Leg, Selected
 from ..context import RunContext
 from ..progressive import PathPoint, Step, next_removals
@@ -88,14 +88,14 @@ class Method:
     def train(self, chosen: list[SubnetSpec]) -> None:
         """Joint (sandwich) training of the chosen sub-nets, ``train_epochs`` epochs."""
         c = self.ctx.c
-        make = lambda gen: T.sandwich_step(self.net, T.chosen_students(chosen, gen))
+        make = lambda gen: train.sandwich_step(self.net, train.chosen_students(chosen, gen))
         self.ctx.epochs("train", c.train_epochs, make, c.lr)
 
     # ---- phases ----
     def pretrain(self) -> None:
         """Train the full model (when no weights are given)."""
         c, full = self.ctx.c, self.net.full_spec()
-        self.ctx.epochs("pretrain", c.pretrain_epochs, lambda gen: T.ce_step(self.net, full), c.lr)
+        self.ctx.epochs("pretrain", c.pretrain_epochs, lambda gen: train.ce_step(self.net, full), c.lr)
         self.ctx.advance("pretrain")
 
     def search(self) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from ...dynamic import SubnetSpec
 from ...errors import EdgedynError
-from .. import train as T
+from .. import train
 from ..checkpoint import check_saved_list
 from ..progressive import CRITERIA, PathPoint, Threshold, progressive_search
 from ..ranking import RANKINGS, NoiseInjection, apply_order, l1_orders
@@ -81,7 +81,7 @@ class Progressive(Method):
                         for a, saved in zip(noise.alphas, ctx.state.alphas):
                             a.copy_(saved)
                 full = self.net.full_spec()
-                ctx.epochs("rank", o.rank_epochs, lambda gen: T.ce_step(self.net, full), o.rank_lr,
+                ctx.epochs("rank", o.rank_epochs, lambda gen: train.ce_step(self.net, full), o.rank_lr,
                            extra=list(noise.parameters()))
                 orders = noise.orders()
         apply_order(self.net, orders)
@@ -100,7 +100,7 @@ class Progressive(Method):
 
         def finetune(spec: SubnetSpec, goal: float) -> tuple[float, int]:
             loader = ctx.train_loader("search", 100_000 + len(path))
-            return T.finetune(self.net, spec, loader, self.scorer.accuracy, goal, lr=o.finetune_lr,
+            return train.finetune(self.net, spec, loader, self.scorer.accuracy, goal, lr=o.finetune_lr,
                               max_batches=o.finetune_batches, check_every=o.finetune_check,
                               dist=ctx.dist, device=ctx.device)
 

@@ -7,7 +7,7 @@ each budget the widest uniform width that fits (as US-Nets deploys). No search.
 from __future__ import annotations
 
 from ...dynamic import SubnetSpec
-from .. import train as T
+from .. import train
 from ..registry import Variant, register_method
 from ..reselect import uniform_points
 from .base import Method, Picks
@@ -32,5 +32,5 @@ class USNet(Method):
     def train(self, chosen: list[SubnetSpec]) -> None:
         """Sandwich training over uniform widths (the chosen sub-nets are uniform widths too)."""
         c = self.ctx.c
-        make = lambda gen: T.sandwich_step(self.net, T.uniform_students(self.net, gen))
+        make = lambda gen: train.sandwich_step(self.net, train.uniform_students(self.net, gen))
         self.ctx.epochs("train", c.train_epochs, make, c.lr)
