@@ -19,6 +19,7 @@ measures and writes the outputs; a phase skips what the checkpoint already holds
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable, Iterator
 from typing import ClassVar
@@ -36,7 +37,7 @@ log = logging.getLogger("edgedyn.search")
 Picks = list[tuple[Budget, PathPoint]]
 
 
-class Method:
+class Method(abc.ABC):
     """One search method's phases on a :class:`RunContext` (see the module's docstring)."""
 
     name: ClassVar[str] = ""
@@ -78,12 +79,13 @@ class Method:
         their steering cost: by default, one channel group fewer in any coupling group."""
         return [(s, float(self.ctx.cost_model.cost(self.net, s))) for _, s in next_removals(self.net, spec)]
 
+    @abc.abstractmethod
     def select(self) -> Picks:
         """The pick for every budget (a resumed run returns the picks it kept)."""
-        raise NotImplementedError
 
     def before_train(self, picks: Picks) -> None:
         """Called between the selection and the joint training (a diagnostic's hook)."""
+        return None  # no diagnostic by default
 
     def train(self, chosen: list[SubnetSpec]) -> None:
         """Joint (sandwich) training of the chosen sub-nets, ``train_epochs`` epochs."""
@@ -118,8 +120,9 @@ class Method:
         return scored
 
     def search_path(self, path: list[PathPoint]) -> None:
-        """Extend ``path`` (the run's, checkpointed) step by step."""
-        raise NotImplementedError
+        """Extend ``path`` (the run's, checkpointed) step by step; a method that lists the
+        ``search`` phase defines it."""
+        raise EdgedynError(f"method {self.name!r} lists the 'search' phase but defines no search_path")
 
     # ---- helpers ----
     def fits(self, limit: float) -> Callable[[PathPoint], bool]:
