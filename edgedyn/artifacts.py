@@ -60,18 +60,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
-def load_json(path: str | os.PathLike, schema: str | None = None) -> dict:
-    """Load a JSON object, checking ``schema`` (``name/major``) when given.
+def load_json(path: str | os.PathLike, schema: str | None = None, *, max_bytes: int | None = None,
+              what: str = "JSON artifact") -> dict:
+    """Load a JSON object, checking ``schema`` (``name/major``) when given, refusing a file
+    over ``max_bytes`` before reading it and JSON nested past Python's recursion limit.
 
     Raises :class:`ArtifactError` with a one-line message naming the file (and field).
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: file not found")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise ArtifactError(f"{path}: {path.stat().st_size} bytes is too large for a {what}")
     try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+        obj = json.loads(path.read_bytes())
+    except RecursionError:
+        raise ArtifactError(f"{path}: not a {what}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{path}: not valid JSON ({first})") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: top level must be a JSON object")
     if schema is not None:

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_write_json, require
+from ..artifacts import atomic_write_json, load_json, require
 from ..errors import ArtifactError
 from .manifest import BUNDLE_SCHEMA, MANIFEST_NAME, Manifest
 
@@ -77,25 +77,7 @@ def _signature(key: bytes, canonical: bytes) -> str:
 
 def _read_json(path: Path, schema: str, what: str) -> dict[str, Any]:
     """The JSON object at ``path`` of ``schema``, read once (one-line ArtifactError naming the file)."""
-    if not path.is_file():
-        raise ArtifactError(f"{path}: file not found")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ArtifactError(f"{path}: {path.stat().st_size} bytes is too large for a {what}")
-    try:
-        obj = json.loads(path.read_bytes())
-    except RecursionError:
-        raise ArtifactError(f"{path}: not a {what}: JSON nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise ArtifactError(f"{path}: not valid JSON ({first})") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{path}: top level must be a JSON object")
-    found = obj.get("schema")
-    if found is None:
-        raise ArtifactError(f"{path}: field 'schema' is missing (expected {schema!r})")
-    if found != schema:
-        raise ArtifactError(f"{path}: field 'schema' is {found!r}, expected {schema!r}")
-    return obj
+    return load_json(path, schema, max_bytes=MAX_MANIFEST_BYTES, what=what)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
