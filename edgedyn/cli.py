@@ -121,6 +121,8 @@ def _model_options(f):
               help="Whole sub-nets measured end to end for the calibration fit (per-block corrections need >= 16).")
 @click.option("--validate", type=Int(min=0, max=100_000), default=0, show_default=True,
               help="Measure K other random sub-nets end to end and report the table's accuracy.")
+@click.option("--probes", type=Int(min=0, max=64), default=12, show_default=True,
+              help="Reference sub-nets timed with the calibration and stored for edgedyn recheck (0: none).")
 @click.option("--roofline-device", type=click.Path(path_type=Path), default=None,
               help="Device spec JSON for --backend roofline (default: the shipped Jetson AGX Orin 64GB).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Table to write (JSON).")
@@ -133,7 +135,7 @@ def _model_options(f):
                    "calibration, validation), e.g. after an edgedyn upgrade; same model options as its profile.")
 @click.option("--quiet", is_flag=True, help="No progress bars or progress lines.")
 def profile(model_name, input_size, num_classes, channel_groups, group_size, min_groups, device, backend, precision,
-            batch, threads, subsample, passes, calibrate, validate, roofline_device, out, resume, merge,
+            batch, threads, subsample, passes, calibrate, validate, probes, roofline_device, out, resume, merge,
             overwrite, refit, quiet) -> None:
     """Measure per-block latency on this device and write a latency lookup table."""
     from .profile.profiler import ProfileConfig, ProfileInterrupted
@@ -142,7 +144,7 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
     cfg = ProfileConfig(model=model_name, input_size=input_size, num_classes=num_classes, device=device,
                         backend=backend, precision=precision, batch=batch, threads=threads,
                         channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
-                        subsample=subsample, passes=passes, calibrate=calibrate, validate=validate,
+                        subsample=subsample, passes=passes, calibrate=calibrate, validate=validate, probes=probes,
                         roofline_device=roofline_device, resume=resume, merge=merge, overwrite=overwrite,
                         out=out or Path("profiles") / f"{device}-{model_name}.json").resolved()
     if refit:
@@ -192,10 +194,11 @@ def demo(out, data, epochs, validate, requests) -> None:
 def _register() -> None:
     """Commands that live beside their packages (their heavy imports stay inside the commands)."""
     from .deploy.cli_cmd import deploy
+    from .profile.cli_cmd import recheck
     from .runtime.cli_cmd import run
     from .search.cli_cmd import search
 
-    for command in (search, deploy, run):
+    for command in (search, deploy, run, recheck):
         cli.add_command(command)
 
 

@@ -94,6 +94,7 @@ def _parse_cpuinfo(text: str) -> dict[str, Any]:
     cores: set[tuple[str, str]] = set()
     phys, core = "0", None
     arm_part = arm_impl = None
+    flags: set[str] = set()
     n_proc = 0
     for line in text.splitlines() + [""]:
         if not line.strip():  # end of one processor block
@@ -110,13 +111,24 @@ def _parse_cpuinfo(text: str) -> dict[str, Any]:
             phys = value
         elif key == "core id":
             core = value
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
         elif key == "CPU part" and arm_part is None:
             arm_part = value
         elif key == "CPU implementer" and arm_impl is None:
             arm_impl = value
     if model is None and arm_part is not None:
         model = f"Arm CPU (implementer {arm_impl or '?'}, part {arm_part})"
-    return {"model": model, "physical_cores": len(cores) or None, "processors": n_proc or None}
+    return {"model": model, "physical_cores": len(cores) or None, "processors": n_proc or None, "isa": _isa(flags)}
+
+
+def _isa(flags: set[str]) -> str | None:
+    """The widest vector ISA a CPU's flags name (what ONNX Runtime's kernels and channel
+    blocks follow): avx512 (avx512f), avx2, avx, sve, neon (asimd), or None."""
+    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sve", "sve"), ("neon", "asimd")):
+        if flag in flags:
+            return isa
+    return None
 
 
 def _sysfs_physical_cores() -> int | None:
@@ -153,6 +165,7 @@ def _cpu_info() -> dict[str, Any]:
         "logical_threads": threads,
         "threads_available": available,
         "torch_intra_op_threads": torch_threads,
+        "isa": parsed["isa"],
         "governor": _read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") or UNKNOWN,
     }
     unknown = [k for k in ("physical_cores", "logical_threads") if info[k] is None]
@@ -166,6 +179,26 @@ def _cpu_info() -> dict[str, Any]:
 def _nvidia_smi_driver() -> str | None:
     out = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     return out.splitlines()[0].strip() if out else None
+
+
+def _nvidia_smi_clock_state() -> dict[str, Any]:
+    """The GPU's application clocks (MHz) and power limit (W), where ``nvidia-smi`` reads them:
+    the settings that move a GPU's latency (a machine-state key records them; empty when unreadable)."""
+    out = _run(["nvidia-smi", "--query-gpu=clocks.applications.graphics,clocks.applications.memory,power.limit",
+                "--format=csv,noheader,nounits"])
+    if not out:
+        return {}
+    parts = [p.strip() for p in out.splitlines()[0].split(",")]
+    if len(parts) != 3:
+        return {}
+    state: dict[str, Any] = {}
+    if parts[0].isdigit() and parts[1].isdigit():
+        state["gpu_clocks"] = f"{parts[0]}/{parts[1]} MHz"
+    try:
+        state["power_limit_w"] = round(float(parts[2]), 1)
+    except ValueError:
+        pass
+    return state
 
 
 def _probe_cuda() -> dict[str, Any]:
@@ -199,6 +232,7 @@ def _probe_cuda() -> dict[str, Any]:
         "device_index": idx,
         "unknown": [] if driver else ["driver_version"],
     }
+    info.update(_nvidia_smi_clock_state())
     return info
 
 

@@ -188,6 +188,12 @@ class Backend(abc.ABC):
                 progress()
         return out
 
+    def prepare_subnets(self, net: Any, specs: Sequence[Any], example: Any, workdirs: Sequence[Path],
+                        progress: Callable[[], None] | None = None) -> list[Runner]:
+        """Runners of whole sub-nets ``specs`` of a :class:`~edgedyn.dynamic.DynamicNet` (one
+        workdir each): each extracted and prepared (:meth:`prepare_many`)."""
+        return self.prepare_many([net.extract(s) for s in specs], example, workdirs, progress=progress)
+
     @abc.abstractmethod
     def build(self, onnx_path: Path, out_path: Path) -> Path:
         """Compile an ONNX model to this backend's deployable artifact at ``out_path``."""

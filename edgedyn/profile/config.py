@@ -29,6 +29,7 @@ class ProfileConfig:
     subsample: int | None = None  # measure every N-th width per axis; default: the backend's (tensorrt 2)
     calibrate: int = 144  # whole sub-nets: enough for per-block corrections (calibration.py)
     validate: int = 0
+    probes: int = 12  # reference sub-nets stored for edgedyn recheck (states.DEFAULT_PROBES); 0: none
     roofline_device: Path | None = None
     resume: bool = False
     merge: bool = False
@@ -49,6 +50,8 @@ class ProfileConfig:
             cfg.subsample = backend_class(cfg.backend).default_subsample
         if cfg.batch < 1 or cfg.subsample < 1 or cfg.calibrate < 0 or cfg.validate < 0 or cfg.passes < 1:
             raise EdgedynError("batch, subsample and passes must be >= 1; calibrate and validate >= 0")
+        if cfg.probes != 0 and not 2 <= cfg.probes <= 64:
+            raise EdgedynError(f"probes must be 0 (none) or 2 to 64, got {cfg.probes}")
         if cfg.threads is not None and cfg.threads < 1:
             raise EdgedynError(f"threads must be >= 1, got {cfg.threads}")
         if cfg.resume and cfg.overwrite:

@@ -58,6 +58,7 @@ from .grid import interpolate, share_as_run, subsample_keys
 from .measure import WHOLE_NET, measure_calls
 from .partial import PARTIAL_SCHEMA, check_resume_settings
 from .refit import refit_table
+from .states import probe_specs, record_probes
 from .table import Entry, LatencyTable, timestamp
 from .tempdirs import TEMP_KINDS, owned_tempdir, pid_alive, remove_stale_tempdirs
 from .threads import thread_candidates, time_thread_counts
@@ -203,13 +204,16 @@ class Profiler:
         try:
             self._blocks(table, whole)
             if table.measured:
-                if c.validate and c.calibrate >= 2:
-                    # one interleaved batch: calibration and validation see the same drift
-                    self._measure_specs(self._calibration_specs() + self._validation_specs(), whole, table,
-                                        "calibration + validation")
+                if c.calibrate >= 2:
+                    # one interleaved batch: calibration, validation and probes see the same drift
+                    batch = self._calibration_specs() + (self._validation_specs() if c.validate else [])
+                    self._measure_specs(batch + self._probe_specs(), whole, table,
+                                        "calibration" + (" + validation" if c.validate else "") + " + probes")
                 self._calibrate(table, whole)
                 if c.validate:
                     self._validate(table, whole)
+                if c.probes:
+                    self._probes(table, whole)
         except KeyboardInterrupt:
             self._checkpoint(table, whole)
             raise ProfileInterrupted(f"interrupted; progress kept in {self.partial_path}; "
@@ -273,6 +277,18 @@ class Profiler:
 
     def _validation_specs(self) -> list[SubnetSpec]:
         return validation_specs(self.net, self.cfg.validate, self.cfg.calibrate)
+
+    def _probe_specs(self) -> list[SubnetSpec]:
+        return probe_specs(self.net, self.cfg.probes) if self.cfg.probes else []
+
+    def _probes(self, table: LatencyTable, whole: dict) -> None:
+        """Store the probes, timed with the calibration, in the table's own machine state."""
+        specs = self._probe_specs()
+        measured = self._measure_specs(specs, whole, table, "probes")
+        state = record_probes(table, self.net, specs, measured, source="profile")
+        table.base_state = table.active_state = state.id
+        self.log(f"probes: {len(specs)} reference sub-nets stored for state {state.label()} "
+                 f"(edgedyn recheck re-times them)")
 
     def _calibrate(self, table: LatencyTable, whole: dict) -> None:
         if self.cfg.calibrate < 2:

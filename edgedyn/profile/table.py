@@ -12,7 +12,8 @@ File format (JSON, ``schema: "edgedyn.latency_table/2"``)::
                                                     "n", "cv_mape", "prior_rel",
                                                     "corrections": {"<BlockKey>": ms}, "points"}},
      "validation": {"<architecture signature>": {"k", "mape", "within_10pct", "spearman_table",
-                                           "spearman_flops", "points"}}}
+                                           "spearman_flops", "points"}},
+     "states": {"<state id>": {...MachineState...}}, "base_state": "<state id>"}
 
 ``source`` is ``measured``, ``interpolated`` or ``roofline``. A sub-net's *block sum* is
 the sum over its keys under the table's ``layout`` (reorders included, see
@@ -21,13 +22,22 @@ backend call, the whole sub-net is one call. A prediction is the calibration's l
 model over the sub-net's features (:data:`FEATURES`: the block sum with the model's
 fitted per-block corrections, and the weight and activation elements its blocks touch),
 fitted for that model on whole sub-nets (:mod:`~edgedyn.profile.calibration`); or the
-plain block sum where the model has none. Version 1 tables (no layout, blocks timed warm
+plain block sum where the model has none.
+
+``states`` (:mod:`~edgedyn.profile.states`): the machine states the table holds. The state
+the entries were measured in (``base_state``) stores the probes timed with the calibration;
+``edgedyn recheck`` adds or updates a state with probes timed later and a correction from
+this prediction to them; ``profile --merge`` in another state adds a state with its own
+table. :meth:`LatencyTable.predict` uses the state that matches this machine
+(:meth:`LatencyTable.select_state`), and warns once when none does. A table without states
+(written before probes existed) predicts as profiled. Version 1 tables (no layout, blocks timed warm
 in isolation) must be re-profiled.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +46,15 @@ from typing import TYPE_CHECKING, Any
 from .. import validate
 from ..artifacts import atomic_write_json, load_json, require
 from ..blocks import PLAIN, BlockKey, Layout, all_keys, subnet_keys
-from ..errors import ArtifactError
+from ..errors import ArtifactError, EdgedynError
 from .calibration import FEATURES, Calibration, key_features
+from .states import MachineState
 
 if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
 
 _INF = float("inf")
+log = logging.getLogger("edgedyn.table")
 
 TABLE_SCHEMA = "edgedyn.latency_table/2"
 SOURCES = ("measured", "interpolated", "roofline")
@@ -85,6 +97,10 @@ class LatencyTable:
     path: Path | None = None
     layout: Layout = PLAIN
     call_overhead_ms: float = 0.0
+    states: dict[str, MachineState] = field(default_factory=dict)
+    base_state: str | None = None  # the state the entries were measured in
+    active_state: str | None = None  # the state predictions follow (None: chosen on first use)
+    _state_warned: bool = field(default=False, repr=False, compare=False)
 
     # -- prediction -------------------------------------------------------------------
     def _where(self) -> str:
@@ -127,24 +143,82 @@ class LatencyTable:
         w, a = key_features(keys)
         return {"block_sum": self._block_sum(net, keys, corrections), "weight_melems": w, "act_melems": a}
 
+    def raw_predict(self, net: DynamicNet, spec: SubnetSpec) -> float:
+        """The latency of ``spec`` (ms) as this table's own entries and calibration predict it,
+        in the state they were measured in (no state's correction)."""
+        cal = self.calibration.get(net.arch_signature())
+        keys = self.keys(net, spec)
+        if cal is None:
+            return self._block_sum(net, keys)
+        return cal.apply(self.features_of_keys(net, keys, cal.corrections))
+
     def predict(self, net: DynamicNet, spec: SubnetSpec) -> float:
-        """Predicted end-to-end latency of ``spec`` in ms (a finite number > 0).
+        """Predicted end-to-end latency of ``spec`` in ms (a finite number > 0), in the table's
+        active machine state (:meth:`select_state`).
 
         Raises :class:`ArtifactError` naming the model and the table when the prediction is
         not finite or not positive (e.g. a negative memory coefficient outweighing a tiny
         block sum).
         """
-        cal = self.calibration.get(net.arch_signature())
-        keys = self.keys(net, spec)
-        if cal is None:
-            ms = self._block_sum(net, keys)
-        else:
-            ms = cal.apply(self.features_of_keys(net, keys, cal.corrections))
+        state = self.current_state()
+        src = state.table if state is not None and state.table is not None else self
+        ms = src.raw_predict(net, spec)
+        if state is not None:
+            probes = state.models.get(net.arch_signature())
+            if probes is not None and not probes.correction.is_identity:
+                ms = probes.correction.apply(ms)
         if not 0.0 < ms < _INF:  # NaN fails too
             raise ArtifactError(f"{self._where()}: the predicted latency of model {net.name!r} sub-net {spec} is "
                                 f"{ms!r} ms, not a finite number > 0 (its calibration or call_overhead_ms is "
                                 f"unusable; re-profile: edgedyn profile --model {net.name} ...)")
         return ms
+
+    # -- machine states ---------------------------------------------------------------
+    def current_state(self) -> MachineState | None:
+        """The state predictions follow: chosen for this machine on first use; None for a
+        table without states."""
+        if not self.states:
+            return None
+        if self.active_state is None:
+            self.select_state()
+        return self.states.get(self.active_state or "")
+
+    def select_state(self, threads: int | None = None, key: dict[str, Any] | None = None) -> MachineState | None:
+        """Follow the state that matches ``key`` (default: this machine now, at ``threads``
+        CPU threads, default the table's own). Where none matches, the table's own state is
+        used and a warning says so, once per table."""
+        if not self.states:
+            return None
+        from .states import current_key, describe, state_id
+
+        if key is None:
+            try:
+                key = current_key(str(self.device.get("kind", "cpu")), str(self.backend.get("name")),
+                                  threads if threads is not None else self.backend.get("threads"))
+            except EdgedynError as err:
+                key = {"unreadable": str(err)}
+        sid = state_id(key)
+        if sid in self.states:
+            self.active_state = sid
+            return self.states[sid]
+        self.active_state = self.base_state if self.base_state in self.states else next(iter(self.states))
+        if not self._state_warned:
+            self._state_warned = True
+            held = "; ".join(st.label() for st in self.states.values())
+            log.warning("%s: none of its %d machine states matches this machine (%s); predicting in state %s. "
+                        "Re-check it here: edgedyn recheck --table %s --out NEW.json", self._where(), len(self.states),
+                        describe(key) if "unreadable" not in key else key["unreadable"], held if
+                        len(self.states) == 1 else self.states[self.active_state].label(), self._where())
+        return self.states[self.active_state]
+
+    @property
+    def threads(self) -> int | None:
+        """CPU threads of the active state (else the table's own)."""
+        state = self.current_state()
+        if state is not None and state.threads is not None:
+            return state.threads
+        t = self.backend.get("threads")
+        return int(t) if isinstance(t, int) else None
 
     def check_model(self, net: DynamicNet) -> None:
         """One-line ArtifactError unless every block any sub-net of ``net`` uses is in the table."""
@@ -196,6 +270,8 @@ class LatencyTable:
                                   "points": c.points} for sig, c in self.calibration.items()},
             "validation": self.validation,
             "entries": {k.to_str(): e.to_dict() for k, e in sorted(self.entries.items())},
+            **({"base_state": self.base_state, "states": {sid: st.to_dict() for sid, st in self.states.items()}}
+               if self.states else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -246,15 +322,37 @@ class LatencyTable:
             raise ArtifactError(f"{w}: field 'validation' must be an object and 'sources' a list")
         # the catch-all: no NaN or infinity anywhere else either (device info, points, validation)
         validate.all_finite(obj, w)
+        states, base = _states_from(obj, w)
         return cls(device=device, backend=backend, precision=precision, batch=batch, measured=measured,
                    entries=entries, calibration=calibration, validation=dict(validation),
                    sources=list(sources), created=str(obj.get("created", "")), path=path,
-                   layout=layout, call_overhead_ms=overhead)
+                   layout=layout, call_overhead_ms=overhead, states=states, base_state=base)
 
 
 def timestamp() -> str:
     """Now in UTC, to the second (ISO 8601): when a table was created or refitted."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _states_from(obj: dict, w: str) -> tuple[dict[str, MachineState], str | None]:
+    """The table's ``states`` and ``base_state`` (absent in a table written before probes existed)."""
+    raw = obj.get("states", {})
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{w}: field 'states' must be an object")
+    states: dict[str, MachineState] = {}
+    for sid, st in raw.items():
+        state = MachineState.from_dict(st, f"{w}: states[{sid}]")
+        if st.get("table") is not None:  # a state profiled in full: its own table
+            if not isinstance(st["table"], dict):
+                raise ArtifactError(f"{w}: states[{sid}]: field 'table' must be a latency table")
+            state.table = LatencyTable.from_dict(st["table"], Path(f"{w}: states[{sid}].table"))
+        if state.id != sid:
+            raise ArtifactError(f"{w}: states[{sid}]: its key hashes to {state.id!r}, not to its name")
+        states[sid] = state
+    base = obj.get("base_state")
+    if states and base not in states:
+        raise ArtifactError(f"{w}: field 'base_state' is {base!r}, not one of its states")
+    return states, base if states else None
 
 
 def _entries_from(raw_entries: dict, w: str) -> dict[BlockKey, Entry]:
