@@ -24,13 +24,16 @@ from ..cli_types import Int, Threads
               help="Re-time this many of each model's stored probes, spread smallest to full (default: all).")
 @click.option("--model", "model_name", default=None,
               help="A table written before probes existed: the model to re-check it on (probes chosen now).")
+@click.option("--input-size", type=Int(min=1, max=100_000), default=None,
+              help="With --model: its input size (default: the model's).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (also the input table itself).")
 def recheck(table_path: Path, out: Path, threads: int | None, probes: int | None, model_name: str | None,
-            overwrite: bool) -> None:
+            input_size: int | None, overwrite: bool) -> None:
     """Re-time a table's probes now and write it for this machine state (seconds, not a profile)."""
     from .recheck import recheck as run_recheck
 
-    run_recheck(table_path, out, threads=threads, probes=probes, model=model_name, overwrite=overwrite,
+    run_recheck(table_path, out, threads=threads, probes=probes, model=model_name, input_size=input_size,
+                overwrite=overwrite,
                 log=click.echo)
 
 

@@ -102,7 +102,8 @@ def measure_specs(backend: Backend, net: DynamicNet, specs: Sequence[SubnetSpec]
     return [st.median for st in stats]
 
 
-def table_models(table: LatencyTable, path: Path, model: str | None) -> dict[str, ModelProbes]:
+def table_models(table: LatencyTable, path: Path, model: str | None,
+                 input_size: int | None = None) -> dict[str, ModelProbes]:
     """The models whose probes ``table`` stores (its own state's first), or with ``model``
     given, that model's probes chosen now; a one-line error for a table without probes."""
     held: dict[str, ModelProbes] = {}
@@ -114,17 +115,22 @@ def table_models(table: LatencyTable, path: Path, model: str | None) -> dict[str
     if model is not None:
         from ..dynamic import DynamicNet
 
-        net = DynamicNet.from_name(model)
+        net = DynamicNet.from_name(model, input_size=input_size)
+        if net.arch_signature() not in table.calibration:
+            have = sorted(c.model for c in table.calibration.values()) or ["none"]
+            raise ArtifactError(f"{path}: field 'calibration' holds no calibration of {net.name}@"
+                                f"{net.input_shape[-1]} (it has: {', '.join(have)})")
         found = held.get(net.arch_signature())
         if found is not None:
             return {net.arch_signature(): found}
         return {net.arch_signature(): ModelProbes(f"{net.name}@{net.input_shape[-1]}", net.config(), [
             {"widths": list(s.widths)} for s in probe_specs(net)])}
     if not held:
-        models = sorted(c.model for c in table.calibration.values()) or ["its model"]
+        models = sorted(c.model for c in table.calibration.values()) or ["MODEL@SIZE"]
+        name, _, size = models[0].partition("@")
         raise ArtifactError(f"{path}: field 'states' is missing: the table was written before probes existed; "
                             f"name the model to re-check it with probes chosen now (edgedyn recheck --table "
-                            f"{path} --model {models[0].split('@')[0]} ...), or profile it again")
+                            f"{path} --model {name} --input-size {size or 'N'} ...), or profile it again")
     return held
 
 
@@ -169,7 +175,7 @@ def check_out(source: Path, out: Path, overwrite: bool) -> None:
 
 
 def recheck(table_path: str | Path, out: str | Path, *, threads: int | None = None, probes: int | None = None,
-            model: str | None = None, overwrite: bool = False, measure: Measure = measure_specs,
+            model: str | None = None, input_size: int | None = None, overwrite: bool = False, measure: Measure = measure_specs,
             state_key: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> RecheckResult:
     """Re-check the table at ``table_path`` against this machine now and write it to ``out``.
 
@@ -189,7 +195,10 @@ def recheck(table_path: str | Path, out: str | Path, *, threads: int | None = No
     if not table.measured:
         raise ArtifactError(f"{path}: field 'measured' is false: an analytic table has no timings to re-check")
     check_out(path, out, overwrite)
-    held = table_models(table, path, model)
+    if table.precision != "fp32" and table.backend.get("name") != "tensorrt":
+        raise ArtifactError(f"{path}: field 'precision' is {table.precision!r}: {table.backend.get('name')} probes are "
+                            "timed in fp32 here; re-check an fp32 table, or profile this precision again")
+    held = table_models(table, path, model, input_size)
     nets = {sig: rebuild(mp, path, probes) for sig, mp in held.items()}  # every probe checked before timing
     threads = threads if threads is not None else table.backend.get("threads")
     backend = get_backend(str(table.backend.get("name")), BackendOptions(
