@@ -176,7 +176,8 @@ def check_out(source: Path, out: Path, overwrite: bool) -> None:
 
 def recheck(table_path: str | Path, out: str | Path, *, threads: int | None = None, probes: int | None = None,
             model: str | None = None, input_size: int | None = None, overwrite: bool = False,
-            measure: Measure = measure_specs, state_key: dict[str, Any] | None = None, log: Callable[[str], None] = print) -> RecheckResult:
+            measure: Measure = measure_specs, state_key: dict[str, Any] | None = None,
+            log: Callable[[str], None] = print) -> RecheckResult:
     """Re-check the table at ``table_path`` against this machine now and write it to ``out``.
 
     ``threads``: the CPU thread count of the new state (default: the table's). ``probes``:
