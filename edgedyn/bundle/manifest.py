@@ -129,6 +129,27 @@ class SubnetRecord:
         )
 
 
+def _states(obj: Any, n: int, where: str) -> dict[str, Any]:
+    """The manifest's ``states``: each state's per-sub-net latency scale, checked."""
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{where}: field 'states' must be an object")
+    if not obj:
+        return {}
+    by_id = require(obj, "by_id", dict, f"{where}: states")
+    if obj.get("deployed") is not None and obj.get("deployed") not in by_id:
+        raise ArtifactError(f"{where}: field 'states.deployed' is {obj.get('deployed')!r}, not one of its states")
+    for sid, st in by_id.items():
+        w = f"{where}: states.by_id[{sid}]"
+        if not isinstance(st, dict):
+            raise ArtifactError(f"{w}: must be an object")
+        scale = require(st, "scale", list, w)
+        if len(scale) != n:
+            raise ArtifactError(f"{w}: field 'scale' has {len(scale)} entries for {n} sub-nets")
+        for i, v in enumerate(scale):
+            validate.finite(v, w, f"scale[{i}]", lo=0.01, hi=100.0)
+    return obj
+
+
 def _spec(obj: Any, where: str) -> SubnetSpec:
     spec = SubnetSpec.from_dict(obj, where)
     bad = next((w for w in spec.widths if w < 1), None)
@@ -166,6 +187,9 @@ class Manifest:
     created: str = ""
     notes: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)  # deploy's checks of the measured sub-nets
+    # the latency table's machine states: {"deployed": id, "by_id": {id: {"label", "key", "scale": [per
+    # sub-net: its latency in that state over its latency in the state deployed in]}}} (empty: none)
+    states: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # the manifest file, when loaded or saved
 
     @property
@@ -201,6 +225,7 @@ class Manifest:
             "notes": self.notes,
             "checks": self.checks,
             "subnets": [s.to_dict() for s in self.subnets],
+            **({"states": self.states} if self.states else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -254,6 +279,7 @@ class Manifest:
                 raise ArtifactError(f"{where}: field '{k}' must be an object")
         if not isinstance(obj.get("notes") or [], list):
             raise ArtifactError(f"{where}: field 'notes' must be a list")
+        states = _states(obj.get("states") or {}, len(subnets), where)
         # the catch-all: no NaN or infinity anywhere else either (checks, calibration, device)
         validate.all_finite(obj, where)
         return cls(
@@ -272,6 +298,7 @@ class Manifest:
             created=str(obj.get("created", "")),
             notes=list(obj.get("notes") or []),
             checks=dict(obj.get("checks") or {}),
+            states=states,
             path=path,
         )
 

@@ -20,7 +20,7 @@ def _sha(path: Path) -> str | None:
 def make_manifest(run: RunInfo, root: Path, records: list[SubnetRecord], files: list[dict[str, Path]], *,
                   device: dict[str, Any], fingerprint: str, backend: dict[str, Any], precision: str, threads: int | None,
                   shape: tuple[int, ...], table_path: Any, calibration: Calibration | None, notes: list[str],
-                  checks: dict[str, Any]) -> Manifest:
+                  checks: dict[str, Any], states: dict[str, Any] | None = None) -> Manifest:
     """The manifest of the bundle being built in ``root``: every file (``files``: each record's
     by role; the int8 calibration cache; the TensorRT timing cache) recorded with its sha256,
     relative to ``root``."""
@@ -50,4 +50,5 @@ def make_manifest(run: RunInfo, root: Path, records: list[SubnetRecord], files: 
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         notes=notes,
         checks=checks,
+        states=states or {},
     )

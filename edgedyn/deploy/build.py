@@ -45,6 +45,7 @@ from .evaluation import References, leave_out_dominated, split_arrays
 from .export import export_subnet
 from .outdir import building_dir, check_out, fault_point, recover, remove_stale_builds, swap_into_place
 from .prediction import Prediction
+from .probes import build_probes, probe_specs_for, recheck_report, state_scales
 from .quantize import Calibration, calibration, quantize_subnet
 from .source import RunInfo, RunSubnet, load_run
 from .timing import measure_runners, time_subnets
@@ -263,19 +264,27 @@ def _build(run: RunInfo, be: Backend, job: _Job, out: Path, tmp: Path, predictio
     work = _Subnets(run, be, job, out, tmp, prediction, refs, x_test, y_test, cal, _can_execute(job.backend),
                     [], [], [])
     _build_subnets(work, served_by, bar if bar is not None else Progress(disable=True))
+    recheck: dict[str, Any] | None = None
     if work.runners:
-        time_subnets(work.runners, work.records, device, job.backend == "onnxruntime" and be.options.device == "cpu",
-                     job.measure_iters, quiet=bar is None or bar.disabled)
+        table = prediction.table
+        probe_specs = probe_specs_for(table, run.net) if table is not None and table.measured else []
+        probe_runners = build_probes(be, run.net, probe_specs, tmp) if probe_specs else []
+        probe_stats = time_subnets(work.runners, work.records, device,
+                                   job.backend == "onnxruntime" and be.options.device == "cpu", job.measure_iters,
+                                   quiet=bar is None or bar.disabled, probes=probe_runners)
+        if probe_specs:
+            recheck = recheck_report(table, run.net, probe_specs, [st["median"] for st in probe_stats])
     else:
         notes.append(f"{job.backend} artifacts were built but not executed here (no CUDA GPU): "
                      "latency and accuracy of the built engines are unmeasured")
-    checks = deploy_checks(work.records)
+    checks = deploy_checks(work.records, recheck)
     for problem in checks.get("problems", []):
         log.warning("%s", problem)
     return make_manifest(run, tmp, work.records, work.files, device=device, fingerprint=fingerprint,
                          backend={"name": job.backend, "version": version}, precision=job.precision,
                          threads=prediction.threads, shape=shape, table_path=prediction.path, calibration=cal,
-                         notes=notes, checks=checks)
+                         notes=notes, checks=checks,
+                         states=state_scales(prediction.table, run.net, work.records) if work.records else {})
 
 
 def _build_subnets(work: _Subnets, served_by: dict[int, int], bar: Progress) -> None:

@@ -76,23 +76,41 @@ def check_unexecuted(onnx_diff: float, precision: str, source: Path, threads: in
     return out
 
 
-def deploy_checks(records: Sequence[SubnetRecord]) -> dict[str, Any]:
+def deploy_checks(records: Sequence[SubnetRecord], recheck: dict[str, Any] | None = None) -> dict[str, Any]:
     """What deploy verifies of the measured sub-nets (recorded in the manifest, warned about).
 
-    - every measured median within ``PREDICTION_TOLERANCE`` of the table's prediction;
+    - every measured median within ``PREDICTION_TOLERANCE`` of the prediction: the table's
+      re-checked against its probes timed beside the sub-nets (``recheck``,
+      :mod:`~edgedyn.deploy.probes`) where that correction is trusted, else the table's as it
+      was; both errors are recorded (``prediction_error`` and ``prediction_error_raw``);
     - from the smallest sub-net to the largest (by MACs; the searched sub-nets are nested),
       measured latency and test accuracy both rise strictly.
     """
+    from .probes import apply_recheck
+
     out: dict[str, Any] = {"problems": []}
     median = {r.index: r.measured["median"] for r in records if r.measured and r.measured.get("median") is not None}
     measured = [r for r in records if r.index in median]
-    errors = {r.index: median[r.index] / r.predicted_ms - 1.0 for r in measured if r.predicted_ms}
+    raw = {r.index: median[r.index] / r.predicted_ms - 1.0 for r in measured if r.predicted_ms}
+    errors = raw
+    if recheck is not None:
+        out["recheck"] = dict(recheck)
+        fixed = {r.index: apply_recheck(recheck, r.predicted_ms) for r in measured if r.predicted_ms}
+        if recheck.get("trusted"):
+            out["recheck"]["predicted_ms"] = {str(i): round(p, 5) for i, p in fixed.items() if p is not None}
+            errors = {i: median[i] / p - 1.0 for i, p in fixed.items() if p is not None}
+        else:
+            out["problems"].append(f"the table's probes do not fit this machine now ({recheck.get('problem')}); "
+                                   "checked against the table as it was: re-profile it here")
     if errors:
         out["prediction_error"] = {str(i): round(e, 4) for i, e in errors.items()}
+        out["prediction_error_raw"] = {str(i): round(e, 4) for i, e in raw.items()}
         out["prediction_within_10pct"] = all(abs(e) <= PREDICTION_TOLERANCE for e in errors.values())
+        out["prediction_raw_within_10pct"] = all(abs(e) <= PREDICTION_TOLERANCE for e in raw.values())
+        against = "the re-checked table" if errors is not raw else "the table"
         for i, e in errors.items():
             if abs(e) > PREDICTION_TOLERANCE:
-                out["problems"].append(f"sub-net {i}: measured latency is {100 * e:+.1f}% off the table's "
+                out["problems"].append(f"sub-net {i}: measured latency is {100 * e:+.1f}% off {against}'s "
                                        f"prediction (tolerance {100 * PREDICTION_TOLERANCE:.0f}%)")
     ordered = sorted(measured, key=lambda r: (r.macs, r.index))
     acc = [r.accuracy["test"] for r in ordered if r.accuracy.get("test") is not None]

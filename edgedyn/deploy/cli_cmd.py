@@ -53,8 +53,22 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
                    f"{f(acc.get('delta'), '+.3f'):>6} {f(acc.get('agreement')):>6}")
     checks = m.checks
     if "prediction_within_10pct" in checks:
-        errs = ", ".join(f"{100 * e:+.1f}%" for e in checks["prediction_error"].values())
-        click.echo(f"measured vs predicted: {errs} (all within 10%: {'yes' if checks['prediction_within_10pct'] else 'no'})")
+        def errs(key: str) -> str:
+            return ", ".join(f"{100 * e:+.1f}%" for e in checks[key].values())
+
+        rc = checks.get("recheck")
+        if rc is not None and rc.get("trusted"):
+            c = rc["correction"]
+            click.echo(f"re-check: {rc['probes']} probes timed beside the sub-nets; table x{c['scale']:.3f} "
+                       f"{c['offset_ms']:+.4f} ms ({c['form']}); probe MAPE {rc['probe_mape_before']:.1f}% -> "
+                       f"{rc['probe_mape_after_loo']:.1f}%")
+            click.echo(f"measured vs table as profiled: {errs('prediction_error_raw')} (all within 10%: "
+                       f"{'yes' if checks['prediction_raw_within_10pct'] else 'no'})")
+            click.echo(f"measured vs re-checked table: {errs('prediction_error')} (all within 10%: "
+                       f"{'yes' if checks['prediction_within_10pct'] else 'no'})")
+        else:
+            click.echo(f"measured vs predicted: {errs('prediction_error')} (all within 10%: "
+                       f"{'yes' if checks['prediction_within_10pct'] else 'no'})")
     if "latency_rising" in checks:
         click.echo(f"latency rises with size: {'yes' if checks['latency_rising'] else 'no'}; accuracy rises: "
                    f"{'yes' if checks.get('accuracy_rising') else 'no' if 'accuracy_rising' in checks else '-'}")

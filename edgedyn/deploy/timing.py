@@ -50,8 +50,11 @@ def measure_runners(runners: Sequence[Any], iters: int = 2000, warmup: int = 10,
 
 
 def time_subnets(runners: Sequence[Any], records: Sequence[SubnetRecord], device: dict[str, Any], cpu: bool,
-                 iters: int, quiet: bool) -> None:
+                 iters: int, quiet: bool, probes: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Time ``runners`` (one per record, activated) into each record's ``measured``, then release them.
+
+    ``probes`` (the table's probes, :mod:`~edgedyn.deploy.probes`) are timed in the same
+    interleaved run; their statistics are returned.
 
     On a CPU backend (``cpu``), a machine already busy before timing is recorded in ``device``
     (``cpu_busy_before_measure``) and warned about.
@@ -62,9 +65,11 @@ def time_subnets(runners: Sequence[Any], records: Sequence[SubnetRecord], device
         busy = busy_before_timing(log.warning)
         if busy is not None:
             device["cpu_busy_before_measure"] = busy
-    with Progress(desc=f"deploy: timing {len(runners)} sub-nets", bar=False, disable=quiet):
-        measured = measure_runners(runners, iters=iters)
+    label = f"{len(runners)} sub-nets" + (f" and {len(probes)} probes" if probes else "")
+    with Progress(desc=f"deploy: timing {label}", bar=False, disable=quiet):
+        measured = measure_runners(list(runners) + list(probes), iters=iters)
     for rec, stats in zip(records, measured):
         rec.measured = stats
-    for r in runners:
+    for r in list(runners) + list(probes):
         r.deactivate()
+    return measured[len(runners):]

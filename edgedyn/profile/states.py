@@ -196,7 +196,8 @@ class FitReport:
     def to_dict(self) -> dict[str, Any]:
         return {"probe_mape_before": round(self.mape_before, 3), "probe_mape_after_loo": round(self.mape_after, 3),
                 "probe_worst_after_loo": round(self.worst_after, 3),
-                "loo_mape_by_form": {k: round(v, 3) for k, v in self.candidates.items()}}
+                "loo_mape_by_form": {k: round(v, 3) for k, v in self.candidates.items()},
+                "probe_errors_loo": self.errors_after}
 
 
 def fit_correction(predicted: np.ndarray, measured: np.ndarray) -> FitReport:

@@ -58,6 +58,9 @@ log = logging.getLogger("edgedyn.table")
 
 TABLE_SCHEMA = "edgedyn.latency_table/2"
 SOURCES = ("measured", "interpolated", "roofline")
+#: a budget margin from a table's error tail needs this many checked sub-nets, and stays in this range
+MIN_TAIL_POINTS = 8
+MARGIN_RANGE = (0.01, 0.3)
 MAX_THREADS = 4096  # a thread count above this in a table is corrupt, not a big machine
 
 
@@ -160,17 +163,26 @@ class LatencyTable:
         not finite or not positive (e.g. a negative memory coefficient outweighing a tiny
         block sum).
         """
-        state = self.current_state()
+        ms = self._in_state(self.current_state(), net, spec)
+        if not 0.0 < ms < _INF:  # NaN fails too
+            raise ArtifactError(f"{self._where()}: the predicted latency of model {net.name!r} sub-net {spec} is "
+                                f"{ms!r} ms, not a finite number > 0 (its calibration or call_overhead_ms is "
+                                f"unusable; re-profile: edgedyn profile --model {net.name} ...)")
+        return ms
+
+    def predict_in(self, state_id: str, net: DynamicNet, spec: SubnetSpec) -> float:
+        """:meth:`predict` in the table's state ``state_id`` (whatever state is active)."""
+        if state_id not in self.states:
+            raise ArtifactError(f"{self._where()}: holds no machine state {state_id!r}")
+        return self._in_state(self.states[state_id], net, spec)
+
+    def _in_state(self, state: MachineState | None, net: DynamicNet, spec: SubnetSpec) -> float:
         src = state.table if state is not None and state.table is not None else self
         ms = src.raw_predict(net, spec)
         if state is not None:
             probes = state.models.get(net.arch_signature())
             if probes is not None and not probes.correction.is_identity:
                 ms = probes.correction.apply(ms)
-        if not 0.0 < ms < _INF:  # NaN fails too
-            raise ArtifactError(f"{self._where()}: the predicted latency of model {net.name!r} sub-net {spec} is "
-                                f"{ms!r} ms, not a finite number > 0 (its calibration or call_overhead_ms is "
-                                f"unusable; re-profile: edgedyn profile --model {net.name} ...)")
         return ms
 
     # -- machine states ---------------------------------------------------------------
@@ -210,6 +222,43 @@ class LatencyTable:
                         describe(key) if "unreadable" not in key else key["unreadable"], held if
                         len(self.states) == 1 else self.states[self.active_state].label(), self._where())
         return self.states[self.active_state]
+
+    def margin(self, net: DynamicNet, q: float = 95.0) -> tuple[float, str] | None:
+        """The budget margin this table's own error tail calls for, for ``net`` (a fraction),
+        and where it comes from; None where the table holds fewer than :data:`MIN_TAIL_POINTS`
+        errors of ``net``.
+
+        The errors are the relative under-predictions ``measured / predicted - 1`` of the
+        sub-nets it was checked on in the active state: its validation sub-nets (the table's
+        own state) and its probes (leave-one-out after a re-check's correction; as profiled
+        in the table's own state). A pick predicted at ``(1 - margin) x budget`` then meets the
+        budget unless its error is beyond the ``q``-th percentile: ``margin = e / (1 + e)``
+        for that percentile ``e``, within [:data:`MARGIN_RANGE`].
+        """
+        import numpy as np
+
+        sig = net.arch_signature()
+        errors: list[float] = []
+        names = []
+        state = self.current_state()
+        probes = state.models.get(sig) if state is not None else None
+        if probes is not None and probes.fit.get("probe_errors_loo"):
+            # relative errors of corrected predictions, measured / predicted - 1
+            errors += [1.0 / (1.0 + e) - 1.0 for e in probes.fit["probe_errors_loo"]]
+            names.append(f"{len(probes.fit['probe_errors_loo'])} re-checked probes")
+        elif probes is not None:
+            errors += [p["measured_ms"] / p["predicted_ms"] - 1.0 for p in probes.probes if p.get("predicted_ms")]
+            names.append(f"{len(probes.probes)} probes")
+        val = self.validation.get(sig)
+        if val and (state is None or state.id == self.base_state):
+            points = [p for p in val.get("points", []) if p.get("predicted_ms")]
+            errors += [p["measured_ms"] / p["predicted_ms"] - 1.0 for p in points]
+            names.append(f"{len(points)} validation sub-nets")
+        if len(errors) < MIN_TAIL_POINTS:
+            return None
+        tail = max(float(np.percentile(errors, q)), 0.0)
+        margin = min(max(tail / (1.0 + tail), MARGIN_RANGE[0]), MARGIN_RANGE[1])
+        return margin, f"{self._where()}: p{q:g} under-prediction {100 * tail:.1f}% over {' and '.join(names)}"
 
     @property
     def threads(self) -> int | None:

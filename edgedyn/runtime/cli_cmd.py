@@ -9,7 +9,7 @@ policy registry's names (:data:`~edgedyn.runtime.policies.POLICIES`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -65,14 +65,35 @@ def run(bundle, budget_ms, policy, subnet, quantile, requests, duration, input_p
                        allow_other_device=allow_other_device, quantile=quantile,
                        verify_key=Path(verify_key) if verify_key else None) as selector:
         inputs = serve.load_inputs(input_path, selector.manifest.input_shape, dtype=selector.input_dtype)
+        watcher = _follow_state(selector)
         selector.warmup()
         length = f"{requests} requests" if requests is not None else f"{duration:g} s"
         click.echo(f"serving {bundle} for {length}; Ctrl-C or SIGTERM stops it with a partial report", err=True)
-        report = serve.serve(selector, inputs, requests=requests, duration_s=duration, budget=budget,
-                             report_interrupt=True)
+        try:
+            report = serve.serve(selector, inputs, requests=requests, duration_s=duration, budget=budget,
+                                 report_interrupt=True)
+        finally:
+            if watcher is not None:
+                watcher.stop()
         _emit(report, json_out)  # before the runners are released: an interrupt there loses nothing
     if report.interrupted is not None:  # Ctrl-C or SIGTERM: the group exits 130 or 143
         raise report.interrupted
+
+
+def _follow_state(selector: Any) -> Any:
+    """Serve by the latencies of the machine state this machine is in now (a bundle whose table
+    held several states); on a Jetson, keep following it (the power mode may change while
+    serving). Returns the watcher to stop, or None."""
+    from .states import machine_state_reader
+
+    states = (selector.manifest.states or {}).get("by_id", {})
+    if not states:
+        return None
+    reader = machine_state_reader(selector.manifest)
+    if selector.manifest.device.get("kind") == "jetson":
+        return selector.watch_state(reader)
+    selector.set_state(reader())
+    return None
 
 
 def _emit(report: ServeReport, json_out: str | None) -> None:

@@ -97,6 +97,13 @@ class Dispatcher:
         with self._lock:
             return self.policy.decide(budget)[0]
 
+    def set_ranking(self, ranking: Any) -> None:
+        """Decide by ``ranking`` from the next call on (a machine-state change): swapped under
+        the lock, so a concurrent call sees the old ranking or the new one, and none waits."""
+        with self._lock:
+            self.policy.ranking = ranking
+            self._next = _NO_DECISION
+
     def forget_decision(self) -> None:
         """Drop the decision made in advance (after a change of the policy's settings)."""
         with self._lock:

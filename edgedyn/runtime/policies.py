@@ -112,6 +112,8 @@ class Policy(Protocol):
     needs_latency: ClassVar[bool]  # every sub-net must have a measured or predicted latency
     learns: ClassVar[bool]  # decisions depend on observed latencies (then observe() is called)
 
+    ranking: Ranking
+
     def __init__(self, ranking: Ranking, settings: PolicySettings) -> None: ...
 
     def start(self) -> int:

@@ -29,6 +29,7 @@ budget, an ndarray input) costs a type test and a comparison each.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,8 @@ from .policies import POLICIES, PolicySettings, Ranking, policy_class
 _INF = float("inf")
 
 __all__ = ["POLICIES", "InferInfo", "InputError", "Selector", "SelectorClosed", "check_budget", "check_threads"]
+
+log = logging.getLogger("edgedyn.runtime")
 
 
 class SelectorClosed(EdgedynError):
@@ -90,7 +93,7 @@ class Selector:
                 raise EdgedynError(f"{manifest.path}: subnets[{missing}] has no measured or predicted latency; "
                                    f"policy {policy!r} needs one (re-deploy on the device, or use policy fixed)")
         self.quantile = quantile
-        self._ranking = Ranking.of(manifest, quantile)
+        self._ranking = self._base_ranking = Ranking.of(manifest, quantile)
         if subnet is None:
             settings.subnet = self._ranking.order[0]
         settings.check_subnet(n)
@@ -172,6 +175,45 @@ class Selector:
     @property
     def specs(self) -> list[SubnetSpec]:
         return list(self._specs)
+
+    # -- machine states -------------------------------------------------------------------
+    @property
+    def state(self) -> str | None:
+        """The machine state whose latencies decisions follow (None: the state deployed in,
+        or a bundle without states)."""
+        return getattr(self, "_state", None)
+
+    def set_state(self, state_id: str | None) -> bool:
+        """Decide by the latencies of machine state ``state_id`` (``manifest.states``); a state
+        the bundle does not know keeps the current latencies and warns once. True when the
+        latencies changed."""
+        from .states import ranking_in_state
+
+        by_id = (self.manifest.states or {}).get("by_id", {})
+        if state_id is None or state_id not in by_id:
+            if by_id and not getattr(self, "_state_warned", False):
+                self._state_warned = True
+                log.warning("%s: this machine's state %s is none of the bundle's %d states; serving by the "
+                            "latencies of state %s", self.manifest.path, state_id, len(by_id), self.state or "deployed")
+            return False
+        if state_id == self.state:
+            return False
+        self._ranking = ranking_in_state(self._base_ranking, list(by_id[state_id]["scale"]))
+        self._dispatch.set_ranking(self._ranking)
+        self._state = state_id  # after the swap: who reads the new state decides by its latencies
+        log.info("machine state %s (%s): serving by its latencies", state_id, by_id[state_id].get("label"))
+        return True
+
+    def watch_state(self, reader: Any = None, interval_s: float | None = None) -> Any:
+        """Start a :class:`~edgedyn.runtime.states.StateWatcher` that follows the machine's state
+        (``reader``: a callable returning a state id; default, this machine's), after
+        following the state it is in now. Stop it with its ``stop()``."""
+        from .states import POLL_S, StateWatcher, machine_state_reader
+
+        watcher = StateWatcher(reader or machine_state_reader(self.manifest), self.set_state,
+                               POLL_S if interval_s is None else interval_s)
+        self.set_state(watcher.current)
+        return watcher.start()
 
     @property
     def expected_ms(self) -> list[float]:

@@ -71,8 +71,10 @@ OPTIONS = [
                  help="autoslim: cost each greedy step adds or removes, a fraction of the full model's."),
     click.option("--score-samples", type=POSITIVE_INT, default=500, show_default=True,
                  help="Held-out images that score search candidates (the whole holdout scores the picks)."),
-    click.option("--budget-margin", type=FiniteFloat(min=0.0, max=0.5, max_open=True), default=0.02,
-                 show_default=True, help="Picks must cost at most (1 - margin) x a budget below the full model."),
+    click.option("--budget-margin", type=FiniteFloat(min=0.0, max=0.5, max_open=True), default=None,
+                 help="Picks must cost at most (1 - margin) x a budget below the full model. Default: from the "
+                      "latency table's error tail (p95 under-prediction of its validation sub-nets and probes), "
+                      "else 0.02."),
     click.option("--holdout-fraction", type=FiniteFloat(min=0.0, max=1.0, min_open=True, max_open=True),
                  default=0.1, show_default=True, help="Share of the training data held out to score candidates."),
     click.option("--ranking", type=click.Choice(["noise", "l1"]), default="noise", show_default=True),

@@ -17,6 +17,9 @@ import torch
 from ..errors import EdgedynError
 from .registry import MethodOptions, method_options
 
+#: the budget margin where none is given and the latency table gives none (FLOPs, too few checked sub-nets)
+DEFAULT_MARGIN = 0.02
+
 
 @dataclass
 class SearchConfig:
@@ -43,7 +46,10 @@ class SearchConfig:
     direction: str = "slim"  # autoslim: "slim" from the full model to each budget, or "grow" each pick up to it
     before_train: bool = False  # autoslim: also report the picks' accuracy on the one-shot weights (ablation)
     score_samples: int | None = 500  # holdout images that score search candidates (None: all)
-    budget_margin: float = 0.02  # picks must fit (1 - margin) x a budget below the full model
+    # picks must fit (1 - margin) x a budget below the full model; None: from the latency table's
+    # error tail (LatencyTable.margin), else DEFAULT_MARGIN
+    budget_margin: float | None = None
+    budget_margin_from: str | None = None  # where a margin taken from the table came from (recorded)
     finetune_batches: int = 50  # cap per fine-tuning
     finetune_check: int = 10  # holdout check every this many batches
     lr: float = 0.05
@@ -73,7 +79,7 @@ class SearchConfig:
     def validate(self) -> None:
         """One-line error for a bad shared setting; the method checks its own options
         (:meth:`MethodOptions.validate <edgedyn.search.registry.MethodOptions.validate>`)."""
-        if not 0.0 <= self.budget_margin < 0.5:
+        if self.budget_margin is not None and not 0.0 <= self.budget_margin < 0.5:
             raise EdgedynError(f"budget_margin must be in [0, 0.5), got {self.budget_margin}")
         if self.score_samples is not None and self.score_samples < 1:
             raise EdgedynError(f"score_samples must be >= 1, got {self.score_samples}")
@@ -102,6 +108,8 @@ class SearchConfig:
         d["compare"] = list(self.compare)
         if not d["options"]:
             del d["options"]
+        if d["budget_margin_from"] is None:
+            del d["budget_margin_from"]
         d.update(self.method_options().recorded(self))  # e.g. autoslim's default final_epochs resolved
         return d
 

@@ -22,7 +22,7 @@ from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import ArtifactError, EdgedynError
 from . import train
 from .checkpoint import PHASES, RunState, check_optimizer, check_tensors, load_checkpoint, save_checkpoint
-from .config import SearchConfig
+from .config import DEFAULT_MARGIN, SearchConfig
 from .dist import Dist
 from .progressive import PathPoint
 from .reselect import Budget, parse_budgets, pick
@@ -71,6 +71,24 @@ class RunContext:
             load_weights_into(self.net, config.weights)
         self.full_cost = float(cost_model.cost(self.net, self.net.full_spec()))
         self.select_full = float(self.select_cost.cost(self.net, self.net.full_spec()))
+        if config.budget_margin is None:
+            self._resolve_margin(config)
+
+    @property
+    def margin(self) -> float:
+        """The budget margin (resolved when the context is built)."""
+        m = self.c.budget_margin
+        return DEFAULT_MARGIN if m is None else m
+
+    def _resolve_margin(self, config: SearchConfig) -> None:
+        """The budget margin from the budgets' latency table's error tail, else the default."""
+        table = getattr(self.select_cost, "table", None)
+        tail = table.margin(self.net) if table is not None and hasattr(table, "margin") else None
+        if tail is None:
+            config.budget_margin = DEFAULT_MARGIN
+            return
+        config.budget_margin, config.budget_margin_from = round(tail[0], 4), tail[1]
+        log.info("budget margin %.1f%% (%s)", 100 * config.budget_margin, tail[1])
 
     def _splits(self) -> EvalSplits:
         """The holdout, its seeded scoring subset and the rest, the test split, the BN batches."""
@@ -109,7 +127,7 @@ class RunContext:
 
     def limit(self, budget: Budget) -> float:
         """``budget`` in the budgets' unit, less the margin below the full model."""
-        return budget.limit(self.select_full, self.c.budget_margin)
+        return budget.limit(self.select_full, self.margin)
 
     def min_limit(self) -> float:
         """The smallest budget's limit, less the margin: the search may stop below it."""
@@ -117,7 +135,7 @@ class RunContext:
 
     def pick(self, points: list[PathPoint], prefer: str = "accuracy") -> list[tuple[Budget, PathPoint]]:
         return pick(points, self.budgets, self.select_full, self.select_cost.unit, prefer=prefer,
-                    margin=self.c.budget_margin)
+                    margin=self.margin)
 
     # ---- checkpoints ----
     @property

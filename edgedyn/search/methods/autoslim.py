@@ -268,7 +268,7 @@ class Autoslim(Method):
         full = next(p for p in path if p.spec == self.net.full_spec())
         below = [b for b in ctx.budgets if ctx.limit(b) < full.cost]
         picks = pick_nested(path, below, ctx.select_full, ctx.select_cost.unit,
-                            lambda a, b: a.spec.contains(b.spec), margin=ctx.c.budget_margin) if below else []
+                            lambda a, b: a.spec.contains(b.spec), margin=ctx.margin) if below else []
         picks += [(b, full) for b in ctx.budgets if b not in below]
         log.info("re-selection: %d candidates (search path and uniform widths), nested picks", len(path))
         return self.keep_selection(picks)

@@ -71,7 +71,7 @@ class Method(abc.ABC):
             raise EdgedynError(
                 f"--max-steps {ctx.c.max_steps}: the search reaches at best {reach:.4g} {unit} "
                 f"({reach / ctx.select_full:.3g} of the full model), above the smallest budget "
-                f"({ctx.min_limit():.4g} {unit} with the {ctx.c.budget_margin:g} margin); "
+                f"({ctx.min_limit():.4g} {unit} with the {ctx.margin:g} margin); "
                 "raise --max-steps or the budget")
 
     def step_options(self, spec: SubnetSpec, cost: float) -> list[tuple[SubnetSpec, float]]:
