@@ -175,3 +175,22 @@ def test_fit_correction_and_probe_spread_units():
     assert spread_subset(12, 4) == [0, 4, 7, 11] and spread_subset(3, 5) == [0, 1, 2]
     with pytest.raises(EdgedynError):
         probe_specs(DynamicNet.from_name("resnet20", input_size=16), 1)
+
+
+def test_profile_merge_at_another_thread_count_adds_a_state_of_its_own(profiled, tmp_path):
+    before = LatencyTable.load(profiled)
+    Profiler(cfg(tmp_path, calibrate=12, validate=0, threads=2, probes=8, merge=True), log=lambda m: None,
+             progress=False).run()
+    table = LatencyTable.load(profiled)
+    assert len(table.states) == 2 and table.base_state == before.base_state
+    assert table.backend["threads"] == 1 and table.entries.keys() == before.entries.keys()
+    merged = next(st for sid, st in table.states.items() if sid != table.base_state)
+    assert merged.source == "merge" and merged.threads == 2 and merged.table is not None
+    assert merged.table.backend["threads"] == 2 and merged.table.states == {}
+    net = DynamicNet.from_name("resnet20", input_size=16)
+    assert net.arch_signature() in merged.models  # its probes, for a later re-check of that state
+    spec = net.random_spec(3)
+    assert table.select_state(key=merged.key).id == merged.id and table.threads == 2
+    assert table.predict(net, spec) == pytest.approx(merged.table.raw_predict(net, spec))
+    again = LatencyTable.load(profiled)  # it round-trips
+    assert again.states[merged.id].table.to_dict() == merged.table.to_dict()

@@ -34,7 +34,7 @@ def serving_threads(lat_table: Any, table_path: Any, backend: str, threads: int 
         return threads
     if threads is not None:
         return threads
-    have = lat_table.backend.get("threads") if lat_table is not None else None
+    have = lat_table.threads if lat_table is not None else None  # its machine state's (edgedyn recheck)
     if have is not None and lat_table.backend.get("name") == backend:
         log.info("%s: serving with the table's %s CPU threads", table_path, have)
         return int(have)
@@ -49,9 +49,12 @@ def predicts(lat_table: Any, table_path: Any, backend: str, precision: str, thre
         log.warning("%s: a %s %s table does not predict %s %s; no predicted latencies", table_path,
                     lat_table.backend.get("name"), lat_table.precision, backend, precision)
         return False
-    if threads is not None and lat_table.backend.get("threads") not in (None, threads):
+    if threads is not None and lat_table.states and lat_table.threads != threads:
+        lat_table.select_state(threads=threads)  # a state re-checked (or profiled) at that thread count
+    if threads is not None and lat_table.threads not in (None, threads):
         log.warning("%s: the table was profiled with %s CPU threads, this bundle serves with %s; "
-                    "no predicted latencies", table_path, lat_table.backend.get("threads"), threads)
+                    "no predicted latencies (move it: edgedyn recheck --table %s --threads %s --out NEW.json)",
+                    table_path, lat_table.threads, threads, table_path, threads)
         return False
     return True
 

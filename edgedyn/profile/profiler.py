@@ -58,7 +58,7 @@ from .grid import interpolate, share_as_run, subsample_keys
 from .measure import WHOLE_NET, measure_calls
 from .partial import PARTIAL_SCHEMA, check_resume_settings
 from .refit import refit_table
-from .states import probe_specs, record_probes
+from .states import add_state_table, probe_specs, record_probes
 from .table import Entry, LatencyTable, timestamp
 from .tempdirs import TEMP_KINDS, owned_tempdir, pid_alive, remove_stale_tempdirs
 from .threads import thread_candidates, time_thread_counts
@@ -93,6 +93,7 @@ class Profiler:
         self.options = BackendOptions(device=c.device, precision=c.precision_name, threads=c.threads, extra=extra)
         self.block_passes: dict[str, list[float]] = {}  # key -> median of each pass so far (resume)
         self.thread_choice: dict | None = None  # timings behind an automatic thread count
+        self.merge_into: LatencyTable | None = None  # --merge at another thread count: the table to add a state to
 
     # -- setup ------------------------------------------------------------------------
     def _backend(self, **options: Any) -> Backend:
@@ -136,11 +137,22 @@ class Profiler:
             existing, where = LatencyTable.load_partial(partial["table"], self.partial_path), self.partial_path
         elif c.merge and c.out.is_file():
             existing, where = LatencyTable.load(c.out), c.out
+        if c.merge and c.out.is_file() and c.threads is not None:
+            target = existing if partial is None and existing is not None else LatencyTable.load(c.out)
+            if target.backend.get("threads") not in (None, c.threads):  # another state: profiled in full, added
+                self.merge_into = target
+                self.log(f"{c.out}: profiled at {target.backend.get('threads')} threads; this profile at "
+                         f"{c.threads} threads is added to it as a machine state of its own")
+                if partial is None:
+                    existing = where = None
         if existing is not None and existing.backend.get("name") != c.backend:
             raise ArtifactError(f"{where}: field 'backend.name' is {existing.backend.get('name')!r}, "
                                 f"asked for {c.backend!r}")
         self._set_threads(existing, where)
         fresh = self._new_table()
+        if self.merge_into is not None:
+            self.merge_into.check_matches(device=c.device, precision=c.precision, batch=c.batch,
+                                          fingerprint=fresh.device.get("fingerprint"))
         if existing is None:
             if c.resume:
                 self.log(f"nothing to resume at {self.partial_path}; starting afresh")
@@ -222,6 +234,8 @@ class Profiler:
             self._checkpoint(table, whole)
             raise
         table.backend["profile_seconds"] = round(time.perf_counter() - t_start, 1)
+        if self.merge_into is not None:
+            table = add_state_table(self.merge_into, table)
         table.save(c.out)
         self.partial_path.unlink(missing_ok=True)
         return table

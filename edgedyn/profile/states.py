@@ -337,3 +337,21 @@ def record_probes(table: LatencyTable, net: DynamicNet, specs: list[SubnetSpec],
                                                      correction or Correction(),
                                                      report.to_dict() if report is not None else {})
     return state
+
+
+def add_state_table(target: LatencyTable, table: LatencyTable) -> LatencyTable:
+    """``target`` holding ``table`` (a full profile in another machine state) as a state of its
+    own: ``table``'s probes and its entries and calibration (``profile --merge``)."""
+    import datetime
+
+    if target.base_state is None:  # a table written before probes existed: its own state, without probes
+        own = MachineState(state_key(target.device, target.backend), "profile", target.created)
+        target.states.setdefault(own.id, own)
+        target.base_state = own.id
+    key = state_key(table.device, table.backend)
+    models = dict(table.states[table.base_state].models) if table.base_state in table.states else {}
+    table.states, table.base_state, table.active_state = {}, None, None
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    state = MachineState(key, "merge", now, models, {"profiled": table.created}, table)
+    target.states[state.id] = state
+    return target
