@@ -22,7 +22,15 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         least accuracy drop, selective fine-tuning, channel groups of 1/4;
 - ``progressive+ratio`` edgedyn's former default (accuracy lost per ms, 1/8 groups);
 - ``autoslim+latency-uniform`` an ablation: one-shot training over uniform widths (as
-                        US-Nets trains), then the same slimming and final training.
+                        US-Nets trains), then the same slimming and final training;
+- ``usnet-aligned``     US-Nets' network (the seed's US-Nets run, no training of its own),
+                        serving uniform widths rounded up to the table's channel block
+                        (16 on AVX-512 ONNX Runtime), the widest that fits each budget;
+- ``torch-pruning``     the seed's pre-trained model pruned by Torch-Pruning to each budget
+                        (a global ratio bisected against the table, round_to the block),
+                        each pruned model fine-tuned: ``--train-epochs`` shared equally
+                        among them (its picks have weights of their own; subnets.json
+                        records their accuracies, which is all this script reads).
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
@@ -82,7 +90,8 @@ DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency
 #: autoslim with uniform one-shot training and no final epochs trains exactly the network US-Nets
 #: trains (the same batches and widths, bit for bit: tests/test_search.py), so these reuse the
 #: seed's US-Nets run for it (and are charged its time)
-REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops"}
+REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops",
+               "usnet-aligned"}  # US-Nets' network itself: only the widths it serves differ
 # ... and so do the archived runs of those methods
 REUSE_USNET |= {a for a, (_, cfg) in ARCHIVED.items() if any(cfg is METHODS[m] for m in REUSE_USNET)}
 
