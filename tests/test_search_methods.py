@@ -73,8 +73,8 @@ def toy():
 
 # -- the registry -----------------------------------------------------------------------
 def test_registry_names_the_builtin_methods_and_their_variants():
-    builtin = ("autoslim", "progressive", "torch-pruning", "usnet", "usnet-aligned")  # their modules' names in order
-    assert method_names()[:5] == builtin
+    builtin = ("autoslim", "progressive", "torch-pruning", "usnet", "usnet-aligned")
+    assert set(method_names()[:5]) == set(builtin)  # registered first (in import order)
     for name in builtin:
         assert get_method(name).name == name
     v = variants()
