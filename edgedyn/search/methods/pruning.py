@@ -67,7 +67,7 @@ from ..context import RunContext
 from ..progressive import PathPoint
 from ..registry import MethodOptions, Variant, register_method
 from .base import Method, Picks
-from .usnet_aligned import table_block
+from .usnet_aligned import check_block, run_block
 
 log = logging.getLogger("edgedyn.search")
 IMPORTANCE_P = {"l1": 1, "l2": 2}
@@ -84,9 +84,7 @@ class TorchPruningOptions(MethodOptions):
     def validate(self, config: Any) -> None:
         if self.importance not in IMPORTANCE_P:
             raise EdgedynError(f"importance {self.importance!r} is unknown; use one of {', '.join(IMPORTANCE_P)}")
-        if self.block is not None and (isinstance(self.block, bool) or not isinstance(self.block, int)
-                                       or self.block < 1):
-            raise EdgedynError(f"block must be an integer >= 1 (or null: the table's layout), got {self.block!r}")
+        check_block(self.block)
         if not isinstance(self.ratio_steps, int) or not 1 <= self.ratio_steps <= 30:
             raise EdgedynError(f"ratio_steps must be an integer in 1..30, got {self.ratio_steps!r}")
         if self.prune_lr is not None and not self.prune_lr > 0:
@@ -221,9 +219,8 @@ class TorchPruning(Method):
 
     @property
     def block(self) -> int:
-        if self.options.block is not None:
-            return self.options.block
-        return table_block(self.ctx.select_cost, self.ctx.cost_model)
+        """``round_to``: the option, else the table's channel block."""
+        return run_block(self.options.block, self.ctx)
 
     def check_budgets(self) -> None:
         """The smallest budget must fit the smallest sub-net the pruning can leave (rounded to

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ...cost import CostModel
 from ...dynamic import DynamicNet, SubnetSpec
 from ...errors import EdgedynError
+from ..context import RunContext
 from ..progressive import PathPoint
 from ..registry import MethodOptions, Variant, register_method
 from ..reselect import pick, uniform_points
@@ -37,9 +38,18 @@ class AlignedOptions(MethodOptions):
     block: int | None = None  # channel block to round up to (None: the latency table's layout; 1: none)
 
     def validate(self, config: object) -> None:
-        if self.block is not None and (isinstance(self.block, bool) or not isinstance(self.block, int)
-                                       or self.block < 1):
-            raise EdgedynError(f"block must be an integer >= 1 (or null: the table's layout), got {self.block!r}")
+        check_block(self.block)
+
+
+def check_block(block: object) -> None:
+    """A ``block`` option: an integer >= 1, or None (the table's layout decides)."""
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+        raise EdgedynError(f"block must be an integer >= 1 (or null: the table's layout), got {block!r}")
+
+
+def run_block(option: int | None, ctx: RunContext) -> int:
+    """The channel block of a run: the ``block`` option, else the table's layout (budgets' cost first)."""
+    return option if option is not None else table_block(ctx.select_cost, ctx.cost_model)
 
 
 def table_block(*cost_models: object) -> int:
@@ -93,9 +103,7 @@ class USNetAligned(USNet):
     @property
     def block(self) -> int:
         """The channel block widths are rounded up to (the option, else the table's layout)."""
-        if self.options.block is not None:
-            return self.options.block
-        return table_block(self.ctx.select_cost, self.ctx.cost_model)
+        return run_block(self.options.block, self.ctx)
 
     def check_budgets(self) -> None:
         """Every budget must fit an aligned width or one of US-Nets' uniform widths."""
