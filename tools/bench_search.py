@@ -22,7 +22,15 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         least accuracy drop, selective fine-tuning, channel groups of 1/4;
 - ``progressive+ratio`` edgedyn's former default (accuracy lost per ms, 1/8 groups);
 - ``autoslim+latency-uniform`` an ablation: one-shot training over uniform widths (as
-                        US-Nets trains), then the same slimming and final training.
+                        US-Nets trains), then the same slimming and final training;
+- ``usnet-aligned``     US-Nets' network (the seed's US-Nets run, no training of its own),
+                        serving uniform widths rounded up to the table's channel block
+                        (16 on AVX-512 ONNX Runtime), the widest that fits each budget;
+- ``torch-pruning``     the seed's pre-trained model pruned by Torch-Pruning to each budget
+                        (a global ratio bisected against the table, round_to the block),
+                        each pruned model fine-tuned: ``--train-epochs`` shared equally
+                        among them (its picks have weights of their own; subnets.json
+                        records their accuracies, which is all this script reads).
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
@@ -82,7 +90,8 @@ DEFAULT_METHODS = "usnet,autoslim+latency,autoslim+flops,autoslim-random+latency
 #: autoslim with uniform one-shot training and no final epochs trains exactly the network US-Nets
 #: trains (the same batches and widths, bit for bit: tests/test_search.py), so these reuse the
 #: seed's US-Nets run for it (and are charged its time)
-REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops"}
+REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "autoslim-grow+flops",
+               "usnet-aligned"}  # US-Nets' network itself: only the widths it serves differ
 # ... and so do the archived runs of those methods
 REUSE_USNET |= {a for a, (_, cfg) in ARCHIVED.items() if any(cfg is METHODS[m] for m in REUSE_USNET)}
 
@@ -215,6 +224,8 @@ def deployed(run_dir: Path, name: str, calib_batches: int, log) -> list[dict]:
     doc = load_result(run_dir)
     subs = [{"widths": s["widths"], "holdout": s["holdout_accuracy"], "test": s["test_accuracy"],
              "budget": s["budget"]["text"], "before_train": s.get("before_train")} for s in doc["subnets"]]
+    if name == "usnet-aligned":
+        return _aligned_accuracies(run_dir, subs, calib_batches, log)
     if name != "usnet":
         return subs
     cache = run_dir / "uniform_widths.json"
@@ -226,7 +237,27 @@ def deployed(run_dir: Path, name: str, calib_batches: int, log) -> list[dict]:
     return subs
 
 
-def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int) -> list[dict]:
+def _aligned_accuracies(run_dir: Path, picks: list[dict], calib_batches: int, log) -> list[dict]:
+    """US-Nets aligned serves US-Nets' network: its picks are scored as US-Nets' widths are
+    (the seed's US-Nets weights, the same BN recalibration), so a width both deploy scores
+    the same for both (the paired difference is the widths' alone)."""
+    from edgedyn.dynamic import SubnetSpec
+    from edgedyn.search import load_result
+
+    cache = run_dir / "aligned_widths.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["subnets"]
+    usnet_dir = run_dir.parent / "usnet"
+    uniform = {tuple(s["widths"]): s for s in deployed(usnet_dir, "usnet", calib_batches, log)}
+    extra = [SubnetSpec.of(p["widths"]) for p in picks if tuple(p["widths"]) not in uniform]
+    scored = {tuple(s["widths"]): s for s in _uniform_accuracies(usnet_dir, load_result(usnet_dir), calib_batches,
+                                                                 extra)} if extra else {}
+    subs = [{**p, **{k: {**uniform, **scored}[tuple(p["widths"])][k] for k in ("holdout", "test")}} for p in picks]
+    _write(cache, {"subnets": subs})
+    return subs
+
+
+def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int, specs: list | None = None) -> list[dict]:
     import torch
 
     from edgedyn.data import load_data, make_loader
@@ -243,7 +274,8 @@ def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int) -> list[di
     test = list(make_loader(data.test, 256, shuffle=False))
     torch.manual_seed(c["seed"])
     calib = T.take_batches(make_loader(data.train, c["batch_size"], shuffle=True, seed=c["seed"]), calib_batches)
-    specs = sorted((p.spec for p in uniform_points(net, FlopsCost())), key=lambda s: sum(s.widths))
+    if specs is None:  # every uniform width
+        specs = sorted((p.spec for p in uniform_points(net, FlopsCost())), key=lambda s: sum(s.widths))
     out = []
     for spec in specs:
         if spec not in net.bn_stats:

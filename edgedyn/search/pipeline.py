@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
 from ..artifacts import atomic_write_json
 from ..cost import CostModel
-from ..dynamic import SubnetSpec
+from ..dynamic import DynamicNet, SubnetSpec
 from ..errors import EdgedynError
 from ..locks import exclusive_lock
 from . import train
@@ -72,44 +73,58 @@ def run(method: Method) -> SearchResult:
     method.train(sorted({p.spec for _, p in picks}, key=lambda s: sum(s.widths)))
     ctx.advance("train")
     with ctx.timed("final"):
-        subnets = measure(ctx, picks)
+        subnets = measure(ctx, picks, method)
     s = ctx.state
-    result = SearchResult(ctx.c, ctx.net, ctx.select_cost.name, ctx.select_cost.unit, ctx.select_full, subnets,
-                          list(s.path), list(s.steps), ctx.out, dict(s.timings), [g.to_result() for g in s.legs])
+    # weights.pt: the network serving the largest budget's pick (for a method that shares
+    # weights, the run's one network; picks with networks of their own are saved beside it)
+    result = SearchResult(ctx.c, method.net_for(picks[-1][1].spec), ctx.select_cost.name, ctx.select_cost.unit,
+                          ctx.select_full, subnets, list(s.path), list(s.steps), ctx.out, dict(s.timings),
+                          [g.to_result() for g in s.legs])
     if ctx.dist.is_main:
-        write_outputs(result)
+        own = {sub.weights: (method.net_for(sub.spec), sub.spec) for sub in subnets if sub.weights}
+        write_outputs(result, own)
     ctx.dist.barrier()
     return result
 
 
-def measure(ctx: RunContext, picks: Picks) -> list[ChosenSubnet]:
-    """Each pick's BN statistics recalibrated, its holdout and test accuracy."""
-    net, c = ctx.net, ctx.c
+def measure(ctx: RunContext, picks: Picks, method: Method | None = None) -> list[ChosenSubnet]:
+    """Each pick's BN statistics recalibrated, its holdout and test accuracy (on the network
+    that serves it: ``method.net_for``)."""
+    c = ctx.c
+    nets: dict[int, DynamicNet] = {}
     ctx.seed("final", 0)
     calib = train.take_batches(ctx.train_loader("final", 0), c.calib_batches)
     measured: dict[SubnetSpec, tuple[float, float]] = {}
     subnets = []
     for budget, point in picks:
         spec = point.spec
+        net = method.net_for(spec) if method is not None else ctx.net
+        nets[id(net)] = net
         if spec not in measured:
             net.calibrate_bn(spec, calib, c.calib_batches)
             measured[spec] = (train.accuracy(net, spec, ctx.splits.holdout, ctx.device),
                               train.accuracy(net, spec, ctx.splits.test, ctx.device))
         hold, test = measured[spec]
         before = next((s.before_train for s in ctx.state.selection or [] if s.budget == budget.text), None)
-        subnets.append(ChosenSubnet(budget, spec, point.cost, net.macs(spec), net.params(spec), hold, test, before))
+        own = method.weights_file(spec) if method is not None else None
+        subnets.append(ChosenSubnet(budget, spec, point.cost, net.macs(spec), net.params(spec), hold, test, before,
+                                    weights=own))
         log.info("budget %s: %s cost %.4g %s, holdout %.4f, test %.4f", budget.text, spec, point.cost,
                  ctx.select_cost.unit, hold, test)
-    net.set_subnet(net.full_spec())
+    for net in list(nets.values()) or [ctx.net]:
+        net.set_subnet(net.full_spec())
     return subnets
 
 
-def write_outputs(result: SearchResult) -> None:
-    """``subnets.json``, ``weights.pt`` and ``accuracy_latency.png`` in the run directory."""
+def write_outputs(result: SearchResult, own: Mapping[str, tuple[DynamicNet, SubnetSpec]] | None = None) -> None:
+    """``subnets.json``, ``weights.pt`` and ``accuracy_latency.png`` in the run directory; a
+    pick served by a network of its own (``own``: file name -> (network, pick)) is saved there too."""
     from .plot import plot
 
     out = Path(result.out_dir or result.config.out)
     doc = result.to_dict()
+    for name, (net, spec) in (own or {}).items():
+        net.save(out / name, extra={"search_result": RESULT_SCHEMA, "subnets": [list(spec.widths)]})
     result.net.save(out / "weights.pt", extra={"search_result": RESULT_SCHEMA,
                                                "subnets": [s.to_dict()["widths"] for s in result.subnets]})
     atomic_write_json(out / "subnets.json", doc)

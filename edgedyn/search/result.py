@@ -27,13 +27,16 @@ class ChosenSubnet:
     holdout_accuracy: float
     test_accuracy: float
     before_train: dict[str, float] | None = None  # autoslim: accuracies on the one-shot weights
+    weights: str | None = None  # the file of its own network (torch-pruning); None: weights.pt
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"budget": self.budget.to_dict(), "widths": list(self.spec.widths), "cost": self.cost,
-             "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
-             "test_accuracy": self.test_accuracy}
+        d: dict[str, Any] = {"budget": self.budget.to_dict(), "widths": list(self.spec.widths), "cost": self.cost,
+                             "macs": self.macs, "params": self.params, "holdout_accuracy": self.holdout_accuracy,
+                             "test_accuracy": self.test_accuracy}
         if self.before_train is not None:
             d["before_train"] = self.before_train
+        if self.weights is not None:
+            d["weights"] = self.weights
         return d
 
 

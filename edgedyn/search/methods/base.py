@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
-from ...dynamic import SubnetSpec
+from ...dynamic import DynamicNet, SubnetSpec
 from ...errors import EdgedynError
 from .. import train
 from ..checkpoint import Leg, Selected
@@ -92,6 +92,17 @@ class Method(abc.ABC):
         c = self.ctx.c
         make = lambda gen: train.sandwich_step(self.net, train.chosen_students(chosen, gen))
         self.ctx.epochs("train", c.train_epochs, make, c.lr)
+
+    # ---- the networks that serve the picks ----
+    def net_for(self, spec: SubnetSpec) -> DynamicNet:
+        """The network whose weights serve the pick ``spec``: the run's one network for every
+        method that shares weights (``torch-pruning``'s pruned models are networks of their own)."""
+        return self.net
+
+    def weights_file(self, spec: SubnetSpec) -> str | None:
+        """The file in the run directory that holds the pick ``spec``'s own network (recorded
+        as the sub-net's ``weights`` in ``subnets.json``); None: ``weights.pt`` serves it."""
+        return None
 
     # ---- phases ----
     def pretrain(self) -> None:
