@@ -124,5 +124,5 @@ class USNetAligned(USNet):
                 log.info("budget %s: no uniform width rounded up to %d channels fits; US-Nets' own serves",
                          budget.text, block)
             picks += pick(points, [budget], ctx.select_full, ctx.select_cost.unit, prefer="cost",
-                          margin=ctx.c.budget_margin)
+                          margin=ctx.margin)
         return picks
