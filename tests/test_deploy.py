@@ -23,6 +23,7 @@ from edgedyn.deploy import build as build_mod
 from edgedyn.device import device_fingerprint, device_info
 from edgedyn.dynamic import DynamicNet
 from edgedyn.errors import ArtifactError, EdgedynError
+from edgedyn.profile import LatencyTable
 
 RATIOS = (0.25, 0.5, 1.0)
 _EXPORTS: dict[str, bytes] = {}
@@ -177,6 +178,27 @@ def test_predictions_come_from_a_table_for_this_device_and_thread_count(run_dir:
     m = deploy(run_dir, out=tmp_path / "b1", table=table, **FAST)
     assert m.threads == 1 and m.table == str(table)
     assert all(s.predicted_ms and s.predicted_ms > 0 for s in m.subnets)
+    # re-checked before its check: probes timed beside the sub-nets, both errors recorded
+    rc = m.checks["recheck"]
+    assert rc["probes"] == 8 and rc["correction"]["form"] in ("scale", "scale+offset")
+    assert set(m.checks["prediction_error_raw"]) == set(m.checks["prediction_error"]) == {
+        str(s.index) for s in m.subnets}
+    if rc["trusted"]:
+        for i, e in m.checks["prediction_error"].items():
+            fixed = rc["predicted_ms"][i]
+            assert e == pytest.approx(m.subnets[int(i)].measured["median"] / fixed - 1, abs=1e-3)
+    assert m.states == {}  # a table without machine states
+    # a table holding a second machine state: the manifest records each sub-net's latency there
+    from edgedyn.profile.recheck import recheck
+
+    other = {"kind": "cpu", "cpu_model": "a throttled state", "threads": 1}
+    recheck(table, tmp_path / "two.json", model="resnet20", state_key=other, log=lambda msg: None,
+            measure=lambda be, net, specs: [2.0 * LatencyTable.load(table).raw_predict(net, s) for s in specs])
+    m = deploy(run_dir, out=tmp_path / "b5", table=tmp_path / "two.json", **FAST)
+    by_id = m.states["by_id"]
+    assert len(by_id) == 2 and m.states["deployed"] in by_id
+    moved = next(v for k, v in by_id.items() if k != m.states["deployed"])
+    assert moved["scale"] == pytest.approx([2.0] * len(m.subnets), rel=1e-3)
     m = deploy(run_dir, out=tmp_path / "b2", table=table, threads=2, **FAST)
     assert m.threads == 2 and m.table is None and all(s.predicted_ms is None for s in m.subnets)
     assert "profiled with 1 CPU threads, this bundle serves with 2" in caplog.text
