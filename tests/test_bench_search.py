@@ -62,3 +62,19 @@ def test_summarize_only_one_seed_and_a_bad_report(tmp_path, capsys):
     assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0", "--methods", "usnet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bench_search.json" in err[0]
+
+
+def test_a_timing_is_valid_when_the_machine_drifted_uniformly_and_the_recheck_fits():
+    recheck_verdict = _bench().recheck_verdict
+
+    def rc(scale, offset, trusted=True):
+        return {"correction": {"form": "scale+offset", "scale": scale, "offset_ms": offset}, "trusted": trusted,
+                "problem": None if trusted else "probes 12% off"}
+
+    uniform = recheck_verdict(rc(1.12, 0.0), 0.2, 0.8)  # 12 % slower everywhere: budgets are fractions
+    assert uniform["valid"] and uniform["ratio_small"] == uniform["ratio_full"] == 1.12
+    skewed = recheck_verdict(rc(1.0, 0.04), 0.2, 0.8)  # small sub-nets 20 % slower, the full model 5 %
+    assert not skewed["valid"] and "not uniform" in skewed["why"]
+    assert skewed["ratio_small"] == 1.2 and skewed["ratio_full"] == 1.05
+    unfit = recheck_verdict(rc(1.0, 0.0, trusted=False), 0.2, 0.8)
+    assert not unfit["valid"] and "not trusted" in unfit["why"]

@@ -286,7 +286,10 @@ def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int, specs: lis
 
 
 def measure_all(specs: list[tuple[int, ...]], args: argparse.Namespace, table, log) -> dict[tuple[int, ...], dict]:
-    """Deploy's timing of every distinct sub-net (the architecture alone decides latency)."""
+    """Deploy's timing of every distinct sub-net (the architecture alone decides latency), with
+    the table's probes timed in the same interleaved run: the table is re-checked against the
+    machine as it is during this timing (``edgedyn recheck``'s correction, recorded with the
+    machine state), which decides whether the timing is valid (:func:`recheck_verdict`)."""
     import tempfile
 
     import torch
@@ -294,21 +297,53 @@ def measure_all(specs: list[tuple[int, ...]], args: argparse.Namespace, table, l
     from edgedyn.backends import BackendOptions
     from edgedyn.backends.onnxruntime import OrtRunner
     from edgedyn.deploy.build import measure_runners
+    from edgedyn.deploy.probes import probe_specs_for, recheck_report
     from edgedyn.device import busy_before_timing
     from edgedyn.dynamic import DynamicNet, SubnetSpec
+    from edgedyn.profile.states import current_key
 
     threads = args.threads or table.backend.get("threads") or 1
     net = DynamicNet.from_name(args.model, num_classes=10, input_size=args.input_size, channel_groups=8, min_groups=1)
+    probes = probe_specs_for(table, net, 12)
     with tempfile.TemporaryDirectory(prefix="edgedyn-bench-") as tmp:
-        paths = [net.export_onnx(SubnetSpec.of(s), Path(tmp) / f"s{i}.onnx") for i, s in enumerate(specs)]
+        todo = [SubnetSpec.of(s) for s in specs] + probes
+        paths = [net.export_onnx(s, Path(tmp) / f"s{i}.onnx") for i, s in enumerate(todo)]
         runners = [OrtRunner(str(p), BackendOptions(device="cpu", threads=threads)) for p in paths]
         torch.set_num_threads(max(1, threads))
         busy = busy_before_timing(log, 1.0)
-        log(f"timing {len(specs)} distinct sub-nets (onnxruntime CPU, {threads} thread(s), interleaved, "
-            f"about {args.measure_ms / 1000:g} s each)")
+        log(f"timing {len(specs)} distinct sub-nets and {len(probes)} probes (onnxruntime CPU, {threads} thread(s), "
+            f"interleaved, about {args.measure_ms / 1000:g} s each)")
         stats = measure_runners(runners, target_ms=args.measure_ms)
-    return {"busy": busy, "threads": threads,
+    rc = recheck_report(table, net, probes, [st["median"] for st in stats[len(specs):]])
+    rc.update(recheck_verdict(rc, table.predict(net, probes[0]), table.predict(net, probes[-1])))
+    rc["state"] = current_key("cpu", "onnxruntime", threads)
+    log(f"re-check: probe MAPE {rc['probe_mape_before']:.1f}% -> {rc['probe_mape_after_loo']:.1f}%; the machine "
+        f"runs {rc['ratio_small']:.3f}x (smallest) .. {rc['ratio_full']:.3f}x (full) the table: timing "
+        f"{'valid' if rc['valid'] else 'INVALID'} ({rc['why']})")
+    return {"busy": busy, "threads": threads, "recheck": rc,
             **{tuple(s): {**st, "predicted": table.predict(net, SubnetSpec.of(s))} for s, st in zip(specs, stats)}}
+
+
+#: a timing is valid when the machine's drift since the profile is a scale this uniform across sizes
+UNIFORM_DRIFT = 0.05
+
+
+def recheck_verdict(rc: dict, small_ms: float, full_ms: float) -> dict:
+    """Whether a timing compares methods fairly. Budgets are fractions of the full model's
+    measured latency, so a machine uniformly slower or faster than its table changes nothing;
+    a drift that differs between small and large sub-nets moves the table's picks against
+    their budgets. Valid: the re-check's correction is trusted and moves the smallest probe
+    and the full model by the same factor within :data:`UNIFORM_DRIFT` (this replaces round
+    7's hand-written rule: full model within 5 % and width 0.25 within 10 % of the table)."""
+    c = rc["correction"]
+    small = (c["scale"] * small_ms + c["offset_ms"]) / small_ms
+    full = (c["scale"] * full_ms + c["offset_ms"]) / full_ms
+    uniform = abs(small / full - 1.0) <= UNIFORM_DRIFT
+    why = ("re-check not trusted: " + str(rc.get("problem")) if not rc["trusted"] else
+           f"drift {small:.3f}x small vs {full:.3f}x full: " + ("uniform" if uniform else "not uniform") +
+           f" within {100 * UNIFORM_DRIFT:g}%")
+    return {"ratio_small": round(small, 4), "ratio_full": round(full, 4), "valid": bool(rc["trusted"] and uniform),
+            "why": why}
 
 
 # -- the comparison -----------------------------------------------------------------------
@@ -582,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = sorted({tuple(s["widths"]) for v in subs.values() for s in v}, key=sum)
         timing = measure_all(specs, args, table, log)
         lat = {k: v for k, v in timing.items() if isinstance(k, tuple)}
+        if not timing["recheck"]["valid"]:
+            log(f"warning: this timing is not valid ({timing['recheck']['why']}); report it, and time again")
         res = compare(args, runs, subs, lat)
         res["at_predicted_latency"] = {m: v["vs_usnet"] for m, v in compare(args, runs, subs, lat, "predicted")[
             "summary"].items() if "vs_usnet" in v}
@@ -596,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     doc = {"schema": "edgedyn.bench_search/2", "args": vars(args), "device": info,
            "timing": {"backend": "onnxruntime-cpu", "threads": timing["threads"], "protocol":
-                      "edgedyn.deploy.build.measure_runners", "stat": "median", "cpu_busy_before_timing": timing["busy"]},
+                      "edgedyn.deploy.build.measure_runners", "stat": "median", "cpu_busy_before_timing": timing["busy"],
+                      "recheck": timing["recheck"]},
            "latency": [{"widths": list(k), **v} for k, v in lat.items()],
            "runs": {f"seed{s}/{m}": {"dir": str(v["dir"]), "wall_s": v["wall_s"], "resumed": v["resumed"],
                                      "own_cpu_s": v.get("own_cpu_s"), "phase_cpu_s": v.get("phase_cpu_s"),
