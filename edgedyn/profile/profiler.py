@@ -235,7 +235,8 @@ class Profiler:
             raise
         table.backend["profile_seconds"] = round(time.perf_counter() - t_start, 1)
         if self.merge_into is not None:
-            table = add_state_table(self.merge_into, table)
+            add_state_table(self.merge_into, table)
+            table = self.merge_into
         table.save(c.out)
         self.partial_path.unlink(missing_ok=True)
         return table

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -35,7 +35,22 @@ from ..errors import ArtifactError
 
 if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
-    from .table import LatencyTable
+
+
+class TableLike(Protocol):
+    """What this module reads and writes of a :class:`~edgedyn.profile.table.LatencyTable`
+    (the table module imports this one, not the reverse)."""
+
+    device: dict[str, Any]
+    backend: dict[str, Any]
+    created: str
+    states: dict[str, MachineState]
+    base_state: str | None
+    active_state: str | None
+
+    def raw_predict(self, net: DynamicNet, spec: SubnetSpec) -> float: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 #: probes a profile times and stores (``recheck --probes K`` re-times K of them)
 DEFAULT_PROBES = 12
@@ -272,7 +287,7 @@ class MachineState:
     created: str
     models: dict[str, ModelProbes] = field(default_factory=dict)  # arch signature -> probes
     provenance: dict[str, Any] = field(default_factory=dict)
-    table: LatencyTable | None = None  # a state profiled in full
+    table: TableLike | None = None  # a state profiled in full (its own LatencyTable)
 
     @property
     def id(self) -> str:
@@ -313,7 +328,7 @@ class MachineState:
                    prov if isinstance(prov, dict) else {})
 
 
-def record_probes(table: LatencyTable, net: DynamicNet, specs: list[SubnetSpec], measured: list[float], *,
+def record_probes(table: TableLike, net: DynamicNet, specs: list[SubnetSpec], measured: list[float], *,
                   source: str, key: dict[str, Any] | None = None, correction: Correction | None = None,
                   report: FitReport | None = None, provenance: dict[str, Any] | None = None) -> MachineState:
     """Store ``net``'s probes ``specs``, timed at ``measured`` ms, in ``table``'s state ``key``
@@ -339,7 +354,7 @@ def record_probes(table: LatencyTable, net: DynamicNet, specs: list[SubnetSpec],
     return state
 
 
-def add_state_table(target: LatencyTable, table: LatencyTable) -> LatencyTable:
+def add_state_table(target: TableLike, table: TableLike) -> TableLike:
     """``target`` holding ``table`` (a full profile in another machine state) as a state of its
     own: ``table``'s probes and its entries and calibration (``profile --merge``)."""
     import datetime
