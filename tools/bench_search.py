@@ -30,7 +30,14 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         (a global ratio bisected against the table, round_to the block),
                         each pruned model fine-tuned: ``--train-epochs`` shared equally
                         among them (its picks have weights of their own; subnets.json
-                        records their accuracies, which is all this script reads).
+                        records their accuracies, which is all this script reads);
+- issue 19's lever rows (docs/search-plan-round8.md, docs/search.md): the default
+                        ``autoslim-final+latency`` plus one lever each:
+                        ``autoslim-neighbour+latency`` (L1a), ``autoslim-ftfinal+latency``
+                        (L1b), ``autoslim-usebudget+latency`` (L1c), ``autoslim-flat+latency``
+                        (L2), ``autoslim-score2000+latency`` (L3a), ``autoslim-bncal+latency``
+                        (L3b), ``autoslim-grid16+latency`` (L4; on resnet20 the same grid as the
+                        default), ``autoslim-final2+latency`` (L5).
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
@@ -42,7 +49,8 @@ width of the grid (0.25 to 1 in eighths) and so gets the widest one that fits. A
 with nothing that fits a budget scores nothing there (reported as a miss).
 
 Output: a table per budget (mean +- sd over seeds), the paired difference against US-Nets
-(mean +- standard error), each method's pipeline wall time against US-Nets', an ablation
+(mean +- standard error; ``--reference VARIANT`` adds the same against that variant,
+e.g. ``usnet-aligned`` or ``torch-pruning``), each method's pipeline wall time against US-Nets', an ablation
 row for autoslim before its final training, ``bench_search.json`` and
 ``bench_search.png`` in ``--out``. Every run is checkpointed: the same command resumes.
 """
