@@ -57,6 +57,9 @@ def check_weights_config(config: Any, where: str) -> dict[str, Any]:
             raise ArtifactError(f"{where}: field 'config.{name}' must be an integer, got {type(value).__name__}")
         if not low <= value <= high:
             raise ArtifactError(f"{where}: field 'config.{name}' is {value}, must be in [{low}, {high}]")
+    block = config.get("grid_block")  # optional: only a block-aware grid records it
+    if block is not None and (not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= 4096):
+        raise ArtifactError(f"{where}: field 'config.grid_block' is {repr(block)[:40]}, must be an integer in [1, 4096]")
     return dict(config)
 
 

@@ -78,3 +78,29 @@ def test_a_timing_is_valid_when_the_machine_drifted_uniformly_and_the_recheck_fi
     assert skewed["ratio_small"] == 1.2 and skewed["ratio_full"] == 1.05
     unfit = recheck_verdict(rc(1.0, 0.0, trusted=False), 0.2, 0.8)
     assert not unfit["valid"] and "not trusted" in unfit["why"]
+
+
+def test_reference_takes_the_paired_differences_against_another_variant(tmp_path, capsys):
+    bench = _bench()
+    out = _report(tmp_path)
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x",
+                       "--reference", "x"]) == 0
+    md = (out / "bench_search.seeds0-1.md").read_text()
+    assert "| x | 2.00 ± 1.00 | 1.00 ± 0.00 | 1.50 ± 0.50 |" in md  # against US-Nets, as before
+    assert "paired difference against x (points)" in md
+    # US-Nets against x: the same seeds' differences, the other way round (measured, then predicted)
+    assert "| usnet | -2.00 ± 1.00 | -1.00 ± 0.00 | -1.50 ± 0.50 |" in md
+    assert "| usnet | -6.00 ± 0.00 | -1.00 ± 0.00 | -3.50 ± 0.00 |" in md
+    assert "against x" in capsys.readouterr().out
+
+
+def test_a_reference_that_is_not_run_is_a_one_line_error(tmp_path, capsys):
+    bench = _bench()
+    out = _report(tmp_path)
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x",
+                       "--reference", "torch-pruning"]) == 2
+    assert "not in --methods" in capsys.readouterr().err
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x,y",
+                       "--reference", "y"]) == 2
+    err = capsys.readouterr().err
+    assert "no run of it" in err and len(err.strip().splitlines()) == 1

@@ -30,7 +30,14 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         (a global ratio bisected against the table, round_to the block),
                         each pruned model fine-tuned: ``--train-epochs`` shared equally
                         among them (its picks have weights of their own; subnets.json
-                        records their accuracies, which is all this script reads).
+                        records their accuracies, which is all this script reads);
+- issue 19's lever rows (docs/search-plan-round8.md, docs/search.md): the default
+                        ``autoslim-final+latency`` plus one lever each:
+                        ``autoslim-neighbour+latency`` (L1a), ``autoslim-ftfinal+latency``
+                        (L1b), ``autoslim-usebudget+latency`` (L1c), ``autoslim-flat+latency``
+                        (L2), ``autoslim-score2000+latency`` (L3a), ``autoslim-bncal+latency``
+                        (L3b), ``autoslim-grid16+latency`` (L4; on resnet20 the same grid as the
+                        default), ``autoslim-final2+latency`` (L5).
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
@@ -42,7 +49,8 @@ width of the grid (0.25 to 1 in eighths) and so gets the widest one that fits. A
 with nothing that fits a budget scores nothing there (reported as a miss).
 
 Output: a table per budget (mean +- sd over seeds), the paired difference against US-Nets
-(mean +- standard error), each method's pipeline wall time against US-Nets', an ablation
+(mean +- standard error; ``--reference VARIANT`` adds the same against that variant,
+e.g. ``usnet-aligned`` or ``torch-pruning``), each method's pipeline wall time against US-Nets', an ablation
 row for autoslim before its final training, ``bench_search.json`` and
 ``bench_search.png`` in ``--out``. Every run is checkpointed: the same command resumes.
 """
@@ -132,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
     p.add_argument("--measure-ms", type=float, default=2000.0, help="timing per sub-net (deploy's protocol)")
     p.add_argument("--out", default="runs/bench_search")
+    p.add_argument("--reference", default="usnet",
+                   help="also report the paired differences against this variant (usnet-aligned, torch-pruning; "
+                        "it must be in --methods); the cost ratios stay against US-Nets")
     return p.parse_args(argv)
 
 
@@ -386,12 +397,9 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
         summary[m] = {"seeds": have[m], "per_budget": [_msd(a) for a in accs],
                       "average": _msd([_avg([a[i] for a in accs]) for i in range(n)]),
                       "misses": sum(a is None for row in accs for a in row)}
-        if "usnet" in table and m != "usnet":
-            pos = [have["usnet"].index(s) for s in have[m]]  # the same seeds' US-Nets runs
-            base = [[pb["runs"][i]["test"] if pb["runs"][i] else None for i in pos] for pb in table["usnet"]]
-            diffs = [[None if a is None or u is None else a - u for a, u in zip(ra, rb)] for ra, rb in zip(accs, base)]
-            avg_diff = [_avg([d[i] for d in diffs]) for i in range(n)]
-            summary[m]["vs_usnet"] = {"per_budget": [_mse(d) for d in diffs], "average": _mse(avg_diff)}
+        for ref in dict.fromkeys(["usnet", reference_of(args)]):
+            if ref in table and m != ref:
+                summary[m][f"vs_{ref}"] = _paired(table, have, accs, m, ref)
         before = [[(r["before_train"] or {}).get("test_accuracy") if r else None for r in pb["runs"]]
                   for pb in table[m]]
         if m not in REUSE_USNET and all(x is not None for row in before for x in row):
@@ -423,7 +431,38 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
             own = [runs[(s, m)]["phase_cpu_s"] for s in have[m] if runs[(s, m)].get("phase_cpu_s") is not None]
             if own:
                 summary[m]["pipeline_cpu_s"] = _msd(own)
-    return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary}
+    return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary,
+            "reference": reference_of(args)}
+
+
+def reference_of(args: argparse.Namespace) -> str:
+    """The variant the paired differences are also taken against (``--reference``)."""
+    return getattr(args, "reference", None) or "usnet"
+
+
+def _paired(table: dict, have: dict, accs: list, m: str, ref: str) -> dict:
+    """Paired differences of method ``m`` (its test accuracies ``accs``, per budget and seed)
+    against ``ref`` on the same seeds: per budget, and per seed averaged over the budgets (a
+    seed where either serves nothing at some budget, or ``ref`` has no run, has no average)."""
+    base = [[(pb["runs"][have[ref].index(s)] or {}).get("test") if s in have[ref] else None for s in have[m]]
+            for pb in table[ref]]
+    diffs = [[None if a is None or u is None else a - u for a, u in zip(ra, rb)] for ra, rb in zip(accs, base)]
+    avg_diff = [_avg([d[i] for d in diffs]) for i in range(len(have[m]))]
+    return {"per_budget": [_mse(d) for d in diffs], "average": _mse(avg_diff)}
+
+
+def check_reference(args: argparse.Namespace, runs: dict) -> None:
+    """One-line error when ``--reference`` names a variant with no run in the report."""
+    from edgedyn.errors import EdgedynError
+
+    ref = reference_of(args)
+    if ref != "usnet" and not any(m == ref for _, m in runs):
+        raise EdgedynError(f"--reference {ref}: no run of it in this report; list it in --methods")
+
+
+def _references(res: dict) -> list[str]:
+    """The references the report prints: US-Nets, then ``--reference`` if another."""
+    return list(dict.fromkeys(["usnet", res.get("reference", "usnet")]))
 
 
 def _avg(xs: list) -> float | None:
@@ -468,11 +507,14 @@ def report(res: dict, log) -> None:
             f = s["before_final_training"]
             log(f"{'  before final training':<30}" + "".join(f"{_pct(d):>22}" for d in f["per_budget"])
                 + f"{_pct(f['average']):>18}")
-    log("\npaired difference against US-Nets, points (mean ± standard error over seeds):")
-    for m, s in res["summary"].items():
-        if "vs_usnet" in s:
-            v = s["vs_usnet"]
-            log(f"{m:<30}" + "".join(f"{_pct(d, 'se'):>22}" for d in v["per_budget"]) + f"{_pct(v['average'], 'se'):>18}")
+    for ref in _references(res):
+        log(f"\npaired difference against {'US-Nets' if ref == 'usnet' else ref}, points "
+            "(mean ± standard error over seeds):")
+        for m, s in res["summary"].items():
+            if f"vs_{ref}" in s:
+                v = s[f"vs_{ref}"]
+                log(f"{m:<30}" + "".join(f"{_pct(d, 'se'):>22}" for d in v["per_budget"])
+                    + f"{_pct(v['average'], 'se'):>18}")
 
 
 def markdown(res: dict, doc: dict) -> str:
@@ -498,19 +540,22 @@ def markdown(res: dict, doc: dict) -> str:
             f = s["before_final_training"]
             lines.append(f"| {m}, before its final epoch | " + " | ".join(_pct(d) for d in f["per_budget"])
                          + f" | {_pct(f['average'])} | - | - | - | - | - |")
-    lines += ["", "| paired difference against US-Nets (points) | " + " | ".join(f"{x:g}" for x in b) + " | average |",
-              "|---|" + "---|" * (len(b) + 1)]
-    for m, s in res["summary"].items():
-        if "vs_usnet" in s:
-            v = s["vs_usnet"]
-            lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
-                         + f" | {_pct(v['average'], 'se')} |")
-    if res.get("at_predicted_latency"):
-        lines += ["", "| paired difference against US-Nets at equal PREDICTED latency (diagnostic) | "
-                  + " | ".join(f"{x:g}" for x in b) + " | average |", "|---|" + "---|" * (len(b) + 1)]
-        for m, v in res["at_predicted_latency"].items():
-            lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
-                         + f" | {_pct(v['average'], 'se')} |")
+    for ref in _references(res):
+        name = "US-Nets" if ref == "usnet" else ref
+        lines += ["", f"| paired difference against {name} (points) | " + " | ".join(f"{x:g}" for x in b)
+                  + " | average |", "|---|" + "---|" * (len(b) + 1)]
+        for m, s in res["summary"].items():
+            if f"vs_{ref}" in s:
+                v = s[f"vs_{ref}"]
+                lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
+                             + f" | {_pct(v['average'], 'se')} |")
+        predicted = res.get("at_predicted_latency" if ref == "usnet" else "at_predicted_latency_reference")
+        if predicted:
+            lines += ["", f"| paired difference against {name} at equal PREDICTED latency (diagnostic) | "
+                      + " | ".join(f"{x:g}" for x in b) + " | average |", "|---|" + "---|" * (len(b) + 1)]
+            for m, v in predicted.items():
+                lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
+                             + f" | {_pct(v['average'], 'se')} |")
     lines += ["", "| method | seed | " + " | ".join(f"{x:g}" for x in b) + " |", "|---|---|" + "---|" * len(b)]
     for m, per in res["per_budget"].items():
         for i, seed in enumerate(res["summary"][m]["seeds"]):
@@ -520,6 +565,16 @@ def markdown(res: dict, doc: dict) -> str:
                 cells.append("miss" if r is None else f"{r['measured_ms']:.3f} ms, {100 * r['test']:.1f} %")
             lines.append(f"| {m} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def predicted_diffs(predicted: dict, ref: str) -> dict:
+    """The paired differences at the table's predicted latency (a diagnostic): against US-Nets
+    (``at_predicted_latency``) and against ``--reference`` (``at_predicted_latency_reference``)."""
+    out = {"at_predicted_latency": {m: v["vs_usnet"] for m, v in predicted["summary"].items() if "vs_usnet" in v}}
+    if ref != "usnet":
+        out["at_predicted_latency_reference"] = {m: v[f"vs_{ref}"] for m, v in predicted["summary"].items()
+                                                 if f"vs_{ref}" in v}
+    return out
 
 
 def plot(res: dict, path: Path) -> None:
@@ -579,9 +634,13 @@ def summarize(args: argparse.Namespace) -> int:
     runs = dict(sorted(runs.items(), key=lambda kv: (methods.index(kv[0][1]), kv[0][0])))
     lat = {tuple(e["widths"]): e for e in doc["latency"]}
     args.budgets = ",".join(f"{b:g}" for b in doc["budgets"])
+    try:
+        check_reference(args, runs)
+    except EdgedynError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     res = compare(args, runs, subs, lat)
-    res["at_predicted_latency"] = {m: v["vs_usnet"] for m, v in compare(args, runs, subs, lat, "predicted")[
-        "summary"].items() if "vs_usnet" in v}
+    res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
     report(res, lambda m: print(m))
     path = out / f"bench_search.seeds{'-'.join(str(s) for s in sorted(seeds))}.md"
     path.write_text(markdown(res, doc))
@@ -598,6 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    ref = reference_of(args)
+    if ref != "usnet" and ref not in [m.strip() for m in args.methods.split(",")]:
+        print(f"error: --reference {ref} is not in --methods", file=sys.stderr)
+        return 2
     if args.summarize_only:
         return summarize(args)
     try:
@@ -620,8 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         if not timing["recheck"]["valid"]:
             log(f"warning: this timing is not valid ({timing['recheck']['why']}); report it, and time again")
         res = compare(args, runs, subs, lat)
-        res["at_predicted_latency"] = {m: v["vs_usnet"] for m, v in compare(args, runs, subs, lat, "predicted")[
-            "summary"].items() if "vs_usnet" in v}
+        check_reference(args, runs)
+        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

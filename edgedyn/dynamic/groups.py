@@ -90,6 +90,17 @@ def channel_grid(channels: int, channel_groups: int = 8, group_size: int | None 
     return tuple(sorted({math.ceil(channels * k / parts) for k in range(1, parts + 1)}))
 
 
+def with_block_multiples(grid: tuple[int, ...], floor: int, block: int, unit: int = 1) -> tuple[int, ...]:
+    """``grid`` and every multiple of ``block`` from ``floor`` up to the full width (the last
+    width of ``grid``), each a multiple of ``unit``: a block-aware grid (a backend that computes
+    in blocks of ``block`` channels pays for a width rounded up to one). The floor is kept."""
+    if block <= 1:
+        return grid
+    step = block * unit // math.gcd(block, unit)
+    extra = {w for w in range(step, grid[-1] + 1, step) if w >= floor}
+    return tuple(sorted(set(grid) | extra))
+
+
 Parts = tuple[tuple[int, int, int], ...]  # (group, offset, channels), by offset
 
 
@@ -359,8 +370,11 @@ def find_groups(
     channel_groups: int = 8,
     group_size: int | None = None,
     min_groups: int = 1,
+    grid_block: int | None = None,
 ) -> tuple[list[CouplingGroup], dict[str, LayerInfo], str]:
-    """Trace ``model`` and return (coupling groups, layer infos, classifier name)."""
+    """Trace ``model`` and return (coupling groups, layer infos, classifier name); ``grid_block``
+    adds every multiple of that block above a group's floor to its grid
+    (:func:`with_block_multiples`)."""
     if min_groups < 1:
         raise ValueError(f"min_groups must be >= 1 (a layer never drops to zero), got {min_groups}")
     _check_layers(model)
@@ -387,6 +401,8 @@ def find_groups(
         frozen = "; ".join(dict.fromkeys(r.reasons)) or None
         grid = (r.channels,) if frozen else channel_grid(r.channels, channel_groups, group_size, unit)
         floor = grid[min(min_groups, len(grid)) - 1]
+        if grid_block and not frozen:
+            grid = with_block_multiples(grid, floor, grid_block, unit)
         name = min((infos[m.layer].order, m.layer) for m in r.members if m.side == "out")[1]
         result.append(CouplingGroup(index, name, r.channels, tuple(r.members), grid, floor, unit, frozen))
     return result, infos, classifier

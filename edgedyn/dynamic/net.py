@@ -40,6 +40,8 @@ class DynamicNet(nn.Module):
         channel_groups: split every coupling group into this many equal channel groups.
         group_size: instead, an absolute hardware-aligned step (8, 16, 32 channels).
         min_groups: each group's floor, in channel groups (never zero).
+        grid_block: also every multiple of this many channels above a group's floor (a
+            block-aware grid; None: the grid alone). Recorded in :meth:`config` only when set.
         name: the registry name, when built by :meth:`from_name`.
     """
 
@@ -51,11 +53,13 @@ class DynamicNet(nn.Module):
         channel_groups: int = 8,
         group_size: int | None = None,
         min_groups: int = 1,
+        grid_block: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__()
         model = copy.deepcopy(model).eval()
-        groups, layers, classifier = find_groups(model, example_input, channel_groups, group_size, min_groups)
+        groups, layers, classifier = find_groups(model, example_input, channel_groups, group_size, min_groups,
+                                                 grid_block)
         self.model = model
         self.groups: list[CouplingGroup] = groups
         self.layers: dict[str, LayerInfo] = layers
@@ -63,7 +67,10 @@ class DynamicNet(nn.Module):
         self.input_shape = tuple(example_input.shape)
         self.name = name or type(model).__name__.lower()
         self.num_classes = layers[classifier].out_channels
-        self._options = {"channel_groups": channel_groups, "group_size": group_size, "min_groups": min_groups}
+        self._options: dict[str, Any] = {"channel_groups": channel_groups, "group_size": group_size,
+                                         "min_groups": min_groups}
+        if grid_block is not None:  # only when set: every other network's config is as before
+            self._options["grid_block"] = grid_block
         self._modules_by_name = dict(model.named_modules())
         self.model_ref: ModelRef | None = None  # set by from_name
         for info in layers.values():
@@ -342,7 +349,7 @@ class DynamicNet(nn.Module):
         ref.check_unchanged(cfg.get("model_sha256"), str(path))
         net = cls.from_name(ref, num_classes=cfg["num_classes"], input_size=cfg["input_size"],
                             channel_groups=cfg["channel_groups"], group_size=cfg["group_size"],
-                            min_groups=cfg["min_groups"])
+                            min_groups=cfg["min_groups"], grid_block=cfg.get("grid_block"))
         if net.signature() != blob.get("signature"):
             raise ArtifactError(f"{path}: field 'signature' does not match the rebuilt {cfg['model']!r}")
         net.load_weights(blob, path)

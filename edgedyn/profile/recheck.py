@@ -143,7 +143,7 @@ def rebuild(mp: ModelProbes, path: Path, k: int | None) -> tuple[DynamicNet, lis
     cfg = mp.net
     ref = resolve_model(cfg["model"])
     ref.check_unchanged(cfg.get("model_sha256"), str(path))
-    options = {o: cfg[o] for o in ("channel_groups", "group_size", "min_groups") if o in cfg}
+    options = {o: cfg[o] for o in ("channel_groups", "group_size", "min_groups", "grid_block") if o in cfg}
     net = DynamicNet.from_name(ref, num_classes=cfg.get("num_classes"), input_size=cfg.get("input_size"), **options)
     specs = []
     for i, row in enumerate(mp.probes):

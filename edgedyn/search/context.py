@@ -56,7 +56,9 @@ class RunContext:
         torch.manual_seed(config.seed)  # the initial weights
         self.net = DynamicNet.from_name(config.model, num_classes=self.data.num_classes, input_size=size,
                                         channel_groups=config.channel_groups, group_size=config.group_size,
-                                        min_groups=config.min_groups).to(self.device)
+                                        min_groups=config.min_groups,
+                                        **config.method_options().net_options((self.select_cost, cost_model)),
+                                        ).to(self.device)
         for model in {id(cost_model): cost_model, id(self.select_cost): self.select_cost}.values():
             check = getattr(model, "check", None)
             if callable(check):

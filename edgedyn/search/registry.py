@@ -70,6 +70,11 @@ class MethodOptions:
         """Fields whose resolved value ``subnets.json`` records instead of the given one."""
         return {}
 
+    def net_options(self, cost_models: tuple[Any, ...]) -> dict[str, Any]:
+        """Extra keyword arguments of the run's ``DynamicNet`` (autoslim's block-aware grid);
+        ``cost_models``: the budgets' cost model, then the steering one."""
+        return {}
+
 
 class MethodClass(Protocol):
     """What the registry needs of a method class (the class object itself)."""

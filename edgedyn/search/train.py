@@ -128,6 +128,35 @@ def uniform_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25,
     return students
 
 
+def neighbour_students(net: DynamicNet, gen: torch.Generator, low: float = 0.25, randoms: int = 2,
+                       p: float = 0.5) -> Callable[[], list[SubnetSpec]]:
+    """US-Nets' students (:func:`uniform_students`, drawn from ``gen`` exactly as US-Nets
+    draws them) with each random one perturbed: every searchable coupling group, with
+    probability ``p``, moves one step of its grid up or down (equally likely; a group at its
+    floor or full width stays there). The smallest student stays the floor's uniform width.
+    The perturbations draw from a generator of their own, seeded from ``gen``'s seed, so the
+    uniform widths and batches are US-Nets' (common random numbers)."""
+    uniform = uniform_students(net, gen, low, randoms)
+    pgen = torch.Generator().manual_seed((gen.initial_seed() + 7919) % (2**63))
+
+    def perturb(spec: SubnetSpec) -> SubnetSpec:
+        widths = list(spec.widths)
+        for g in net.groups:
+            grid = g.widths_from()
+            moved = float(torch.rand((), generator=pgen)) < p
+            up = float(torch.rand((), generator=pgen)) < 0.5
+            if moved and len(grid) > 1:
+                i = grid.index(widths[g.index]) + (1 if up else -1)
+                widths[g.index] = grid[min(max(i, 0), len(grid) - 1)]
+        return SubnetSpec(tuple(widths))
+
+    def students() -> list[SubnetSpec]:
+        first, *rest = uniform()
+        return [first, *(perturb(s) for s in rest)]
+
+    return students
+
+
 # -- loops ---------------------------------------------------------------------------
 def run_epoch(net: DynamicNet, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, step: StepFn, *,
               base_lr: float, epoch: int, epochs: int, dist: Dist, device: str = "cpu",

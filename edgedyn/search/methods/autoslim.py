@@ -8,22 +8,27 @@ pick, re-selection of the best nested chain, then (``final_epochs``) joint train
 chosen sub-nets only. The one-shot and final epochs draw the ``train`` phase's streams,
 epoch by epoch, as US-Nets does: the two pipelines see the same batches (common random
 numbers), and with ``final_epochs=0`` autoslim trains exactly US-Nets' network.
+
+Issue 19's levers are options, each off by default (docs/search.md, "Round 8's levers"):
+``supernet_students="neighbour"`` (L1a), ``finalist_batches`` (L1b), ``use_budget_se``
+(L1c), ``nested=False`` (L2), ``final_bn`` (L3b) and ``block_grid`` (L4).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ...dynamic import SubnetSpec
 from ...errors import EdgedynError
-from .. import train
+from .. import levers, train
 from ..checkpoint import Leg
 from ..context import RunContext
 from ..progressive import PathPoint
 from ..registry import MethodOptions, Variant, register_method
-from ..reselect import Budget, pick_nested, uniform_points
+from ..reselect import Budget, pick, pick_nested, uniform_points
 from ..slim import grow_search, slim_search, step_removals
 from .base import Method, Picks
 
@@ -35,20 +40,61 @@ class AutoslimOptions(MethodOptions):
     slim_step: float = 0.05  # cost removed (added) per step, a fraction of the full model's
     direction: str = "slim"  # "slim" from the full model to each budget, or "grow" each pick up to it
     final_epochs: int | None = None  # the last epochs train the chosen sub-nets only (None: a third)
-    supernet_students: str = "uniform"  # the one-shot widths: "uniform" (US-Nets') or "random" (per group)
+    # the one-shot widths: "uniform" (US-Nets'), "random" (per group) or "neighbour" (US-Nets'
+    # widths, each group moved one grid step with probability neighbour_p: L1a)
+    supernet_students: str = "uniform"
     uniform_candidates: bool = True  # re-selection also weighs the uniform widths (nested picks)
     before_train: bool = False  # also report the picks' accuracy on the one-shot weights (ablation)
+    # issue 19's levers, set with --option KEY=VALUE; each off by default
+    neighbour_p: float = 0.5  # L1a: the chance that a group of a one-shot student moves one grid step
+    finalists: int = 3  # L1b / L3b: each budget's most accurate candidates that are re-scored
+    finalist_batches: int = 0  # L1b: fine-tuning batches per finalist before re-scoring (0: off)
+    finalist_lr: float = 0.01  # L1b: the fine-tuning's learning rate (plain SGD)
+    final_bn: bool = False  # L3b: finalists re-scored after the final measurement's BN recalibration
+    use_budget_se: float = 0.0  # L1c: prefer the costliest candidate within this many SEs of the best (0: off)
+    nested: bool = True  # L2: False picks each budget's own best candidate (no nested chain)
+    block_grid: bool = False  # L4: the grid also holds every multiple of the table's channel block
 
     def validate(self, config: Any) -> None:
         if self.final_epochs is not None and not 0 <= self.final_epochs <= config.train_epochs:
             raise EdgedynError(f"final_epochs must be in 0..train_epochs ({config.train_epochs}), "
                                f"got {self.final_epochs}")
-        if self.supernet_students not in ("random", "uniform"):
-            raise EdgedynError(f"supernet_students must be 'random' or 'uniform', got {self.supernet_students!r}")
+        if self.supernet_students not in ("neighbour", "random", "uniform"):
+            raise EdgedynError(f"supernet_students must be 'neighbour', 'random' or 'uniform', "
+                               f"got {self.supernet_students!r}")
+        self._validate_levers()
         if self.direction not in ("grow", "slim"):
             raise EdgedynError(f"direction must be 'grow' or 'slim', got {self.direction!r}")
         if not 0.0 < self.slim_step < 1.0:
             raise EdgedynError(f"slim_step must be a fraction in (0, 1), got {self.slim_step}")
+
+    def _validate_levers(self) -> None:
+        def number(name: str, low: float, high: float, integer: bool = False, low_open: bool = False) -> None:
+            v = getattr(self, name)
+            ok = (isinstance(v, int) if integer else isinstance(v, (int, float))) and not isinstance(v, bool)
+            if not ok or not math.isfinite(v) or not (low < v if low_open else low <= v) or v > high:
+                kind = "an integer" if integer else "a number"
+                raise EdgedynError(f"option {name} must be {kind} in {'(' if low_open else '['}{low:g}, {high:g}], "
+                                   f"got {v!r}")
+
+        number("neighbour_p", 0.0, 1.0, low_open=True)
+        number("finalists", 1, 1000, integer=True)
+        number("finalist_batches", 0, 100_000, integer=True)
+        number("finalist_lr", 0.0, 10.0, low_open=True)
+        number("use_budget_se", 0.0, 10.0)
+        for name in ("final_bn", "nested", "block_grid"):
+            if not isinstance(getattr(self, name), bool):
+                raise EdgedynError(f"option {name} must be true or false, got {getattr(self, name)!r}")
+
+    def net_options(self, cost_models: tuple[Any, ...]) -> dict[str, Any]:
+        """``block_grid``: the run's network also takes every multiple of the table's channel
+        block above each group's floor (``LatencyTable.layout.block``; nothing with no blocked layout)."""
+        if not self.block_grid:
+            return {}
+        from .usnet_aligned import table_block
+
+        block = table_block(*cost_models)
+        return {"grid_block": block} if block > 1 else {}
 
     def final(self, train_epochs: int) -> int:
         """Of the joint schedule's ``train_epochs``, the epochs that train the chosen sub-nets
@@ -64,6 +110,7 @@ class AutoslimOptions(MethodOptions):
 
 
 _UNIFORM = dict(supernet_students="uniform", final_epochs=0)
+_FINAL = dict(supernet_students="uniform", direction="slim")  # the default, autoslim-final+latency
 
 
 @register_method
@@ -84,6 +131,23 @@ class Autoslim(Method):
         "autoslim-final+flops": Variant(dict(supernet_students="uniform", direction="slim"), "flops"),
         "autoslim-random+latency": Variant(dict(supernet_students="random", final_epochs=1, uniform_candidates=False),
                                            "latency", "one-shot over random per-group widths"),
+        # issue 19's ablation (docs/search-plan-round8.md): the default plus one lever each
+        "autoslim-neighbour+latency": Variant(dict(_FINAL, supernet_students="neighbour"), "latency",
+                                              "L1a: one-shot over uniform widths and their per-group neighbours"),
+        "autoslim-ftfinal+latency": Variant(dict(_FINAL, options={"finalist_batches": 20}), "latency",
+                                            "L1b: each budget's 3 finalists fine-tuned 20 batches, then compared"),
+        "autoslim-usebudget+latency": Variant(dict(_FINAL, options={"use_budget_se": 1.0}), "latency",
+                                              "L1c: the costliest candidate within one SE of the best"),
+        "autoslim-flat+latency": Variant(dict(_FINAL, options={"nested": False}), "latency",
+                                         "L2: each budget its own best candidate (no nested chain)"),
+        "autoslim-score2000+latency": Variant(dict(_FINAL, score_samples=2000), "latency",
+                                              "L3a: candidates scored on 2,000 held-out images"),
+        "autoslim-bncal+latency": Variant(dict(_FINAL, options={"final_bn": True}), "latency",
+                                          "L3b: finalists re-scored after the final BN recalibration"),
+        "autoslim-grid16+latency": Variant(dict(_FINAL, options={"block_grid": True}), "latency",
+                                           "L4: the grid also holds the table's block multiples"),
+        "autoslim-final2+latency": Variant(dict(_FINAL, final_epochs=2), "latency",
+                                           "L5: 2 final epochs of the same total"),
     }
     options: AutoslimOptions
 
@@ -97,7 +161,10 @@ class Autoslim(Method):
         ``train_epochs - final`` epochs of the joint schedule)."""
         ctx, o = self.ctx, self.options
         epochs = ctx.c.train_epochs - self.final
-        students = train.random_students if o.supernet_students == "random" else train.uniform_students
+        if o.supernet_students == "neighbour":
+            students = lambda net, gen: train.neighbour_students(net, gen, p=o.neighbour_p)
+        else:
+            students = train.random_students if o.supernet_students == "random" else train.uniform_students
         ctx.epochs("supernet", epochs, lambda gen: train.sandwich_step(self.net, students(self.net, gen)),
                    ctx.c.lr, schedule=(0, ctx.c.train_epochs), stream=("train", 0))
         ctx.advance("supernet")
@@ -267,11 +334,55 @@ class Autoslim(Method):
         path = self._candidates([replace(p, cost=ctx.price(p.spec)) for p in ctx.state.path])
         full = next(p for p in path if p.spec == self.net.full_spec())
         below = [b for b in ctx.budgets if ctx.limit(b) < full.cost]
-        picks = pick_nested(path, below, ctx.select_full, ctx.select_cost.unit,
-                            lambda a, b: a.spec.contains(b.spec), margin=ctx.margin) if below else []
+        path = self._rescore(path, below)
+        picks = self._pick(path, below) if below else []
         picks += [(b, full) for b in ctx.budgets if b not in below]
-        log.info("re-selection: %d candidates (search path and uniform widths), nested picks", len(path))
+        log.info("re-selection: %d candidates (search path and uniform widths), %s picks", len(path),
+                 "nested" if self.options.nested else "non-nested")
         return self.keep_selection(picks)
+
+    def _pick(self, points: list[PathPoint], below: list[Budget]) -> Picks:
+        """The picks for the budgets below the full model: the best nested chain (default),
+        each budget's best (``nested=False``), or, with ``use_budget_se``, the costliest
+        candidates within noise of the best (:func:`~edgedyn.search.levers.pick_using_budget`)."""
+        ctx, o = self.ctx, self.options
+        unit, contains = ctx.select_cost.unit, (lambda a, b: a.spec.contains(b.spec))
+        if o.use_budget_se > 0:
+            n = sum(int(y.numel()) for _, y in ctx.splits.holdout)  # the images every candidate's accuracy is on
+            got = levers.pick_using_budget(points, below, ctx.select_full, unit, n=n, z=o.use_budget_se,
+                                           margin=ctx.margin, contains=contains if o.nested else None)
+            if got is not None:
+                return got
+            log.info("use_budget_se: no nested chain of candidates within noise of the best; the plain nested pick")
+        if not o.nested:
+            return pick(points, below, ctx.select_full, unit, margin=ctx.margin)
+        return pick_nested(points, below, ctx.select_full, unit, contains, margin=ctx.margin)
+
+    def _rescore(self, points: list[PathPoint], below: list[Budget]) -> list[PathPoint]:
+        """L1b / L3b: each budget's ``finalists`` most accurate candidates, each fine-tuned
+        ``finalist_batches`` batches (the same batches for all; the shared weights restored
+        afterwards, bit for bit) and/or BN-recalibrated as the final measurement does
+        (``final_bn``), re-recorded on the whole holdout; the other candidates keep their scores."""
+        ctx, o = self.ctx, self.options
+        if not below or not (o.finalist_batches or o.final_bn):
+            return points
+        specs = levers.finalists(points, [ctx.limit(b) for b in below], o.finalists)
+        with ctx.timed("search"):  # part of the search's cost
+            calib = ctx.splits.calib
+            if o.final_bn:  # the final measurement's batches (pipeline.measure)
+                calib = train.take_batches(ctx.train_loader("final", 0), ctx.c.calib_batches)
+            tune = train.take_batches(ctx.train_loader("final", 2), o.finalist_batches) if o.finalist_batches else []
+            scores: dict[SubnetSpec, float] = {}
+            for spec in specs:
+                with levers.restored(self.net):
+                    if tune:
+                        levers.finetune_on(self.net, spec, tune, o.finalist_lr, ctx.dist, ctx.device)
+                    scores[spec] = train.calibrated_loss_and_accuracy(self.net, spec, ctx.splits.holdout, calib,
+                                                                      ctx.device)[1]
+        for p in points:
+            if p.spec in scores:
+                log.info("finalist %s: holdout %.4f -> %.4f", list(p.spec.widths), p.accuracy, scores[p.spec])
+        return [replace(p, accuracy=scores[p.spec]) if p.spec in scores else p for p in points]
 
     def before_train(self, picks: Picks) -> None:
         """``before_train``: the picks' accuracies on the one-shot weights, before the chosen
