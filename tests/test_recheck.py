@@ -195,3 +195,14 @@ def test_profile_merge_at_another_thread_count_adds_a_state_of_its_own(profiled,
     assert table.predict(net, spec) == pytest.approx(merged.table.raw_predict(net, spec))
     again = LatencyTable.load(profiled)  # it round-trips
     assert again.states[merged.id].table.to_dict() == merged.table.to_dict()
+
+
+def test_a_curved_state_change_is_fitted_by_the_quadratic_form_only_where_it_earns_it():
+    p = np.linspace(0.1, 0.8, 12)
+    curved = 0.03 + 0.9 * p + 0.6 * p * p  # another thread count: small sub-nets slower, large ones not
+    rep = fit_correction(p, curved)
+    assert rep.correction.form == "quadratic" and rep.mape_after < 0.1
+    assert rep.correction.apply(0.5) == pytest.approx(0.03 + 0.45 + 0.15)
+    # data a scale and offset explain keep the simpler form (parsimony), and 5 probes cannot fit it
+    assert fit_correction(p, 1.2 * p + 0.01).correction.form == "scale+offset"
+    assert fit_correction(p[:5], 0.03 + 0.9 * p[:5] + 0.6 * p[:5] ** 2).correction.form != "quadratic"

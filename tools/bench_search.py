@@ -346,9 +346,10 @@ def recheck_verdict(rc: dict, small_ms: float, full_ms: float) -> dict:
     their budgets. Valid: the re-check's correction is trusted and moves the smallest probe
     and the full model by the same factor within :data:`UNIFORM_DRIFT` (this replaces round
     7's hand-written rule: full model within 5 % and width 0.25 within 10 % of the table)."""
-    c = rc["correction"]
-    small = (c["scale"] * small_ms + c["offset_ms"]) / small_ms
-    full = (c["scale"] * full_ms + c["offset_ms"]) / full_ms
+    from edgedyn.profile.states import Correction
+
+    c = Correction.from_dict(rc["correction"], "recheck")
+    small, full = c.apply(small_ms) / small_ms, c.apply(full_ms) / full_ms
     uniform = abs(small / full - 1.0) <= UNIFORM_DRIFT
     why = ("re-check not trusted: " + str(rc.get("problem")) if not rc["trusted"] else
            f"drift {small:.3f}x small vs {full:.3f}x full: " + ("uniform" if uniform else "not uniform") +

@@ -72,8 +72,7 @@ def apply_recheck(recheck: dict[str, Any], predicted_ms: float | None) -> float 
 
     if predicted_ms is None or not recheck.get("trusted"):
         return None
-    c = recheck["correction"]
-    return Correction(c["form"], c["scale"], c["offset_ms"]).apply(float(predicted_ms))
+    return Correction.from_dict(recheck["correction"], "recheck").apply(float(predicted_ms))
 
 
 def state_scales(table: Any, net: Any, records: Sequence[Any]) -> dict[str, Any]:

@@ -17,8 +17,11 @@ moves (DVFS, heat, another power mode, another thread count), and the table does
   one that matches the machine it runs on (:meth:`LatencyTable.select_state`).
 
 The correction's form is chosen per re-check by leave-one-out error over the probes:
-``scale`` (``m = a p``) or ``scale+offset`` (``m = a p + b``: small sub-nets, dominated by
-per-call and per-operator costs, drift differently from large ones).
+``scale`` (``m = a p``), ``scale+offset`` (``m = a p + b``: small sub-nets, dominated by
+per-call and per-operator costs, drift differently from large ones) or ``quadratic``
+(``m = b + a p + c p^2``: another thread count, where the per-operator cost of waking
+threads and the speed-up of parallel compute both grow with a sub-net's size). A more
+complex form is kept only where it lowers the leave-one-out MAPE by :data:`PARSIMONY`.
 """
 
 from __future__ import annotations
@@ -58,7 +61,11 @@ DEFAULT_PROBES = 12
 TRUST_MAPE = 8.0
 #: nor one that scales the table by less or more than these
 SCALE_RANGE = (0.25, 4.0)
-FORMS = ("identity", "scale", "scale+offset")
+FORMS = ("identity", "scale", "scale+offset", "quadratic")
+#: the probes each form needs at least
+MIN_PROBES = {"scale": 2, "scale+offset": 4, "quadratic": 6}
+#: a more complex form must lower the leave-one-out MAPE by this fraction to be chosen
+PARSIMONY = 0.1
 PROBE_SEED = 30_000
 
 
@@ -149,21 +156,26 @@ def spread_subset(n: int, k: int) -> list[int]:
 # -- the correction --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Correction:
-    """``measured = scale * predicted + offset_ms`` in one state (identity: the table as profiled)."""
+    """``measured = scale * predicted + offset_ms + quad * predicted^2`` in one state
+    (identity: the table as profiled)."""
 
     form: str = "identity"
     scale: float = 1.0
     offset_ms: float = 0.0
+    quad: float = 0.0  # 1/ms
 
     def apply(self, ms: float) -> float:
-        return self.scale * ms + self.offset_ms
+        return self.scale * ms + self.offset_ms + self.quad * ms * ms
 
     @property
     def is_identity(self) -> bool:
         return self.form == "identity"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"form": self.form, "scale": round(self.scale, 6), "offset_ms": round(self.offset_ms, 6)}
+        out = {"form": self.form, "scale": round(self.scale, 6), "offset_ms": round(self.offset_ms, 6)}
+        if self.form == "quadratic":
+            out["quad"] = round(self.quad, 8)
+        return out
 
     @classmethod
     def from_dict(cls, obj: Any, where: str) -> Correction:
@@ -172,10 +184,10 @@ class Correction:
         form = obj.get("form")
         if form not in FORMS:
             raise ArtifactError(f"{where}: field 'correction.form' is {form!r}, expected one of {FORMS}")
-        scale = validate.finite(obj.get("scale", 1.0), where, "correction.scale", lo=SCALE_RANGE[0],
-                                hi=SCALE_RANGE[1])
+        scale = validate.finite(obj.get("scale", 1.0), where, "correction.scale")
         offset = validate.finite(obj.get("offset_ms", 0.0), where, "correction.offset_ms")
-        return cls(form, scale, offset)
+        quad = validate.finite(obj.get("quad", 0.0), where, "correction.quad")
+        return cls(form, scale, offset, quad)
 
 
 def _fit(form: str, p: np.ndarray, m: np.ndarray) -> Correction:
@@ -183,9 +195,11 @@ def _fit(form: str, p: np.ndarray, m: np.ndarray) -> Correction:
     w = 1.0 / m
     if form == "scale":
         return Correction("scale", float(np.sum(w * w * p * m) / np.sum(w * w * p * p)), 0.0)
-    a = np.stack([p * w, w], axis=1)
-    (scale, offset), *_ = np.linalg.lstsq(a, m * w, rcond=None)
-    return Correction("scale+offset", float(scale), float(offset))
+    if form == "scale+offset":
+        (scale, offset), *_ = np.linalg.lstsq(np.stack([p * w, w], axis=1), m * w, rcond=None)
+        return Correction("scale+offset", float(scale), float(offset))
+    (scale, offset, quad), *_ = np.linalg.lstsq(np.stack([p * w, w, p * p * w], axis=1), m * w, rcond=None)
+    return Correction("quadratic", float(scale), float(offset), float(quad))
 
 
 def _loo_errors(form: str, p: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -217,13 +231,17 @@ class FitReport:
 
 def fit_correction(predicted: np.ndarray, measured: np.ndarray) -> FitReport:
     """The correction from ``predicted`` to ``measured`` (ms, one per probe), its form chosen
-    by leave-one-out MAPE (``scale+offset`` only where it beats ``scale``; it needs 4 probes)."""
+    by leave-one-out MAPE: each form where the probes are enough (:data:`MIN_PROBES`), a more
+    complex one only where it beats the simpler by :data:`PARSIMONY`."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     before = float(np.mean(np.abs(p / m - 1.0)) * 100)
-    forms = ["scale"] + (["scale+offset"] if len(p) >= 4 else [])
+    forms = [f for f in ("scale", "scale+offset", "quadratic") if len(p) >= MIN_PROBES[f]]
     loo = {f: _loo_errors(f, p, m) for f in forms} if len(p) >= 3 else {"scale": np.abs(p / m - 1.0) * 0}
     score = {f: float(np.mean(np.abs(e)) * 100) for f, e in loo.items()}
-    best = min(score, key=lambda f: (score[f], forms.index(f)))
+    best = next(iter(score))
+    for f in list(score)[1:]:
+        if score[f] < score[best] * (1.0 - PARSIMONY):
+            best = f
     corr = _fit(best, p, m)
     return FitReport(corr, before, score[best], float(np.max(np.abs(loo[best])) * 100), score,
                      [round(float(e), 5) for e in loo[best]])
@@ -232,10 +250,12 @@ def fit_correction(predicted: np.ndarray, measured: np.ndarray) -> FitReport:
 def trust_problem(report: FitReport, predicted: np.ndarray) -> str | None:
     """Why a correction cannot be trusted (probes that no scale and offset explain), or None."""
     c = report.correction
-    if not SCALE_RANGE[0] <= c.scale <= SCALE_RANGE[1]:
-        return f"the probes need a scale of {c.scale:.3g}x, outside {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}x"
-    if min(c.apply(float(x)) for x in predicted) <= 0:
-        return "the fitted offset makes the smallest probe's latency <= 0"
+    ratios = [c.apply(float(x)) / float(x) for x in predicted]
+    if min(ratios) <= 0:
+        return "the fitted correction makes a probe's latency <= 0"
+    if not SCALE_RANGE[0] <= min(ratios) <= max(ratios) <= SCALE_RANGE[1]:
+        return (f"the probes need the table scaled by {min(ratios):.3g}x to {max(ratios):.3g}x, outside "
+                f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}x")
     if report.mape_after > TRUST_MAPE:
         return (f"after the best correction ({c.form}) the probes are still {report.mape_after:.1f}% off "
                 f"(leave-one-out; trusted up to {TRUST_MAPE:g}%)")
