@@ -59,7 +59,8 @@ def deploy(run_dir, backend, precision, calib, out, table, threads, measure_iter
         rc = checks.get("recheck")
         if rc is not None and rc.get("trusted"):
             click.echo(f"re-check: {rc['probes']} probes timed beside the sub-nets, {rc['correction']['form']} "
-                       f"correction; probe MAPE {rc['probe_mape_before']:.1f}% -> {rc['probe_mape_after_loo']:.1f}% (leave-one-out)")
+                       f"correction; probe MAPE {rc['probe_mape_before']:.1f}% -> {rc['probe_mape_after_loo']:.1f}% "
+                       "(leave-one-out)")
             click.echo(f"measured vs table as profiled: {errs('prediction_error_raw')} (all within 10%: "
                        f"{'yes' if checks['prediction_raw_within_10pct'] else 'no'})")
             click.echo(f"measured vs re-checked table: {errs('prediction_error')} (all within 10%: "
