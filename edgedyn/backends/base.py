@@ -38,6 +38,7 @@ from ..errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from ..blocks import BlockKey, Layout
+    from ..dynamic import DynamicNet, SubnetSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -188,6 +189,14 @@ class Backend(abc.ABC):
                 progress()
         return out
 
+    def prepare_subnets(self, net: DynamicNet, specs: Sequence[SubnetSpec], example: Any, workdirs: Sequence[Path],
+                        progress: Callable[[], None] | None = None,
+                        log: Callable[[str], None] | None = None) -> list[Runner]:
+        """Runners for whole sub-nets of ``net`` (the profiler's calibration and validation), one
+        workdir each. Default: :meth:`prepare_many` on each extracted sub-net; :class:`OnnxBackend`
+        derives their ONNX graphs from one export instead. ``log`` gets one-line notes."""
+        return self.prepare_many([net.extract(s) for s in specs], example, workdirs, progress=progress)
+
     @abc.abstractmethod
     def build(self, onnx_path: Path, out_path: Path) -> Path:
         """Compile an ONNX model to this backend's deployable artifact at ``out_path``."""
@@ -258,7 +267,9 @@ class Backend(abc.ABC):
 class OnnxBackend(Backend):
     """A backend that compiles ONNX (ONNX Runtime, TensorRT): :meth:`prepare` exports the
     module, then :meth:`from_onnx` builds a runner from the file; :meth:`prepare_many`
-    exports in parallel processes (the exporter takes 1-2 s per small network)."""
+    exports in parallel processes (the exporter takes 1-2 s per small network);
+    :meth:`prepare_subnets` exports the full network once and derives its sub-nets' graphs
+    (:mod:`edgedyn.dynamic.onnx_derive`)."""
 
     def check_ready(self) -> None:
         """Raise :class:`~edgedyn.errors.BackendUnavailable` when nothing can be built here;
@@ -282,3 +293,19 @@ class OnnxBackend(Backend):
         paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
                             progress=progress)
         return [self.from_onnx(p, example) for p in paths]
+
+    def prepare_subnets(self, net: DynamicNet, specs: Sequence[SubnetSpec], example: Any, workdirs: Sequence[Path],
+                        progress: Callable[[], None] | None = None,
+                        log: Callable[[str], None] | None = None) -> list[Runner]:
+        """The sub-nets' ONNX graphs derived from one export of the full network (a sub-net whose
+        graph cannot be derived is exported on its own, and ``log`` says why), then :meth:`from_onnx`."""
+        from ..dynamic.onnx_derive import subnet_onnx_files
+
+        self.check_ready()
+        paths = subnet_onnx_files(net, specs, example, [Path(wd) / "model.onnx" for wd in workdirs], log=log)
+        runners = []
+        for p in paths:
+            runners.append(self.from_onnx(p, example))
+            if progress is not None:
+                progress()
+        return runners

@@ -251,8 +251,8 @@ class Profiler:
                     wd.mkdir()
                 with Progress(total=len(todo), desc=f"{label} build", disable=not self.progress,
                               log=self.log) as bar:
-                    runners = backend.prepare_many([self.net.extract(s) for s in todo], example, workdirs,
-                                                   progress=lambda: bar.update(1))
+                    runners = backend.prepare_subnets(self.net, todo, example, workdirs,
+                                                      progress=lambda: bar.update(1), log=self.log)
                 self.log(f"{label}: timing {len(runners)} sub-nets end to end (interleaved)")
                 with Progress(desc=f"{label}: timing {len(runners)} sub-nets", bar=False, disable=not self.progress,
                               log=self.log):  # off a terminal: a line every 30 s while it runs
