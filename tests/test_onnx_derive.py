@@ -34,6 +34,14 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
         None, {"input": x})[0]
 
 
+def _bare_graph(model: onnx.ModelProto) -> bytes:
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    for node in graph.node:
+        del node.metadata_props[:]
+    return graph.SerializeToString()
+
+
 def _specs(net: DynamicNet):
     return {"min": net.min_spec(), "full": net.full_spec(), "half": net.uniform_spec(0.5),
             "random1": net.random_spec(seed=11), "random2": net.random_spec(seed=12, floor_p=0.3)}
@@ -62,6 +70,8 @@ def test_derived_graph_equals_the_sub_nets_own_export(model, size, tmp_path):
     for (name, spec), reference in zip(specs.items(), exported):
         model_d = derived.derive(spec, check=True)
         assert [n.op_type for n in model_d.graph.node] == [n.op_type for n in reference.graph.node], name
+        # the same graph, byte for byte, but for the exporter's notes on each node (its trace's text)
+        assert _bare_graph(model_d) == _bare_graph(reference), name
         got, want = _run(model_d, x), _run(reference, x)
         assert np.abs(want).max() > 1e-3  # a real output, not zeros
         assert np.abs(got - want).max() <= 1e-5, f"{model} {name} {spec}"
@@ -205,3 +215,32 @@ def test_profiler_builds_its_sub_nets_from_one_export(monkeypatch, tmp_path):
     Profiler(cfg, log=lambda m: None, progress=False).run()
     assert calls == {"export": 1, "many": 0}
     assert len(seen) == 7 and len(set(seen)) == 7  # calibration + validation sub-nets, each its own widths
+
+
+class _FlattenHead(torch.nn.Module):
+    """A classifier on a flattened 4x4 map (a Linear whose inputs are channels x positions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, 2, 1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16 * 16, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+def test_a_flattened_map_feeds_the_linear_layer_its_channels_positions():
+    example = torch.zeros(1, 3, 8, 8)
+    net = _randomize_bn(DynamicNet(_FlattenHead(), example))
+    assert net.layers["fc"].expand == 16
+    derived = SubnetOnnx.export(net, example)
+    spec = net.min_spec()
+    model = derived.derive(spec, check=True)
+    reshape = next(n for n in model.graph.node if n.op_type == "Reshape")
+    target = next(t for t in model.graph.initializer if t.name == reshape.input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [1, spec[0] * 16]  # [1, 256] in the full graph
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        want = net.extract(spec)(torch.from_numpy(x)).numpy()
+    assert np.abs(_run(model, x) - want).max() <= 1e-4

@@ -122,7 +122,7 @@ class SubnetOnnx:
     def derive(self, spec: SubnetSpec, check: bool = False) -> onnx.ModelProto:
         """The ONNX model of sub-net ``spec``; :class:`DeriveError` where it cannot be derived.
         ``check``: and where ONNX's strict shape inference disagrees with a shape it records."""
-        from onnx import helper, numpy_helper
+        from onnx import numpy_helper
 
         self.net.check_spec(spec)
         if spec != self.full and (spec in self.stats or self.full in self.stats):
@@ -131,11 +131,8 @@ class SubnetOnnx:
         model = type(self.skeleton)()
         model.CopyFrom(self.skeleton)
         graph = model.graph
-        for pos, group in walk.groups.items():
-            node = graph.node[pos]
-            attrs = [a for a in node.attribute if a.name != "group"]
-            del node.attribute[:]
-            node.attribute.extend([*attrs, helper.make_attribute("group", group)])
+        for pos, group in walk.groups.items():  # a grouped conv (group > 1) always has the attribute
+            next(a for a in graph.node[pos].attribute if a.name == "group").i = group
         for node in graph.node:
             if node.op_type == "Constant" and node.output[0] in walk.values:
                 node.attribute[0].t.CopyFrom(numpy_helper.from_array(walk.values[node.output[0]], node.output[0]))

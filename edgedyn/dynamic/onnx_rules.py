@@ -211,8 +211,9 @@ def pool(w: Walk, pos: int, node: Any) -> None:
     cut = w.cut(node.input[0])
     if cut is not None and cut.axis != 1:
         raise _refuse(node, "its input is sliced off the channel axis")
-    for out in node.output:
-        w.set_out(out, cut)
+    if len(node.output) > 1 and node.output[1]:
+        raise _refuse(node, "its indices output counts positions across the channels")
+    w.set_out(node.output[0], cut)
 
 
 def broadcast(w: Walk, pos: int, node: Any) -> None:
@@ -345,7 +346,8 @@ def flatten(w: Walk, pos: int, node: Any) -> None:
     if cut is None:
         return
     src = w.shape(node.input[0], node)
-    axis = int(_attr(node, "axis", 1)) % max(len(src), 1)
+    axis = int(_attr(node, "axis", 1))
+    axis += len(src) if axis < 0 else 0
     if cut.axis < axis or prod(src[axis:cut.axis]) != 1:
         raise _refuse(node, "it flattens the sliced channel axis into the leading dims")
     w.set_out(node.output[0], Cut(1, expand_index(cut.index, prod(src[cut.axis + 1:]))))
