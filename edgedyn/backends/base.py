@@ -4,9 +4,11 @@ A :class:`Backend` turns a model into a :class:`Runner`:
 
 - ``prepare(module, example, workdir)`` compiles a ``torch.nn.Module`` for this backend
   (ONNX export + session for onnxruntime, an engine for TensorRT, the module itself for
-  torch) and returns a runner; ``prepare_many`` does it for many modules. The profiler
-  uses them for blocks and whole sub-nets. Backends that compile ONNX derive from
-  :class:`OnnxBackend`, which exports once and builds with ``from_onnx(onnx_path)``.
+  torch) and returns a runner; ``prepare_many`` does it for many modules, and
+  ``prepare_subnets(net, specs, ...)`` for many sub-nets of one dynamic network (the
+  profiler's calibration and validation sub-nets). Backends that compile ONNX derive from
+  :class:`OnnxBackend`, which exports once and builds with ``from_onnx(onnx_path)``; its
+  ``prepare_subnets`` exports the full network once and derives the sub-nets' graphs.
 - ``build(onnx_path, out_dir)`` compiles an ONNX file to the backend's deployable
   artifact (an optimized ``.onnx`` or a ``.engine``); ``load(artifact)`` returns a runner.
   ``edgedyn deploy`` and the runtime selector use these.

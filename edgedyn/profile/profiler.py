@@ -12,7 +12,8 @@ the table and of FLOPs; :mod:`~edgedyn.profile.fitting`).
 
 The profiler knows backends only through their hooks (:class:`~edgedyn.backends.base.Backend`):
 ``measures`` / ``estimate_ms``, ``default_threads``, ``layout``, ``block_runner``,
-``overhead_runner``, ``device_info`` and ``sources``.
+``overhead_runner``, ``prepare_subnets`` (whole sub-nets; ONNX backends derive their graphs
+from one export, :mod:`~edgedyn.dynamic.onnx_derive`), ``device_info`` and ``sources``.
 
 Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it, once
 its recorded settings are found to be this run's (:mod:`~edgedyn.profile.partial`). A fresh
