@@ -43,15 +43,11 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def export_onnx(
-    module: torch.nn.Module,
-    example: torch.Tensor,
-    path: str | os.PathLike,
-    opset: int = DEFAULT_OPSET,
-) -> Path:
-    """Export ``module`` (eval mode, fixed input shape) to ``path`` atomically.
+def export_proto(module: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET, where: object = "model") -> Any:
+    """``module`` (eval mode, fixed input shape) as a checked ``onnx.ModelProto``, not written anywhere.
 
-    The graph has one input named ``input`` and one output named ``output``.
+    The graph has one input named ``input`` and one output named ``output``; ``where`` names
+    the model in errors.
     """
     if opset < 17:
         raise ValueError(f"opset {opset} is below the supported minimum 17")
@@ -69,10 +65,23 @@ def export_onnx(
     import onnx
 
     if program is None:  # the dynamo exporter always returns a program; this keeps the type exact
-        raise RuntimeError(f"torch.onnx.export returned no program for {path}")
+        raise RuntimeError(f"torch.onnx.export returned no program for {where}")
     proto = program.model_proto
     onnx.checker.check_model(proto)
-    return atomic_write_bytes(path, proto.SerializeToString())
+    return proto
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``module`` (eval mode, fixed input shape) to ``path`` atomically (:func:`export_proto`).
+
+    The graph has one input named ``input`` and one output named ``output``.
+    """
+    return atomic_write_bytes(path, export_proto(module, example, opset, path).SerializeToString())
 
 
 def _export_job(job: tuple[torch.nn.Module, torch.Tensor, Path]) -> Path:

@@ -4,9 +4,11 @@ A :class:`Backend` turns a model into a :class:`Runner`:
 
 - ``prepare(module, example, workdir)`` compiles a ``torch.nn.Module`` for this backend
   (ONNX export + session for onnxruntime, an engine for TensorRT, the module itself for
-  torch) and returns a runner; ``prepare_many`` does it for many modules. The profiler
-  uses them for blocks and whole sub-nets. Backends that compile ONNX derive from
-  :class:`OnnxBackend`, which exports once and builds with ``from_onnx(onnx_path)``.
+  torch) and returns a runner; ``prepare_many`` does it for many modules, and
+  ``prepare_subnets(net, specs, ...)`` for many sub-nets of one dynamic network (the
+  profiler's calibration and validation sub-nets). Backends that compile ONNX derive from
+  :class:`OnnxBackend`, which exports once and builds with ``from_onnx(onnx_path)``; its
+  ``prepare_subnets`` exports the full network once and derives the sub-nets' graphs.
 - ``build(onnx_path, out_dir)`` compiles an ONNX file to the backend's deployable
   artifact (an optimized ``.onnx`` or a ``.engine``); ``load(artifact)`` returns a runner.
   ``edgedyn deploy`` and the runtime selector use these.
@@ -38,6 +40,7 @@ from ..errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from ..blocks import BlockKey, Layout
+    from ..dynamic import DynamicNet, SubnetSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -188,10 +191,12 @@ class Backend(abc.ABC):
                 progress()
         return out
 
-    def prepare_subnets(self, net: Any, specs: Sequence[Any], example: Any, workdirs: Sequence[Path],
-                        progress: Callable[[], None] | None = None) -> list[Runner]:
-        """Runners of whole sub-nets ``specs`` of a :class:`~edgedyn.dynamic.DynamicNet` (one
-        workdir each): each extracted and prepared (:meth:`prepare_many`)."""
+    def prepare_subnets(self, net: DynamicNet, specs: Sequence[SubnetSpec], example: Any, workdirs: Sequence[Path],
+                        progress: Callable[[], None] | None = None,
+                        log: Callable[[str], None] | None = None) -> list[Runner]:
+        """Runners for whole sub-nets of ``net`` (the profiler's calibration and validation), one
+        workdir each. Default: :meth:`prepare_many` on each extracted sub-net; :class:`OnnxBackend`
+        derives their ONNX graphs from one export instead. ``log`` gets one-line notes."""
         return self.prepare_many([net.extract(s) for s in specs], example, workdirs, progress=progress)
 
     @abc.abstractmethod
@@ -264,7 +269,9 @@ class Backend(abc.ABC):
 class OnnxBackend(Backend):
     """A backend that compiles ONNX (ONNX Runtime, TensorRT): :meth:`prepare` exports the
     module, then :meth:`from_onnx` builds a runner from the file; :meth:`prepare_many`
-    exports in parallel processes (the exporter takes 1-2 s per small network)."""
+    exports in parallel processes (the exporter takes 1-2 s per small network);
+    :meth:`prepare_subnets` exports the full network once and derives its sub-nets' graphs
+    (:mod:`edgedyn.dynamic.onnx_derive`)."""
 
     def check_ready(self) -> None:
         """Raise :class:`~edgedyn.errors.BackendUnavailable` when nothing can be built here;
@@ -288,3 +295,19 @@ class OnnxBackend(Backend):
         paths = export_many([(m, example, Path(wd) / "model.onnx") for m, wd in zip(modules, workdirs)],
                             progress=progress)
         return [self.from_onnx(p, example) for p in paths]
+
+    def prepare_subnets(self, net: DynamicNet, specs: Sequence[SubnetSpec], example: Any, workdirs: Sequence[Path],
+                        progress: Callable[[], None] | None = None,
+                        log: Callable[[str], None] | None = None) -> list[Runner]:
+        """The sub-nets' ONNX graphs derived from one export of the full network (a sub-net whose
+        graph cannot be derived is exported on its own, and ``log`` says why), then :meth:`from_onnx`."""
+        from ..dynamic.onnx_derive import subnet_onnx_files
+
+        self.check_ready()
+        paths = subnet_onnx_files(net, specs, example, [Path(wd) / "model.onnx" for wd in workdirs], log=log)
+        runners = []
+        for p in paths:
+            runners.append(self.from_onnx(p, example))
+            if progress is not None:
+                progress()
+        return runners

@@ -12,7 +12,8 @@ the table and of FLOPs; :mod:`~edgedyn.profile.fitting`).
 
 The profiler knows backends only through their hooks (:class:`~edgedyn.backends.base.Backend`):
 ``measures`` / ``estimate_ms``, ``default_threads``, ``layout``, ``block_runner``,
-``overhead_runner``, ``device_info`` and ``sources``.
+``overhead_runner``, ``prepare_subnets`` (whole sub-nets; ONNX backends derive their graphs
+from one export, :mod:`~edgedyn.dynamic.onnx_derive`), ``device_info`` and ``sources``.
 
 Progress is checkpointed to ``<out>.partial.json``; ``resume=True`` continues from it, once
 its recorded settings are found to be this run's (:mod:`~edgedyn.profile.partial`). A fresh
@@ -270,8 +271,8 @@ class Profiler:
                     wd.mkdir()
                 with Progress(total=len(todo), desc=f"{label} build", disable=not self.progress,
                               log=self.log) as bar:
-                    runners = backend.prepare_many([self.net.extract(s) for s in todo], example, workdirs,
-                                                   progress=lambda: bar.update(1))
+                    runners = backend.prepare_subnets(self.net, todo, example, workdirs,
+                                                      progress=lambda: bar.update(1), log=self.log)
                 self.log(f"{label}: timing {len(runners)} sub-nets end to end (interleaved)")
                 with Progress(desc=f"{label}: timing {len(runners)} sub-nets", bar=False, disable=not self.progress,
                               log=self.log):  # off a terminal: a line every 30 s while it runs

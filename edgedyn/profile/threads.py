@@ -70,7 +70,7 @@ def time_thread_counts(backends: Mapping[int, Backend], net: DynamicNet, example
     candidate thread count), interleaved; returns the count :func:`choose_threads` keeps and
     the timings behind it (recorded in the table as ``backend.thread_choice``)."""
     from ..backends import OnnxBackend
-    from ..export import export_many
+    from ..dynamic.onnx_derive import subnet_onnx_files
     from .measure import WHOLE_NET, measure_calls
     from .tempdirs import owned_tempdir
 
@@ -79,12 +79,12 @@ def time_thread_counts(backends: Mapping[int, Backend], net: DynamicNet, example
     specs = [net.min_spec(), net.uniform_spec(0.5), net.full_spec()]
     log(f"threads: timing {', '.join(names)} sub-nets at {', '.join(map(str, candidates))} threads")
     with owned_tempdir("threads") as tmp:
-        modules = [net.extract(s) for s in specs]
         onnx_backends = [be for be in backends.values() if isinstance(be, OnnxBackend)]
-        if len(onnx_backends) == len(backends):  # export once, a session per thread count
-            paths = export_many([(m, example, Path(tmp) / f"{n}.onnx") for m, n in zip(modules, names)])
+        if len(onnx_backends) == len(backends):  # the ONNX graphs once, a session per thread count
+            paths = subnet_onnx_files(net, specs, example, [Path(tmp) / f"{n}.onnx" for n in names], log)
             runners = [be.from_onnx(p, example) for be in onnx_backends for p in paths]
         else:
+            modules = [net.extract(s) for s in specs]
             runners = [be.prepare(m, example, Path(tmp)) for be in backends.values() for m in modules]
         stats = measure_calls(runners, WHOLE_NET, seed=1)
         del runners
