@@ -211,7 +211,7 @@ def test_profiler_builds_its_sub_nets_from_one_export(monkeypatch, tmp_path):
 
     monkeypatch.setattr(Profiler, "_backend", lambda self, **kw: Ort(dataclasses.replace(self.options, **kw)))
     cfg = ProfileConfig(model="resnet20", input_size=16, out=tmp_path / "t.json", calibrate=4, validate=3,
-                        passes=1, threads=1)
+                        passes=1, threads=1, probes=0)
     Profiler(cfg, log=lambda m: None, progress=False).run()
     assert calls == {"export": 1, "many": 0}
     assert len(seen) == 7 and len(set(seen)) == 7  # calibration + validation sub-nets, each its own widths

@@ -261,7 +261,7 @@ class Profiler:
 
     def _measure_specs(self, specs: Sequence[SubnetSpec], whole: dict, table: LatencyTable, label: str) -> list[float]:
         """End-to-end latency (ms) of whole sub-nets, measured interleaved, as deploy runs them."""
-        todo = [s for s in specs if s.to_json() not in whole]
+        todo = [s for s in dict.fromkeys(specs) if s.to_json() not in whole]  # probes repeat calibration ends
         if todo:
             backend = self._backend()
             example = self._example()
