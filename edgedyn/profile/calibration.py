@@ -79,6 +79,7 @@ class Calibration:
     cv_mape: float | None = None
     corrections: dict[BlockKey, float] = field(default_factory=dict)
     prior_rel: float = 0.0
+    model_ref: dict[str, Any] | None = None  # ModelRef.to_dict() of the profiled model (None in older tables)
 
     @property
     def scale(self) -> float:
