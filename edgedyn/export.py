@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import io
 import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -88,15 +90,44 @@ def _export_job(job: tuple[torch.nn.Module, torch.Tensor, Path]) -> Path:
     return export_onnx(*job)
 
 
-def _pack(job: tuple[torch.nn.Module, torch.Tensor, Path]) -> tuple[bytes, Path]:
+USER_MODULE_PREFIX = "edgedyn_user_model_"  # how edgedyn.models.ref names a model file it imported
+
+
+def _pack(job: tuple[torch.nn.Module, torch.Tensor, Path]) -> tuple[bytes, Path, tuple[tuple[str, str], ...]]:
     """A job as bytes: a module pickled for a worker process would hold a file descriptor
-    per tensor for as long as it lives here (two hundred sub-nets ran out of them)."""
+    per tensor for as long as it lives here (two hundred sub-nets ran out of them). Classes
+    from a user's model file (``--model my_net.py:build``) are named with the file, which the
+    worker imports under the same name before unpickling."""
     buf = io.BytesIO()
     torch.save((job[0], job[1]), buf)
-    return buf.getvalue(), job[2]
+    files = {type(m).__module__ for m in job[0].modules() if type(m).__module__.startswith(USER_MODULE_PREFIX)}
+    named = tuple((n, str(getattr(sys.modules.get(n), "__file__", ""))) for n in sorted(files))
+    return buf.getvalue(), job[2], named
 
 
-def _export_packed(packed: tuple[bytes, Path]) -> Path:
+def _import_user_files(named: tuple[tuple[str, str], ...]) -> None:
+    import importlib.util
+
+    for name, file in named:
+        if name in sys.modules:
+            continue
+        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
+        if not name.startswith(f"{USER_MODULE_PREFIX}{digest}_"):
+            raise RuntimeError(f"model file {file} changed while its sub-nets were exported")
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"model file {file} cannot be imported in an export worker")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(Path(file).parent))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(Path(file).parent))
+
+
+def _export_packed(packed: tuple[bytes, Path, tuple[tuple[str, str], ...]]) -> Path:
+    _import_user_files(packed[2])
     module, example = torch.load(io.BytesIO(packed[0]), weights_only=False)
     return export_onnx(module, example, packed[1])
 

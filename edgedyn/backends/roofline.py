@@ -200,18 +200,20 @@ def block_bytes(dev: RooflineDevice, key: BlockKey) -> float:
     """DRAM traffic of a block in bytes: activations in and out, residual, weights (padded)."""
     k = padded_key(dev, key)
     oh, ow = k.out_hw
-    n_in = k.batch * k.c_in * k.in_h * k.in_w
-    if k.op == "linear":
-        n_in = k.batch * k.c_in
+    n_in = k.batch * k.c_in * k.in_h * k.in_w  # linear: in_h x in_w positions (1 x 1 after a flatten)
     n_out = k.batch * k.c_out * oh * ow
     weights = 0
     if k.op == "conv":
-        weights = k.kernel * k.kernel * (1 if k.depthwise else k.c_in) * k.c_out + k.c_out
+        weights = k.kernel * k.kernel * k.in_per_group * k.c_out + k.c_out
     elif k.op == "linear":
         weights = k.c_in * k.c_out + k.c_out
+    elif k.op in ("layernorm", "layernorm2d"):
+        weights = 2 * k.c_in
     elems = n_in + n_out + weights
-    if k.op == "add":
+    if k.op in ("add", "mul"):
         elems += n_in  # the second operand
+    elif k.op == "scale":
+        elems += k.batch * k.c_in  # one factor per channel
     if k.residual:
         elems += n_out  # the fused residual is read once
     return float(elems * ELEM_BYTES[k.precision])

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-OPS = ("conv", "add", "maxpool", "avgpool", "gap", "linear", "reorder", "reorder_in")
-ACTS = ("none", "relu", "relu6")
+OPS = ("conv", "add", "maxpool", "avgpool", "gap", "linear", "reorder", "reorder_in",
+       "act", "scale", "mul", "concat", "layernorm", "layernorm2d", "to_nhwc", "to_nchw")
+ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu")
+#: Fields added after tables were first written: left out of the text form at their default,
+#: so the keys of older tables (and of models without such blocks) read and print as before.
+OPTIONAL = {"group_width": 0, "parts": 1}
 
 
 @dataclass(frozen=True, order=True)
@@ -27,6 +31,8 @@ class BlockKey:
     batch: int = 1
     precision: str = "fp32"
     layout: str = "plain"  # the activation layout the kernel runs in: "plain" (NCHW) or "nchwc<block>"
+    group_width: int = 0  # a grouped conv (not depthwise): input channels per conv group (0: dense)
+    parts: int = 1  # a concat: how many tensors it joins
 
     @property
     def nchwc_block(self) -> int:
@@ -34,10 +40,15 @@ class BlockKey:
         return int(self.layout[5:]) if self.layout.startswith("nchwc") else 0
 
     @property
+    def in_per_group(self) -> int:
+        """Input channels each output channel of a conv reads (1: depthwise)."""
+        return 1 if self.depthwise else self.group_width or self.c_in
+
+    @property
     def out_hw(self) -> tuple[int, int]:
-        if self.op in ("gap", "linear"):
+        if self.op == "gap":
             return (1, 1)
-        if self.op in ("add", "reorder", "reorder_in"):
+        if self.op not in ("conv", "maxpool", "avgpool"):  # element-wise, layout, norms; linear per position
             return (self.in_h, self.in_w)
         return (
             (self.in_h + 2 * self.padding - self.kernel) // self.stride + 1,
@@ -47,21 +58,23 @@ class BlockKey:
     def macs(self) -> int:
         oh, ow = self.out_hw
         if self.op == "conv":
-            per = self.kernel * self.kernel * (1 if self.depthwise else self.c_in)
-            return self.batch * oh * ow * per * self.c_out
-        if self.op == "linear":
-            return self.batch * self.c_in * self.c_out
+            return self.batch * oh * ow * self.kernel * self.kernel * self.in_per_group * self.c_out
+        if self.op == "linear":  # in_h x in_w positions (1 x 1 after a flatten; H x W channels-last)
+            return self.batch * oh * ow * self.c_in * self.c_out
         return self.batch * self.c_in * self.in_h * self.in_w  # element-wise / pooling work
 
     def to_str(self) -> str:
         """Stable text form, used as the JSON key."""
-        return "|".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self))
+        return "|".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in fields(self)
+                        if OPTIONAL.get(f.name, _NOTHING) != getattr(self, f.name))
 
     @classmethod
     def from_str(cls, text: str) -> BlockKey:
         kv = dict(part.split("=", 1) for part in text.split("|"))
         typed: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in kv and f.name in OPTIONAL:
+                continue
             if f.name not in kv:
                 raise ValueError(f"block key {text!r} lacks {f.name!r}")
             v = kv[f.name]
@@ -77,6 +90,9 @@ class BlockKey:
         d = asdict(self)
         d.update(c_in=c_in, c_out=c_out)
         return BlockKey(**d)
+
+
+_NOTHING = object()
 
 
 def _fmt(v: object) -> str:

@@ -25,8 +25,9 @@ optimized graphs in ``tests/test_layout.py``:
 - a tensor is converted once per direction it is needed in (``ReorderOutput``:
   blocked to plain, key op ``reorder``; ``ReorderInput``: plain to blocked, ``reorder_in``).
 
-Networks with other blocks (depthwise convs, unfused adds, average pooling) are not
-modelled: their keys stay ``plain`` (blocks measured alone, as ONNX Runtime runs them
+Networks with other blocks (depthwise or grouped convs, unfused adds, average pooling,
+activations other than ReLU / ReLU6, scales, concatenations, LayerNorms, transposes) are
+not modelled: their keys stay ``plain`` (blocks measured alone, as ONNX Runtime runs them
 alone) and the whole-network calibration absorbs the difference.
 """
 
@@ -74,7 +75,9 @@ class Layout:
         """Whether this layout's rules cover every block of ``net`` (else its keys stay plain)."""
         if self.kind == "plain":
             return False
-        return all(t.op in _MODELLED_OPS and not t.depthwise for t in model_blocks(net))
+        return all(t.op in _MODELLED_OPS and not (t.depthwise or t.group_width or t.in_parts)
+                   and t.act in ("none", "relu", "relu6") and (t.op != "linear" or (t.in_h, t.in_w) == (1, 1))
+                   for t in model_blocks(net))
 
     # -- the layout simulation ---------------------------------------------------------
     def _simulate(self, blocks: list[BlockTemplate], chans: Callable[[BlockTemplate], tuple[int, int]],

@@ -6,6 +6,7 @@ folded, as in the exported sub-nets; a fused residual add is a second graph inpu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,66 +22,141 @@ def block_onnx(key: BlockKey):
     """An ONNX ModelProto computing ``key``'s block (input ``input``, output ``output``)."""
     if key.nchwc_block:
         return _nchwc_onnx(key)
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    rng = np.random.default_rng(0)
-    b = key.batch
-    oh, ow = key.out_hw
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                            [b, key.c_in] if key.op == "linear" else [b, key.c_in, key.in_h, key.in_w])]
-    inits, nodes = [], []
-    x = "input"
-
-    if key.op == "conv":
-        groups = key.c_in if key.depthwise else 1
-        w = rng.standard_normal((key.c_out, key.c_in // groups, key.kernel, key.kernel)).astype(np.float32) * 0.05
-        inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(key.c_out, np.float32), "b")]
-        p = key.padding
-        nodes.append(helper.make_node("Conv", [x, "w", "b"], ["conv"], kernel_shape=[key.kernel] * 2,
-                                      strides=[key.stride] * 2, pads=[p] * 4, group=groups))
-        x = "conv"
-        if key.residual:
-            inputs.append(helper.make_tensor_value_info("residual", TensorProto.FLOAT, [b, key.c_out, oh, ow]))
-            nodes.append(helper.make_node("Add", [x, "residual"], ["sum"]))
-            x = "sum"
-    elif key.op == "add":
-        inputs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, [b, key.c_in, key.in_h, key.in_w]))
-        nodes.append(helper.make_node("Add", [x, "other"], ["sum"]))
-        x = "sum"
-    elif key.op == "maxpool":
-        nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[key.kernel] * 2,
-                                      strides=[key.stride] * 2, pads=[key.padding] * 4))
-        x = "pool"
-    elif key.op == "avgpool":
-        nodes.append(helper.make_node("AveragePool", [x], ["pool"], kernel_shape=[key.kernel] * 2,
-                                      strides=[key.stride] * 2, pads=[key.padding] * 4))
-        x = "pool"
-    elif key.op == "gap":
-        nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"]))
-        x = "pool"
-    elif key.op == "linear":
-        w = rng.standard_normal((key.c_out, key.c_in)).astype(np.float32) * 0.05
-        inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(key.c_out, np.float32), "b")]
-        nodes.append(helper.make_node("Gemm", [x, "w", "b"], ["fc"], transB=1))
-        x = "fc"
-    else:
+    g = _Graph(key)
+    x = _BODIES[key.op](g, key) if key.op in _BODIES else None
+    if x is None:
         raise ValueError(f"unknown block op {key.op!r}")
-
-    if key.act == "relu":
-        nodes.append(helper.make_node("Relu", [x], ["act"]))
-        x = "act"
-    elif key.act == "relu6":
-        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
-                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
-        nodes.append(helper.make_node("Clip", [x, "lo", "hi"], ["act"]))
-        x = "act"
-    nodes.append(helper.make_node("Identity", [x], ["output"]))
-    out_shape = [b, key.c_out] if key.op == "linear" else [b, key.c_out, *((1, 1) if key.op == "gap" else (oh, ow))]
-    graph = helper.make_graph(nodes, "block", inputs,
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)], inits)
+    x = g.activation(x, key.act)
+    g.nodes.append(helper.make_node("Identity", [x], ["output"]))
+    graph = helper.make_graph(g.nodes, "block", g.inputs,
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, _out_shape(key))], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgedyn")
     model.ir_version = 9
     return model
+
+
+def _in_shape(key: BlockKey) -> list[int]:
+    b, c, h, w = key.batch, key.c_in, key.in_h, key.in_w
+    if key.op == "linear":
+        return [b, c] if (h, w) == (1, 1) else [b, h, w, c]
+    return [b, h, w, c] if key.op in ("layernorm", "to_nchw") else [b, c, h, w]
+
+
+def _out_shape(key: BlockKey) -> list[int]:
+    b, (oh, ow) = key.batch, key.out_hw
+    if key.op == "linear":
+        return [b, key.c_out] if (oh, ow) == (1, 1) else [b, oh, ow, key.c_out]
+    return [b, oh, ow, key.c_out] if key.op in ("layernorm", "to_nhwc") else [b, key.c_out, oh, ow]
+
+
+def _value(name: str, shape: list[int]) -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+class _Graph:
+    """The nodes, inputs and initializers of one block's ONNX graph, built step by step."""
+
+    def __init__(self, key: BlockKey) -> None:
+        self.rng = np.random.default_rng(0)
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.inputs = [_value("input", _in_shape(key))]
+
+    def node(self, op: str, ins: list[str], out: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    def input(self, name: str, shape: list[int]) -> str:
+        self.inputs.append(_value(name, shape))
+        return name
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def weight(self, name: str, shape: tuple[int, ...]) -> str:
+        return self.const(name, self.rng.standard_normal(shape) * 0.05)
+
+    def activation(self, x: str, act: str) -> str:
+        if act == "relu6":
+            return self.node("Clip", [x, self.const("lo", np.array(0)), self.const("hi", np.array(6))], "act")
+        if act == "silu":
+            return self.node("Mul", [x, self.node("Sigmoid", [x], "sig")], "act")
+        if act == "gelu":  # as exported at opset 18: x * 0.5 * (1 + erf(x / sqrt 2)), which ONNX Runtime fuses
+            e = self.node("Erf", [self.node("Div", [x, self.const("sqrt2", np.array(np.sqrt(2.0)))], "div")], "erf")
+            one = self.node("Add", [e, self.const("one", np.array(1.0))], "one_erf")
+            return self.node("Mul", [self.node("Mul", [x, one], "x_erf"), self.const("half", np.array(0.5))], "act")
+        if act == "hardsigmoid":
+            return self.node("HardSigmoid", [x], "act", alpha=1.0 / 6, beta=0.5)
+        simple = {"relu": "Relu", "hardswish": "HardSwish", "sigmoid": "Sigmoid"}
+        return self.node(simple[act], [x], "act") if act in simple else x
+
+
+def _conv(g: _Graph, key: BlockKey) -> str:
+    groups = key.c_in if key.depthwise else key.c_in // key.group_width if key.group_width else 1
+    w = g.weight("w", (key.c_out, key.c_in // groups, key.kernel, key.kernel))
+    x = g.node("Conv", ["input", w, g.const("b", np.zeros(key.c_out))], "conv", kernel_shape=[key.kernel] * 2,
+               strides=[key.stride] * 2, pads=[key.padding] * 4, group=groups)
+    if key.residual:
+        return g.node("Add", [x, g.input("residual", [key.batch, key.c_out, *key.out_hw])], "sum")
+    return x
+
+
+def _linear(g: _Graph, key: BlockKey) -> str:
+    if (key.in_h, key.in_w) == (1, 1):
+        return g.node("Gemm", ["input", g.weight("w", (key.c_out, key.c_in)), g.const("b", np.zeros(key.c_out))],
+                      "fc", transB=1)
+    y = g.node("MatMul", ["input", g.weight("w", (key.c_in, key.c_out))], "mm")  # per position of N H W C
+    return g.node("Add", [y, g.const("b", np.zeros(key.c_out))], "fc")
+
+
+def _concat(g: _Graph, key: BlockKey) -> str:
+    sizes = [key.c_in // key.parts] * key.parts
+    sizes[-1] += key.c_in - sum(sizes)
+    names = ["input"] + [g.input(f"part{i}", [key.batch, c, key.in_h, key.in_w]) for i, c in enumerate(sizes[1:])]
+    g.inputs[0] = _value("input", [key.batch, sizes[0], key.in_h, key.in_w])
+    return g.node("Concat", names, "cat", axis=1)
+
+
+def _layer_norm(g: _Graph, key: BlockKey, x: str = "input") -> str:
+    return g.node("LayerNormalization", [x, g.weight("gamma", (key.c_in,)), g.const("beta", np.zeros(key.c_in))],
+                  "ln", axis=-1, epsilon=1e-6)
+
+
+def _layer_norm_2d(g: _Graph, key: BlockKey) -> str:
+    y = _layer_norm(g, key, g.node("Transpose", ["input"], "nhwc", perm=[0, 2, 3, 1]))
+    return g.node("Transpose", [y], "nchw", perm=[0, 3, 1, 2])
+
+
+def _pool(op: str) -> Callable[[_Graph, BlockKey], str]:
+    return lambda g, key: g.node(op, ["input"], "pool", kernel_shape=[key.kernel] * 2, strides=[key.stride] * 2,
+                                 pads=[key.padding] * 4)
+
+
+_BODIES: dict[str, Callable[[_Graph, BlockKey], str]] = {
+    "conv": _conv,
+    "linear": _linear,
+    "add": lambda g, key: g.node("Add", ["input", g.input("other", _in_shape(key))], "sum"),
+    "mul": lambda g, key: g.node("Mul", ["input", g.input("other", _in_shape(key))], "prod"),
+    "scale": lambda g, key: g.node("Mul", ["input", g.input("scale", [key.batch, key.c_in, 1, 1])], "prod"),
+    "act": lambda g, key: "input",
+    "maxpool": _pool("MaxPool"),
+    "avgpool": _pool("AveragePool"),
+    "gap": lambda g, key: g.node("GlobalAveragePool", ["input"], "pool"),
+    "concat": _concat,
+    "layernorm": _layer_norm,
+    "layernorm2d": _layer_norm_2d,
+    "to_nhwc": lambda g, key: g.node("Transpose", ["input"], "t", perm=[0, 2, 3, 1]),
+    "to_nchw": lambda g, key: g.node("Transpose", ["input"], "t", perm=[0, 3, 1, 2]),
+}
 
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -147,14 +223,19 @@ def _nchwc_onnx(key: BlockKey):
     return model
 
 
+_TORCH_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+    "sigmoid": nn.Sigmoid, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
 class _Block(nn.Module):
     def __init__(self, key: BlockKey) -> None:
         super().__init__()
         self.key = key
         self.op: nn.Module
         if key.op == "conv":
-            self.op = nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.padding,
-                                groups=key.c_in if key.depthwise else 1)
+            groups = key.c_in if key.depthwise else key.c_in // key.group_width if key.group_width else 1
+            self.op = nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.padding, groups=groups)
         elif key.op == "linear":
             self.op = nn.Linear(key.c_in, key.c_out)
         elif key.op == "maxpool":
@@ -163,24 +244,41 @@ class _Block(nn.Module):
             self.op = nn.AvgPool2d(key.kernel, key.stride, key.padding)
         elif key.op == "gap":
             self.op = nn.AdaptiveAvgPool2d(1)
+        elif key.op in ("layernorm", "layernorm2d"):
+            self.op = nn.LayerNorm(key.c_in, eps=1e-6)
         else:
             self.op = nn.Identity()
-        self.act = {"relu": nn.ReLU(), "relu6": nn.ReLU6()}.get(key.act, nn.Identity())
+        self.act = _TORCH_ACTS[key.act]() if key.act in _TORCH_ACTS else nn.Identity()
 
-    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.op(x)
-        if other is not None:
-            y = y + other
+    def forward(self, x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+        op = self.key.op
+        if op == "concat":
+            y = torch.cat([x, *others], 1)
+        elif op in ("mul", "scale"):
+            y = x * others[0]
+        elif op == "layernorm2d":
+            y = self.op(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        elif op in ("to_nhwc", "to_nchw"):
+            y = x.permute(0, 2, 3, 1) if op == "to_nhwc" else x.permute(0, 3, 1, 2)
+        else:
+            y = self.op(x)
+            if others:  # a fused residual, or an add's other operand
+                y = y + others[0]
         return self.act(y)
 
 
 def block_torch(key: BlockKey) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """A torch module for ``key`` and example inputs (with the residual / other operand)."""
+    """A torch module for ``key`` and example inputs (with the residual / other operands)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn((key.batch, key.c_in) if key.op == "linear" else (key.batch, key.c_in, key.in_h, key.in_w),
-                    generator=gen)
+    b, c, h, w = key.batch, key.c_in, key.in_h, key.in_w
+    if key.op == "concat":
+        sizes = [c // key.parts] * key.parts
+        sizes[-1] += c - sum(sizes)
+        return _Block(key), tuple(torch.randn(b, n, h, w, generator=gen) for n in sizes)
+    x = torch.randn(*_in_shape(key), generator=gen)
     inputs: tuple[torch.Tensor, ...] = (x,)
-    if key.residual or key.op == "add":
-        oh, ow = key.out_hw
-        inputs += (torch.randn(key.batch, key.c_out, oh, ow, generator=gen),)
+    if key.residual or key.op in ("add", "mul"):
+        inputs += (torch.randn(b, key.c_out, *key.out_hw, generator=gen),)
+    elif key.op == "scale":
+        inputs += (torch.randn(b, c, 1, 1, generator=gen),)
     return _Block(key), inputs

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
 
 
+Parts = tuple[tuple[int | None, int], ...]  # (coupling group or None: fixed, full channels), in order
+
+
 @dataclass(frozen=True)
 class BlockTemplate:
     """A block of one model: fixed geometry, channel counts taken from coupling groups."""
@@ -32,10 +35,22 @@ class BlockTemplate:
     expand: int = 1  # linear after flatten: input features per channel
     src: int = -1  # index of the block whose output this block reads (-1: the model input)
     res_src: int = -1  # a fused residual add: index of the block that computed the other operand
+    group_width: int = 0  # a grouped conv: input channels per conv group (whole groups are kept)
+    in_parts: Parts = ()  # input channels from several tensors (a concat, or a layer after one)
+
+    @property
+    def parts(self) -> int:
+        """How many tensors a concat joins (1 for every other block)."""
+        return len(self.in_parts) if self.op == "concat" else 1
+
+    def _in_channels(self, spec: SubnetSpec) -> int:
+        if self.in_parts:
+            return sum(spec[g] if g is not None else c for g, c in self.in_parts)
+        return spec[self.in_group] if self.in_group is not None else self.c_in_fixed
 
     def channels(self, spec: SubnetSpec) -> tuple[int, int]:
         """(c_in, c_out) of this block in ``spec`` (before ``expand``)."""
-        c_in = spec[self.in_group] if self.in_group is not None else self.c_in_fixed
+        c_in = self._in_channels(spec)
         c_out = spec[self.out_group] if self.out_group is not None else self.c_out_fixed
         return c_in, c_out
 
@@ -48,9 +63,16 @@ class BlockTemplate:
         if self.op not in ("conv", "linear") or self.depthwise:
             c_out = c_in
         return BlockKey(self.op, c_in * self.expand, c_out, self.in_h, self.in_w, self.kernel, self.stride,
-                        self.padding, self.depthwise, self.residual, self.act, batch, precision, layout)
+                        self.padding, self.depthwise, self.residual, self.act, batch, precision, layout,
+                        self.group_width, self.parts)
 
     def in_widths(self, net: DynamicNet) -> tuple[int, ...]:
+        """Every input width a sub-net can give this block (sums of its parts' widths after a concat)."""
+        if self.in_parts:
+            sums = {0}
+            for g, c in self.in_parts:
+                sums = {s + w for s in sums for w in (net.groups[g].widths_from() if g is not None else (c,))}
+            return tuple(sorted(sums))
         return net.groups[self.in_group].widths_from() if self.in_group is not None else (self.c_in_fixed,)
 
     def out_widths(self, net: DynamicNet) -> tuple[int, ...]:

@@ -8,7 +8,8 @@ timing cache, int8 calibration ranges) and ``manifest.json``, written last::
      "device": {...device_info...}, "fingerprint": "cpu:<CPU name>",
      "backend": {"name": "onnxruntime", "version": "1.32.0"}, "precision": "fp32", "threads": 2,
      "input": {"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32"},
-     "model": {"name", "signature", "config"}, "run": {"path", "subnets_sha256"},
+     "model": {"name", "signature", "config", "ref": {"ref", "source_sha256"}},
+     "run": {"path", "subnets_sha256"},
      "table": path or null, "calibration": {...} or null,
      "files": {"timing_cache": {"path", "sha256", "bytes"}, ...},   # shared files
      "subnets": [{"index", "spec": {"widths"}, "budget", "macs", "params",
@@ -17,6 +18,8 @@ timing cache, int8 calibration ranges) and ``manifest.json``, written last::
                   "accuracy": {"test", "test_fp32", "delta", "agreement", "n_test",
                                "holdout_fp32", "n_holdout", "search_test", "search_holdout"}}]}
 
+``model.ref`` is the model reference (:meth:`edgedyn.models.ModelRef.to_dict`: a name, or a
+factory ``file.py:function`` with the sha256 of its file); bundles written before it lack it.
 Every listed file carries its sha256; :func:`~edgedyn.bundle.files.verify_files` checks them.
 Deploy writes this file (:mod:`edgedyn.deploy`), the runtime reads it (:mod:`edgedyn.runtime`).
 """
@@ -158,6 +161,15 @@ def _spec(obj: Any, where: str) -> SubnetSpec:
     return spec
 
 
+def _check_model_ref(ref: Any, where: str) -> None:
+    if ref is None:
+        return
+    if not isinstance(ref, dict) or not isinstance(ref.get("ref"), str) \
+            or not isinstance(ref.get("source_sha256"), (str, type(None))):
+        raise ArtifactError(f"{where}: field 'model.ref' must be an object with 'ref' (a string) and "
+                            "'source_sha256' (a string or null)")
+
+
 def _check_file_record(rec: Any, where: str) -> None:
     if not isinstance(rec, dict):
         raise ArtifactError(f"{where}: must be an object with 'path' and 'sha256'")
@@ -277,6 +289,7 @@ class Manifest:
         for k in ("model", "run", "checks"):
             if not isinstance(obj.get(k) or {}, dict):
                 raise ArtifactError(f"{where}: field '{k}' must be an object")
+        _check_model_ref((obj.get("model") or {}).get("ref"), where)
         if not isinstance(obj.get("notes") or [], list):
             raise ArtifactError(f"{where}: field 'notes' must be a list")
         states = _states(obj.get("states") or {}, len(subnets), where)

@@ -37,21 +37,21 @@ class DynamicConv2d(nn.Conv2d):
     in_index: Index
     out_index: Index
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def active_weight(self) -> tuple[torch.Tensor, int]:
+        """The weight of the active channels (a prefix, or through the index maps) and the group count."""
         out = self.active_out
         if self.in_index is None and self.out_index is None:
             if self.groups == 1:
-                weight, groups = self.weight[:out, : self.active_in], 1
-            else:  # depthwise or grouped: a prefix of whole conv groups
-                weight, groups = self.weight[:out], out // (self.out_channels // self.groups)
-            bias = self.bias[:out] if self.bias is not None else None
-            return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+                return self.weight[:out, : self.active_in], 1
+            return self.weight[:out], out // (self.out_channels // self.groups)  # whole conv groups
         weight = _take(self.weight, out, self.out_index)
         if self.groups == 1:
-            weight, groups = _take(weight, self.active_in, self.in_index, 1), 1
-        else:
-            groups = out // (self.out_channels // self.groups)
-        bias = _take(self.bias, out, self.out_index) if self.bias is not None else None
+            return _take(weight, self.active_in, self.in_index, 1), 1
+        return weight, out // (self.out_channels // self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, groups = self.active_weight()
+        bias = _take(self.bias, self.active_out, self.out_index) if self.bias is not None else None
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
 
@@ -61,14 +61,16 @@ class DynamicLinear(nn.Linear):
     expand: int  # input features per channel after a flatten
     in_index: Index  # input features (already expanded), after a concat
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def active_weight(self) -> torch.Tensor:
+        """The weight of the active outputs and inputs (a prefix, or through the input index map)."""
         out = self.active_out
         if self.in_index is None:
-            weight = self.weight[:out, : self.active_in * self.expand]
-        else:
-            weight = self.weight[:out].index_select(1, self.in_index.to(x.device))
-        bias = self.bias[:out] if self.bias is not None else None
-        return F.linear(x, weight, bias)
+            return self.weight[:out, : self.active_in * self.expand]
+        return self.weight[:out].index_select(1, self.in_index.to(self.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias[: self.active_out] if self.bias is not None else None
+        return F.linear(x, self.active_weight(), bias)
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):

@@ -51,13 +51,13 @@ def key_features(keys: Sequence[BlockKey]) -> tuple[float, float]:
     for k in keys:
         if k.op == "conv":  # the shapes ONNX Runtime computes (NCHWc: padded channels)
             c_out = pad_channels(k.c_out, k.nchwc_block)
-            c_in = 1 if k.depthwise else as_run(k).c_in
+            c_in = 1 if k.depthwise else k.group_width or as_run(k).c_in
             oh, ow = k.out_hw
             w += c_out * c_in * k.kernel * k.kernel
             a += k.batch * c_out * oh * ow
         elif k.op == "linear":
             w += k.c_in * k.c_out
-            a += k.batch * k.c_out
+            a += k.batch * k.c_out * k.in_h * k.in_w  # positions: 1 x 1 after a flatten
     return w / 1e6, a / 1e6
 
 
@@ -79,6 +79,7 @@ class Calibration:
     cv_mape: float | None = None
     corrections: dict[BlockKey, float] = field(default_factory=dict)
     prior_rel: float = 0.0
+    model_ref: dict[str, Any] | None = None  # ModelRef.to_dict() of the profiled model (None in older tables)
 
     @property
     def scale(self) -> float:

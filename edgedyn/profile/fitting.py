@@ -73,7 +73,7 @@ def fit_table_calibration(table: LatencyTable, net: DynamicNet, specs: list[Subn
                "measured_ms": round(float(m), 4)} for s, f, m in zip(specs, feats, measured)]
     table.calibration[net.arch_signature()] = Calibration(
         f"{net.name}@{net.input_shape[-1]}", fit.coef, fit.offset_ms, len(specs), points, fit.cv_mape,
-        corrections, fit.prior_rel)
+        corrections, fit.prior_rel, net.model_ref.to_dict() if net.model_ref is not None else None)
     terms = " + ".join(f"{v:.4g} x {k}" for k, v in fit.coef.items())
     fixed = (f"; per-block corrections on {len(corrections)} blocks (prior width {fit.prior_rel:g})"
              if corrections else "; no per-block corrections (they did not cross-validate)")

@@ -26,11 +26,22 @@ def subsample_keys(keys: list[BlockKey], step: int) -> tuple[list[BlockKey], lis
     measure: list[BlockKey] = []
     interp: list[BlockKey] = []
     for ks in by_geom.values():
-        cins, couts = sorted({k.c_in for k in ks}), sorted({k.c_out for k in ks})
-        keep_in = {c for i, c in enumerate(cins) if i % step == 0 or i == len(cins) - 1}
-        keep_out = {c for i, c in enumerate(couts) if i % step == 0 or i == len(couts) - 1}
+        # blocks sharing a geometry (e.g. a conv after a concat and one before it) each have a product
+        # grid of widths; c_in values with the same c_out set form one product, subsampled on its own
+        outs: dict[int, set[int]] = {}
         for k in ks:
-            (measure if k.c_in in keep_in and k.c_out in keep_out else interp).append(k)
+            outs.setdefault(k.c_in, set()).add(k.c_out)
+        products: dict[frozenset[int], list[int]] = {}
+        for ci, cos in outs.items():
+            products.setdefault(frozenset(cos), []).append(ci)
+        keep: set[tuple[int, int]] = set()
+        for outs_of, cis in products.items():
+            cins, couts = sorted(cis), sorted(outs_of)
+            keep_in = {c for i, c in enumerate(cins) if i % step == 0 or i == len(cins) - 1}
+            keep_out = {c for i, c in enumerate(couts) if i % step == 0 or i == len(couts) - 1}
+            keep |= {(a, b) for a in keep_in for b in keep_out}
+        for k in ks:
+            (measure if (k.c_in, k.c_out) in keep else interp).append(k)
     return measure, interp
 
 
@@ -53,8 +64,9 @@ def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[
             continue
         cins, couts = sorted({p[0] for p in pts}), sorted({p[1] for p in pts})
         grid = np.array([[pts.get((ci, co), np.nan) for co in couts] for ci in cins])
-        if np.isnan(grid).any():
-            raise EdgedynError(f"cannot interpolate block {k.to_str()}: its measured grid is incomplete")
+        if np.isnan(grid).any():  # several blocks share the geometry (e.g. after a concat): one measured cell
+            out[k] = Entry(_cell(k, pts), "interpolated")
+            continue
         axes, values, point = [], grid, []
         if len(cins) > 1:
             axes.append(np.array(cins, float))
@@ -69,6 +81,25 @@ def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[
         ms = float(RegularGridInterpolator(axes, values)(np.array([point]))[0]) if axes else float(values)
         out[k] = Entry(ms, "interpolated")
     return out
+
+
+def _cell(k: BlockKey, pts: dict[tuple[int, int], float]) -> float:
+    """Bilinear interpolation in the nearest cell around ``k`` whose four corners were measured."""
+    cins, couts = sorted({p[0] for p in pts}), sorted({p[1] for p in pts})
+    los_i = [c for c in reversed(cins) if c <= k.c_in]
+    his_i = [c for c in cins if c >= k.c_in]
+    los_o = [c for c in reversed(couts) if c <= k.c_out]
+    his_o = [c for c in couts if c >= k.c_out]
+    cells = sorted(((a, b, c, d) for a in los_i for b in his_i for c in los_o for d in his_o),
+                   key=lambda t: (t[1] - t[0]) * max(1, t[3] - t[2]) + (t[3] - t[2]))
+    for i0, i1, o0, o1 in cells:
+        if all((i, o) in pts for i in (i0, i1) for o in (o0, o1)):
+            ti = (k.c_in - i0) / (i1 - i0) if i1 > i0 else 0.0
+            to = (k.c_out - o0) / (o1 - o0) if o1 > o0 else 0.0
+            low = pts[(i0, o0)] * (1 - to) + pts[(i0, o1)] * to
+            high = pts[(i1, o0)] * (1 - to) + pts[(i1, o1)] * to
+            return float(low * (1 - ti) + high * ti)
+    raise EdgedynError(f"cannot interpolate block {k.to_str()}: no measured cell of its geometry surrounds it")
 
 
 def share_as_run(entries: dict[BlockKey, Entry]) -> int:

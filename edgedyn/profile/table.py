@@ -10,7 +10,8 @@ File format (JSON, ``schema: "edgedyn.latency_table/2"``)::
      "entries": {"<BlockKey.to_str()>": {"ms", "p10", "p90", "iqr", "n", "source"}},
      "calibration": {"<architecture signature>": {"model", "coef": {feature: value}, "offset_ms",
                                                     "n", "cv_mape", "prior_rel",
-                                                    "corrections": {"<BlockKey>": ms}, "points"}},
+                                                    "corrections": {"<BlockKey>": ms}, "points",
+                                                    "model_ref": {"ref", "source_sha256"} (optional)}},
      "validation": {"<architecture signature>": {"k", "mape", "within_10pct", "spearman_table",
                                            "spearman_flops", "points"}},
      "states": {"<state id>": {...MachineState...}}, "base_state": "<state id>"}
@@ -316,7 +317,7 @@ class LatencyTable:
             "calibration": {sig: {"model": c.model, "coef": c.coef, "offset_ms": c.offset_ms, "n": c.n,
                                   "cv_mape": c.cv_mape, "prior_rel": c.prior_rel,
                                   "corrections": {k.to_str(): round(v, 7) for k, v in sorted(c.corrections.items())},
-                                  "points": c.points} for sig, c in self.calibration.items()},
+                                  "points": c.points, **_model_ref_field(c)} for sig, c in self.calibration.items()},
             "validation": self.validation,
             "entries": {k.to_str(): e.to_dict() for k, e in sorted(self.entries.items())},
             **({"base_state": self.base_state, "states": {sid: st.to_dict() for sid, st in self.states.items()}}
@@ -454,7 +455,24 @@ def _calibration_from(c: Any, where: str) -> Calibration:
         str(c.get("model", "?")), coefs, validate.finite(validate.field_of(c, "offset_ms", where), where, "offset_ms"),
         validate.integer(c.get("n", 0), where, "n", lo=0), points,
         validate.optional(validate.nonneg, c.get("cv_mape"), where, "cv_mape"), corrections,
-        validate.nonneg(c.get("prior_rel", 0.0), where, "prior_rel"))
+        validate.nonneg(c.get("prior_rel", 0.0), where, "prior_rel"), _model_ref_from(c.get("model_ref"), where))
+
+
+def _model_ref_field(c: Calibration) -> dict[str, Any]:
+    """The calibration's model reference, when it has one (tables before it have none)."""
+    return {"model_ref": c.model_ref} if c.model_ref is not None else {}
+
+
+def _model_ref_from(obj: Any, where: str) -> dict[str, Any] | None:
+    """A calibration's optional ``model_ref`` ({"ref", "source_sha256"}); informational: a table is
+    matched to a model by its architecture signature, not by the factory file's hash."""
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("ref"), str) \
+            or not isinstance(obj.get("source_sha256"), (str, type(None))):
+        raise ArtifactError(f"{where}: field 'model_ref' must be an object with 'ref' (a string) and "
+                            "'source_sha256' (a string or null)")
+    return {"ref": obj["ref"], "source_sha256": obj["source_sha256"]}
 
 
 def _layout_from(lay: dict, w: str) -> Layout:

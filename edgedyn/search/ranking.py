@@ -9,7 +9,10 @@ its most important channels come first (prefix slicing then keeps them):
   the group computes with ``W + alpha_c * n``, with ``n ~ N(0, std(W))`` fresh each
   forward and detached; there is no noise in eval mode. After a short cross-entropy
   training run, channels with the largest ``|alpha|`` tolerate the most noise and are
-  removed first.
+  removed first. The noise branch computes with the layer's own active weight
+  (``active_weight``: index maps after a concat, the group count of a depthwise or grouped
+  conv). A layer whose outputs span several groups (a depthwise conv after a concat) gets
+  no noise of its own: the layers producing its inputs carry it.
 - ``l1``: the sum of the L1 norms of the group's output filters; smallest removed first.
 """
 
@@ -24,6 +27,7 @@ from torch import nn
 
 from ..dynamic import DynamicNet
 from ..dynamic.layers import DynamicConv2d, DynamicLinear
+from ..dynamic.slicing import module_of
 
 RANKINGS = ("noise", "l1")
 
@@ -46,8 +50,9 @@ class NoiseInjection:
         mods = dict(net.model.named_modules())
         for g in net.groups:
             for m in g.members:
-                mod = mods[m.layer]
-                if m.side == "out" and isinstance(mod, (DynamicConv2d, DynamicLinear)):
+                info = net.layers[m.layer]
+                mod = module_of(mods, info)
+                if m.side == "out" and isinstance(mod, (DynamicConv2d, DynamicLinear)) and not info.out_parts:
                     self._hooks.append(mod.register_forward_hook(self._hook(g.index)))
 
     def _hook(self, group: int) -> Callable:
@@ -58,12 +63,11 @@ class NoiseInjection:
             c_out = mod.active_out
             alpha = self.alphas[group][:c_out]
             if isinstance(mod, DynamicConv2d):
-                w = mod.weight[:c_out] if mod.groups > 1 else mod.weight[:c_out, : mod.active_in]
+                w, groups = mod.active_weight()
                 noise = (torch.randn_like(w) * w.detach().std()).detach()
-                groups = c_out if mod.groups > 1 else 1
                 extra = F.conv2d(x, noise, None, mod.stride, mod.padding, mod.dilation, groups)
                 return out + alpha.view(1, -1, 1, 1) * extra
-            w = mod.weight[:c_out, : mod.active_in * mod.expand]
+            w = mod.active_weight()
             noise = (torch.randn_like(w) * w.detach().std()).detach()
             return out + alpha * F.linear(x, noise)
 
@@ -95,8 +99,9 @@ def l1_orders(net: DynamicNet) -> list[torch.Tensor]:
     for g in net.groups:
         score = torch.zeros(g.channels)
         for m in g.members:
-            mod = mods[m.layer]
-            if m.side == "out" and isinstance(mod, (DynamicConv2d, DynamicLinear)):
+            info = net.layers[m.layer]
+            mod = module_of(mods, info)
+            if m.side == "out" and isinstance(mod, (DynamicConv2d, DynamicLinear)) and not info.out_parts:
                 score += mod.weight.detach().abs().flatten(1).sum(1).cpu()
         orders.append(torch.sort(-score, stable=True).indices)
     return orders
