@@ -365,10 +365,15 @@ def test_profile_chooses_records_and_keeps_its_thread_count(fake, tmp_path, monk
     seen.clear()
     Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True), log=lambda m: None, progress=False).run()
     assert set(seen) == {2}
-    # asking for another count is refused, naming the file and the field
+    # a merge at another count profiles that count in full, as a machine state of its own
+    Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True, threads=1), log=lambda m: None,
+             progress=False).run()
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert table.backend["threads"] == 2 and sorted(st.threads for st in table.states.values()) == [1, 2]
+    # a resume at another count is still refused, naming the file and the field
     with pytest.raises(ArtifactError, match=r"t\.json: field 'backend\.threads' is 2"):
-        Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True, threads=1), log=lambda m: None,
-                 progress=False).run()
+        Profiler(cfg(tmp_path, validate=0, input_size=24, threads=1, resume=True), log=lambda m: None,
+                 progress=False)._set_threads(table, tmp_path / "t.json")
 
 
 class ScriptedRunner:
