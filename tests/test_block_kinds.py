@@ -48,7 +48,7 @@ class NextLike(nn.Module):
         self.fc = nn.Linear(16, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        x = nn.functional.avg_pool2d(self.stem(x), 3, 1, 1)  # Inception's branch pool
         y = self.down(self.act(self.up(self.norm(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
         x = x + self.layer_scale * y
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
@@ -105,7 +105,9 @@ def test_grouped_conv_keeps_whole_groups():
 def test_convnext_like_blocks():
     net = _net(NextLike(), 32)
     ops = [t.op for t in model_blocks(net)]
-    assert ops[:6] == ["conv", "conv", "to_nhwc", "layernorm", "linear", "linear"]
+    assert ops[:7] == ["conv", "avgpool", "conv", "to_nhwc", "layernorm", "linear", "linear"]
+    pool = model_blocks(net)[1]
+    assert (pool.kernel, pool.stride, pool.padding, pool.in_h) == (3, 1, 1, 16)
     assert {"to_nchw", "scale", "add", "gap"} <= set(ops)
     up = next(t for t in model_blocks(net) if t.name == "up")
     assert up.act == "gelu" and (up.in_h, up.in_w) == (16, 16)

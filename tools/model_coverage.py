@@ -11,6 +11,11 @@ it measured).
     .venv/bin/python tools/model_coverage.py --table-only --out docs/model_coverage.json   # reprint
 
 ViT, Swin and MaxViT (attention models) are out of scope and listed without running.
+Each record also says whether the latency profiler can cut the model into priced blocks
+(``profiler``: ``ok`` or the one-line reason); ``--blocks-only`` adds just that to the
+records already in ``--out``:
+
+    nice .venv/bin/python tools/model_coverage.py --blocks-only --models resnet18,densenet121
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def check_model(name: str, size: int = 64, num_classes: int = 10) -> dict:
             worst["extract"] = max(worst["extract"], float((a - b).abs().max()) / scale)
             path = net.export_onnx(spec, Path(tmp) / f"{i}.onnx")
             worst["onnx"] = max(worst["onnx"], float(abs(run_onnxruntime(path, x.numpy()) - a.numpy()).max()) / scale)
+    record["profiler"] = profiler_blocks(net)
     frozen = net.frozen_groups()
     ok = max(worst.values()) <= TOL
     status = "mismatch" if not ok else ("frozen layers" if frozen else "works")
@@ -83,6 +89,35 @@ def check_model(name: str, size: int = 64, num_classes: int = 10) -> dict:
             "min_macs_ratio": round(net.macs(net.min_spec()) / net.macs(net.full_spec()), 4),
             "max_rel_diff": {k: float(f"{v:.2e}") for k, v in worst.items()},
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def profiler_blocks(net) -> str:
+    """``ok (N blocks, K keys)`` when the latency profiler can price every block of ``net``, else why not."""
+    from edgedyn.blocks import all_keys, model_blocks
+    from edgedyn.errors import EdgedynError
+
+    try:
+        return f"ok ({len(model_blocks(net))} blocks, {len(all_keys(net))} keys)"
+    except EdgedynError as err:
+        return f"no: {err}"[:200]
+
+
+def _blocks_only(names: list[str], done: dict[str, dict], size: int, out: Path) -> None:
+    from edgedyn.dynamic import DynamicNet
+    from edgedyn.errors import EdgedynError
+
+    for name in names:
+        rec = done.get(name)
+        if rec is None or rec.get("status") in ("refused", "out of scope"):
+            continue
+        try:
+            net = DynamicNet.from_name(name, num_classes=10, input_size=rec.get("input_size", size))
+        except EdgedynError as err:
+            rec["profiler"] = f"no: {err}"[:200]
+        else:
+            rec["profiler"] = profiler_blocks(net)
+        print(f"{name}: profiler {rec['profiler']}", flush=True)
+        out.write_text(json.dumps({"size": size, "tolerance": TOL, "models": list(done.values())}, indent=1) + "\n")
 
 
 def _short(reason: str) -> str:
@@ -109,7 +144,7 @@ def table(records: list[dict]) -> str:
     by_family: dict[str, list[dict]] = {}
     for r in records:
         by_family.setdefault(r["family"], []).append(r)
-    lines = ["| family | models | status | why |", "|---|---|---|---|"]
+    lines = ["| family | models | status | why | latency profiler |", "|---|---|---|---|---|"]
     for fam, _ in FAMILIES:
         rs = by_family.get(fam)
         if not rs:
@@ -117,8 +152,14 @@ def table(records: list[dict]) -> str:
         statuses = sorted({r["status"] for r in rs})
         whys = sorted({r["why"] for r in rs if r.get("why")})
         models = ", ".join(f"`{r['model']}`" for r in rs)
-        lines.append(f"| {fam} | {models} | {' / '.join(statuses)} | {'; '.join(whys)[:300]} |")
+        prof = sorted({_profiler_short(r["profiler"]) for r in rs if r.get("profiler")})
+        lines.append(f"| {fam} | {models} | {' / '.join(statuses)} | {'; '.join(whys)[:300]} | "
+                     f"{'; '.join(prof) or ('n/a' if rs[0]['status'] in ('refused', 'out of scope') else 'not run')} |")
     return "\n".join(lines)
+
+
+def _profiler_short(text: str) -> str:
+    return "prices every block" if text.startswith("ok") else text.removeprefix("no: ").split(" has no latency")[0][:100]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="input height = width (raised to a model's minimum)")
     parser.add_argument("--models", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--table-only", action="store_true", help="reprint the table of --out, measure nothing")
+    parser.add_argument("--blocks-only", action="store_true",
+                        help="only add the profiler's block check to the records in --out (of --models)")
     args = parser.parse_args(argv)
     import torch
 
@@ -134,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     done: dict[str, dict] = {}
     if args.out.is_file():
         done = {r["model"]: r for r in json.loads(args.out.read_text())["models"]}
-    if not args.table_only:
+    if args.blocks_only:
+        _blocks_only(args.models.split(",") if args.models else list(done), done, args.size, args.out)
+    elif not args.table_only:
         from edgedyn.models import builtin_names
 
         names = args.models.split(",") if args.models else _cheap_first(builtin_names())

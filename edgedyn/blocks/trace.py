@@ -304,9 +304,9 @@ class _Cutter:
         if src is not None and act is not None:
             self.follow(node.name if m is None else str(node.target), "act", src, node, act=act)
             self.last.update({node} if src in self.last else set())
-        elif src is not None and isinstance(m, nn.MaxPool2d):
-            self.follow(str(node.target), "maxpool", src, node, kernel=_pair(m.kernel_size),
-                        stride=_pair(m.stride), padding=_pair(m.padding))
+        elif src is not None and (isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) or node.op == "call_function"
+                                  and node.target in (functional.max_pool2d, functional.avg_pool2d)):
+            self.pool(node, src, m)
         elif src is not None and (isinstance(m, nn.AdaptiveAvgPool2d) or node.op == "call_function"
                                   and node.target is functional.adaptive_avg_pool2d):
             self.adaptive_pool(node, src, m)
@@ -331,6 +331,25 @@ class _Cutter:
         else:
             raise ModelError(f"{_where(node)} has no latency block, so this model cannot be profiled "
                              "(search it with --cost flops)")
+
+    def pool(self, node: fx.Node, src: fx.Node, m: nn.Module | None) -> None:
+        """Max or average pooling: a module, or ``F.max_pool2d`` / ``F.avg_pool2d`` (Inception)."""
+        names = ("kernel_size", "stride", "padding", "ceil_mode" if isinstance(m, nn.AvgPool2d) or
+                 node.target is functional.avg_pool2d else "dilation")
+        if m is not None:
+            opts: dict[str, Any] = {k: getattr(m, k) for k in names}
+            opts["ceil_mode"] = m.ceil_mode
+        else:
+            opts = {**dict(zip(names, node.args[1:])), **node.kwargs}
+        op = "maxpool" if isinstance(m, nn.MaxPool2d) or node.target is functional.max_pool2d else "avgpool"
+        k, p = _pair(opts["kernel_size"]), _pair(opts.get("padding", 0))
+        s = _pair(opts.get("stride")) if opts.get("stride") else k
+        floor = tuple((n + 2 * p - k) // s + 1 for n in _shape(src)[2:])
+        if _pair(opts.get("dilation", 1)) != 1 or tuple(_shape(node)[2:]) != floor:  # ceil_mode that rounds up
+            raise ModelError(f"{_where(node)}: a pool with dilation, or whose ceil_mode rounds its output up "
+                             f"({tuple(_shape(src)[2:])} -> {tuple(_shape(node)[2:])}), has no latency block; "
+                             "profile at an input size where it does not")
+        self.follow(str(node.target) if m is not None else node.name, op, src, node, kernel=k, stride=s, padding=p)
 
     @staticmethod
     def is_mean(node: fx.Node) -> bool:
