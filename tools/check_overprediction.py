@@ -13,6 +13,12 @@ in alternating order (A B C D D C B A) so drift cancels:
 - C ``deploy``: the targets alone, built and loaded as deploy does, deploy's protocol;
 - D ``few-raw-deploy-protocol``: the raw sessions alone, deploy's protocol.
 
+With ``--after-load S`` it tests another cause instead: a profile used to spend minutes
+with both cores busy exporting its ~160 sub-nets right before it timed them, and deploy
+starts from a quieter machine. It times the targets as deploy does (C) right after ``S``
+seconds of both cores busy (two processes multiplying matrices) and after ``S`` seconds
+idle, alternating (idle, load, load, idle).
+
     python tools/check_overprediction.py --out results/overprediction_resnet20.json
 """
 
@@ -44,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--targets", type=int, default=8)
     p.add_argument("--calibrate", type=int, default=144)
+    p.add_argument("--after-load", type=float, default=None, help="seconds of load (or idle) before each timing")
     p.add_argument("--out", default="results/overprediction_resnet20.json")
     args = p.parse_args(argv)
 
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             onnx = net.export_onnx(s, root / f"d{j}.onnx")
             built.append(be.load(be.build(onnx, root / f"d{j}.opt.onnx"), tuple(net.input_shape)).activate())
         busy = busy_before_timing(print, 1.0)
+        if args.after_load is not None:
+            return after_load(built, args, net, targets, busy)
 
         def cond(name: str) -> list[float]:
             if name == "profile":
@@ -105,6 +114,50 @@ def main(argv: list[str] | None = None) -> int:
         "calibration_sessions": len(cal), "targets": [list(s.widths) for s in targets],
         "cpu_busy_before_timing": busy, "device": {kk: device_info("cpu").get(kk) for kk in ("name", "isa")},
         "rows": rows})
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _burn(seconds: float) -> None:
+    """Keep one core busy for ``seconds`` (matrix products, as the exporter's tracing does)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a = np.tanh(a @ a.T * 1e-3)
+
+
+def after_load(built: list, args: argparse.Namespace, net, targets: list, busy) -> int:
+    """Deploy's timing of ``built`` after ``args.after_load`` s of both cores busy, and after as long idle."""
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from edgedyn.artifacts import atomic_write_json
+    from edgedyn.deploy.timing import measure_runners
+
+    runs: dict[str, list[list[float]]] = {"idle": [], "load": []}
+    for name in ("idle", "load", "load", "idle"):
+        if name == "load":
+            procs = [mp.get_context("spawn").Process(target=_burn, args=(args.after_load,)) for _ in range(2)]
+            for pr in procs:
+                pr.start()
+            for pr in procs:
+                pr.join()
+        else:
+            time.sleep(args.after_load)
+        runs[name].append([st["median"] for st in measure_runners(built)])
+        print(f"after {name}: median of the targets {np.median(runs[name][-1]):.4f} ms", flush=True)
+    med = {n: np.median(np.array(v), axis=0) for n, v in runs.items()}
+    ratio = med["load"] / med["idle"]
+    print(f"after {args.after_load:g} s of load / after as long idle: median ratio {np.median(ratio):.3f} "
+          f"(min {ratio.min():.3f}, max {ratio.max():.3f}) over {len(targets)} targets, 2 passes each")
+    atomic_write_json(Path(args.out), {
+        "schema": "edgedyn.overprediction_after_load/1", "model": f"{net.name}@{net.input_shape[-1]}",
+        "seconds": args.after_load, "cpu_busy_before_timing": busy, "ratio_median": round(float(np.median(ratio)), 4),
+        "ratio_min": round(float(ratio.min()), 4), "ratio_max": round(float(ratio.max()), 4),
+        "passes": {n: [[round(float(x), 5) for x in p] for p in v] for n, v in runs.items()}})
     print(f"wrote {args.out}")
     return 0
 
