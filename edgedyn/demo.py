@@ -138,7 +138,16 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
         acc = f"{100 * r['test_acc']:.1f}%" if r["test_acc"] is not None else "-"
         pred = f"{r['predicted_ms']:.3f}" if r["predicted_ms"] is not None else "-"
         log(f"{i:>2} {str(r['budget']):>16} {r['mmacs']:>7.2f} {pred:>8} {r['measured_ms']:>8.3f} {acc:>8}")
-    for problem in manifest.checks.get("problems", []):
+    checks = manifest.checks
+    if "prediction_error" in checks:
+        def errs(key: str) -> str:
+            return ", ".join(f"{100 * e:+.1f}%" for e in checks[key].values())
+
+        rechecked = bool(checks.get("recheck", {}).get("trusted"))
+        log(f"deploy check: measured vs the table as profiled {errs('prediction_error_raw')}"
+            + (f"; vs the table re-checked on {checks['recheck']['probes']} probes {errs('prediction_error')}"
+               if rechecked else "") + f" (all within 10%: {'yes' if checks['prediction_within_10pct'] else 'no'})")
+    for problem in checks.get("problems", []):
         log(f"deploy check: {problem}")
     if val:
         log(f"table validation (K={val['k']}): MAPE {val['mape']:.2f}%, within 10% {val['within_10pct']:.0f}%, "
