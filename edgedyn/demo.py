@@ -138,7 +138,20 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
         acc = f"{100 * r['test_acc']:.1f}%" if r["test_acc"] is not None else "-"
         pred = f"{r['predicted_ms']:.3f}" if r["predicted_ms"] is not None else "-"
         log(f"{i:>2} {str(r['budget']):>16} {r['mmacs']:>7.2f} {pred:>8} {r['measured_ms']:>8.3f} {acc:>8}")
-    checks = manifest.checks
+    _log_checks(manifest.checks, log)
+    if val:
+        log(f"table validation (K={val['k']}): MAPE {val['mape']:.2f}%, within 10% {val['within_10pct']:.0f}%, "
+            f"Spearman {_rho(val['spearman_table'])} (FLOPs {_rho(val['spearman_flops'])})")
+    log("budget ramping down:")
+    log(down.format())
+    log("budget ramping up, then held at the top:")
+    log(up.format())
+    log(f"plot: {summary['plot']}   summary: {out / 'summary.json'}   total {summary['seconds']} s")
+    return summary
+
+
+def _log_checks(checks: dict, log: Log) -> None:
+    """Deploy's checks: measured against the table as profiled and as re-checked, and any problem."""
     if "prediction_error" in checks:
         def errs(key: str) -> str:
             return ", ".join(f"{100 * e:+.1f}%" for e in checks[key].values())
@@ -149,15 +162,6 @@ def run_demo(out: str | Path = "runs/demo", *, model: str = "resnet20", data: st
                if rechecked else "") + f" (all within 10%: {'yes' if checks['prediction_within_10pct'] else 'no'})")
     for problem in checks.get("problems", []):
         log(f"deploy check: {problem}")
-    if val:
-        log(f"table validation (K={val['k']}): MAPE {val['mape']:.2f}%, within 10% {val['within_10pct']:.0f}%, "
-            f"Spearman {_rho(val['spearman_table'])} (FLOPs {_rho(val['spearman_flops'])})")
-    log("budget ramping down:")
-    log(down.format())
-    log("budget ramping up, then held at the top:")
-    log(up.format())
-    log(f"plot: {summary['plot']}   summary: {out / 'summary.json'}   total {summary['seconds']} s")
-    return summary
 
 
 def _rho(value: float | None) -> str:
