@@ -42,7 +42,9 @@ def test_parse_cpuinfo_counts_physical_cores():
         f"processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Test CPU\nphysical id\t: {i // 4}\ncore id\t: {(i // 2) % 2}\n"
         for i in range(8))
     parsed = dv._parse_cpuinfo(text)
-    assert parsed == {"model": "Intel(R) Xeon(R) Test CPU", "physical_cores": 4, "processors": 8}
+    assert parsed == {"model": "Intel(R) Xeon(R) Test CPU", "physical_cores": 4, "processors": 8, "isa": None}
+    assert dv._isa({"fpu", "avx", "avx2", "avx512f"}) == "avx512" and dv._isa({"asimd"}) == "neon"
+    assert dv._isa({"avx", "avx2"}) == "avx2" and dv._isa(set()) is None
     arm = dv._parse_cpuinfo("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd42\n\n")
     assert "0xd42" in arm["model"] and arm["physical_cores"] is None
 

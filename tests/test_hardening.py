@@ -332,7 +332,7 @@ def test_profiler_prints_progress_lines_off_a_terminal(fake, tmp_path, monkeypat
     monkeypatch.setattr(progress_mod, "EVERY_S", 0.0)  # a line per step
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
     logs: list[str] = []
-    Profiler(cfg(tmp_path, calibrate=4, validate=3), log=logs.append, progress=True).run()
+    Profiler(cfg(tmp_path, calibrate=4, validate=3, probes=0), log=logs.append, progress=True).run()
     blocks = [m for m in logs if m.startswith("blocks: ")]
     assert blocks and blocks[-1].startswith("blocks: ") and " done (" in blocks[-1]
     assert any(m.startswith("calibration + validation build: 1/7 (") for m in logs)

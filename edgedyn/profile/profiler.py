@@ -221,7 +221,8 @@ class Profiler:
                     # one interleaved batch: calibration, validation and probes see the same drift
                     batch = self._calibration_specs() + (self._validation_specs() if c.validate else [])
                     self._measure_specs(batch + self._probe_specs(), whole, table,
-                                        "calibration" + (" + validation" if c.validate else "") + " + probes")
+                                        "calibration" + (" + validation" if c.validate else "")
+                                        + (" + probes" if c.probes else ""))
                 self._calibrate(table, whole)
                 if c.validate:
                     self._validate(table, whole)
