@@ -29,6 +29,7 @@ from .states import (
     MachineState,
     ModelProbes,
     current_key,
+    ensure_own_state,
     fit_correction,
     probe_specs,
     record_probes,
@@ -221,10 +222,7 @@ def recheck(table_path: str | Path, out: str | Path, *, threads: int | None = No
     provenance = {"source_table": str(path), "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                   "source_state": table.base_state,
                   "rechecked": timestamp(), "seconds": round(seconds, 2)}
-    if table.base_state is None:  # a table written before probes existed: its own state, without probes
-        own = MachineState(own_key(table), "profile", table.created)
-        table.states.setdefault(own.id, own)
-        table.base_state = own.id
+    ensure_own_state(table)  # a table written before probes existed
     state = None
     checks = []
     for net, specs, measured, predicted, report in results:

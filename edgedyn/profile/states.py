@@ -374,15 +374,20 @@ def record_probes(table: TableLike, net: DynamicNet, specs: list[SubnetSpec], me
     return state
 
 
+def ensure_own_state(table: TableLike) -> None:
+    """Give a table written before probes existed its own state (without probes) as ``base_state``."""
+    if table.base_state is None:
+        own = MachineState(state_key(table.device, table.backend), "profile", table.created)
+        table.states.setdefault(own.id, own)
+        table.base_state = own.id
+
+
 def add_state_table(target: TableLike, table: TableLike) -> TableLike:
     """``target`` holding ``table`` (a full profile in another machine state) as a state of its
     own: ``table``'s probes and its entries and calibration (``profile --merge``)."""
     import datetime
 
-    if target.base_state is None:  # a table written before probes existed: its own state, without probes
-        own = MachineState(state_key(target.device, target.backend), "profile", target.created)
-        target.states.setdefault(own.id, own)
-        target.base_state = own.id
+    ensure_own_state(target)
     key = state_key(table.device, table.backend)
     models = dict(table.states[table.base_state].models) if table.base_state in table.states else {}
     table.states, table.base_state, table.active_state = {}, None, None
