@@ -13,3 +13,13 @@ def resnet20():
     from helpers import settle_bn
 
     return settle_bn(DynamicNet.from_name("resnet20", num_classes=10, input_size=32), 32)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny convs run faster without OpenMP hand-offs on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

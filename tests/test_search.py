@@ -24,13 +24,7 @@ from edgedyn.search.progressive import next_removals
 from edgedyn.search.ranking import NoiseInjection, apply_order, l1_orders
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny convs run faster without OpenMP hand-offs on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 class MockLatency:

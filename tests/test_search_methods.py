@@ -18,12 +18,7 @@ from edgedyn.search.registry import register_method, unregister_method, variants
 from test_search import MockLatency, interrupt_and_resume, small_config, strip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 # -- the toy method of docs/design.md ---------------------------------------------

@@ -101,19 +101,28 @@ def _print(rows: dict[str, dict]) -> None:
               f"{r['median_error_pct']:>14.2f}{r['worst_error_pct']:>9.2f}")
 
 
-def accuracy(args: argparse.Namespace) -> dict:
+def _rechecked(args: argparse.Namespace, threads: int | None) -> tuple[Any, float, Any]:
+    """``edgedyn recheck`` of ``args.table`` now (at ``threads``): its result, its seconds, and
+    the table it wrote, following the state it added."""
     from edgedyn.profile import LatencyTable
     from edgedyn.profile.recheck import recheck
 
-    src = LatencyTable.load(args.table)
-    net = _net(src, args.model, args.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = recheck(args.table, Path(tmp) / "now.json", probes=args.probes, model=args.model,
+        res = recheck(args.table, Path(tmp) / "now.json", threads=threads, probes=args.probes, model=args.model,
                       input_size=args.input_size, log=print)
         seconds = time.perf_counter() - t0
-        rechecked = LatencyTable.load(Path(tmp) / "now.json")
-    rechecked.select_state(key=res.state.key)
+        table = LatencyTable.load(Path(tmp) / "now.json")
+    table.select_state(key=res.state.key)
+    return res, seconds, table
+
+
+def accuracy(args: argparse.Namespace) -> dict:
+    from edgedyn.profile import LatencyTable
+
+    src = LatencyTable.load(args.table)
+    net = _net(src, args.model, args.input_size)
+    res, seconds, rechecked = _rechecked(args, None)
     specs = unseen_specs(net, args.unseen, table_specs(rechecked, net))
     meas = np.array(deploy_timing(net, specs, int(src.backend.get("threads") or 1), print))
     src.active_state = src.base_state  # the table as it was: its own state
@@ -130,17 +139,10 @@ def accuracy(args: argparse.Namespace) -> dict:
 
 def transfer(args: argparse.Namespace) -> dict:
     from edgedyn.profile import LatencyTable
-    from edgedyn.profile.recheck import recheck
 
     src = LatencyTable.load(args.table)
     net = _net(src, args.model, args.input_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        res = recheck(args.table, Path(tmp) / "moved.json", threads=args.threads, probes=args.probes,
-                      model=args.model, input_size=args.input_size, log=print)
-        seconds = time.perf_counter() - t0
-        moved = LatencyTable.load(Path(tmp) / "moved.json")
-    moved.select_state(key=res.state.key)
+    res, seconds, moved = _rechecked(args, args.threads)
     exclude = table_specs(moved, net)
     full = LatencyTable.load(args.full) if args.full else None
     if full is not None:
