@@ -43,9 +43,10 @@ def test_own_model_profiles_searches_deploys_serves_and_a_changed_file_is_refuse
     sha = hashlib.sha256(factory.read_bytes()).hexdigest()
     [cal] = recorded["calibration"].values()
     assert cal["model_ref"] == {"ref": ref, "source_sha256": sha}
+    # a one-pass table's own error sets no margin worth testing here (it can reach 20 %)
     _ok(["search", "--model", ref, "--budget-table", str(table), "--data", "synthetic", "--data-limit", "200",
          "--input-size", "32", "--budgets", "0.5,1.0", "--pretrain-epochs", "1", "--train-epochs", "1",
-         "--batches-per-epoch", "2", "--out", str(run)])
+         "--batches-per-epoch", "2", "--budget-margin", "0.02", "--out", str(run)])
     assert (run / "subnets.json").is_file() and (run / "weights.pt").is_file()
     summary = json.loads((run / "subnets.json").read_text())
     assert summary["cost"]["name"] == "latency" and summary["cost"]["unit"] == "ms"  # steered by the table

@@ -113,6 +113,12 @@ def test_pick_per_budget_and_unreachable_message():
     with pytest.raises(EdgedynError) as err:
         pick(pts, parse_budgets("1ms", "ms"), 10.0, "ms")
     assert "smallest feasible cost is 2 ms" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(EdgedynError) as err:  # reachable but for the margin: the message says so
+        pick(pts, parse_budgets("0.2", "ms"), 10.0, "ms", margin=0.2)
+    assert "(1.6 ms after the 20% margin)" in str(err.value) and "smaller --budget-margin" in str(err.value)
+    with pytest.raises(EdgedynError) as err:  # unreachable with no margin either: no such hint
+        pick(pts, parse_budgets("0.1", "ms"), 10.0, "ms", margin=0.2)
+    assert "after the 20% margin" in str(err.value) and "--budget-margin" not in str(err.value)
 
 
 def test_noise_injection_only_in_training_and_removable():

@@ -194,9 +194,11 @@ class Backend(abc.ABC):
     def prepare_subnets(self, net: DynamicNet, specs: Sequence[SubnetSpec], example: Any, workdirs: Sequence[Path],
                         progress: Callable[[], None] | None = None,
                         log: Callable[[str], None] | None = None) -> list[Runner]:
-        """Runners for whole sub-nets of ``net`` (the profiler's calibration and validation), one
-        workdir each. Default: :meth:`prepare_many` on each extracted sub-net; :class:`OnnxBackend`
-        derives their ONNX graphs from one export instead. ``log`` gets one-line notes."""
+        """Runners for whole sub-nets of ``net``, to be timed (the profiler's calibration and
+        validation, the probes of re-check and deploy), one workdir each. Default:
+        :meth:`prepare_many` on each extracted sub-net; :class:`OnnxBackend` derives their ONNX
+        graphs from one export instead, with the shared BatchNorm statistics where a sub-net has
+        its own (values that change no latency). ``log`` gets one-line notes."""
         return self.prepare_many([net.extract(s) for s in specs], example, workdirs, progress=progress)
 
     @abc.abstractmethod
@@ -304,7 +306,8 @@ class OnnxBackend(Backend):
         from ..dynamic.onnx_derive import subnet_onnx_files
 
         self.check_ready()
-        paths = subnet_onnx_files(net, specs, example, [Path(wd) / "model.onnx" for wd in workdirs], log=log)
+        paths = subnet_onnx_files(net, specs, example, [Path(wd) / "model.onnx" for wd in workdirs], log=log,
+                                  timing_only=True)
         runners = []
         for p in paths:
             runners.append(self.from_onnx(p, example))

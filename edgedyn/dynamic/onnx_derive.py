@@ -15,7 +15,9 @@ says how each operator carries the channel slice; a node no rule covers raises
 
 The derived graph holds the weights the network had when it was exported: derive before
 changing them. A sub-net with its own BatchNorm statistics (``DynamicNet.bn_stats``) is
-not derived (the exported convs hold the shared statistics folded in).
+not derived (the exported convs hold the shared statistics folded in), unless the graphs
+are only to be timed (``timing_only``): the statistics change the folded values, never the
+graph, so its latency is the same.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class SubnetOnnx:
         model: ``net.extract(net.full_spec())`` exported by :func:`edgedyn.export.export_proto`.
     """
 
-    def __init__(self, net: DynamicNet, model: onnx.ModelProto) -> None:
+    def __init__(self, net: DynamicNet, model: onnx.ModelProto, timing_only: bool = False) -> None:
         import onnx
 
         graph = model.graph
@@ -90,7 +92,8 @@ class SubnetOnnx:
             raise DeriveError("an initializer is also a graph input")
         self.net = net
         self.full = net.full_spec()
-        self.stats = set(net.bn_stats)  # sub-nets whose BatchNorm statistics are their own
+        # sub-nets whose BatchNorm statistics are their own (their values, not their graph, differ)
+        self.stats = set() if timing_only else set(net.bn_stats)
         self.shapes = _shapes(model)
         self.consts = _constants(graph)
         self.layers = {f"{i.name}.weight": i for i in net.layers.values() if i.kind in ("conv", "linear")}
@@ -101,11 +104,12 @@ class SubnetOnnx:
         self.weight_users = {n.input[1] for n in graph.node if n.op_type in _WEIGHT_OPS and len(n.input) > 1}
 
     @classmethod
-    def export(cls, net: DynamicNet, example: torch.Tensor) -> SubnetOnnx:
+    def export(cls, net: DynamicNet, example: torch.Tensor, timing_only: bool = False) -> SubnetOnnx:
         """Export ``net``'s full width once (as :mod:`edgedyn.export` exports every sub-net)."""
         from ..export import export_proto
 
-        return cls(net, export_proto(net.extract(net.full_spec()).cpu(), example, where=f"{net.name} (full)"))
+        return cls(net, export_proto(net.extract(net.full_spec()).cpu(), example, where=f"{net.name} (full)"),
+                   timing_only)
 
     def _walk(self, spec: SubnetSpec) -> Walk:
         walk = Walk(spec, self.shapes, self.consts, self.layers)
@@ -183,16 +187,18 @@ def _check_shapes(model: onnx.ModelProto, initializers: Sequence[onnx.TensorProt
 
 
 def subnet_onnx_files(net: DynamicNet, specs: Sequence[SubnetSpec], example: torch.Tensor,
-                      paths: Sequence[str | os.PathLike], log: Callable[[str], None] | None = None) -> list[Path]:
+                      paths: Sequence[str | os.PathLike], log: Callable[[str], None] | None = None,
+                      timing_only: bool = False) -> list[Path]:
     """Write the ONNX model of each spec to its path: derived from one export of the full network,
     exported one by one (:func:`edgedyn.export.export_many`) for any that cannot be derived
-    (``log`` gets one line saying why)."""
+    (``log`` gets one line saying why). ``timing_only``: the models are only timed, so sub-nets
+    with BatchNorm statistics of their own are derived too (see the module's note)."""
     from ..export import export_many
 
     out: list[Path | None] = [None] * len(specs)
     reason = ""
     try:
-        derived = SubnetOnnx.export(net, example)
+        derived = SubnetOnnx.export(net, example, timing_only)
     except DeriveError as err:
         reason = str(err)
     else:

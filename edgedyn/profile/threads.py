@@ -81,7 +81,8 @@ def time_thread_counts(backends: Mapping[int, Backend], net: DynamicNet, example
     with owned_tempdir("threads") as tmp:
         onnx_backends = [be for be in backends.values() if isinstance(be, OnnxBackend)]
         if len(onnx_backends) == len(backends):  # the ONNX graphs once, a session per thread count
-            paths = subnet_onnx_files(net, specs, example, [Path(tmp) / f"{n}.onnx" for n in names], log)
+            paths = subnet_onnx_files(net, specs, example, [Path(tmp) / f"{n}.onnx" for n in names], log,
+                                      timing_only=True)
             runners = [be.from_onnx(p, example) for be in onnx_backends for p in paths]
         else:
             modules = [net.extract(s) for s in specs]

@@ -109,9 +109,12 @@ def pick(points: Sequence[P], budgets: Sequence[Budget], full_cost: float, unit:
         fits = [p for p in points if p.cost <= limit + 1e-9 * max(1.0, abs(limit))]
         if not fits:
             frac = cheapest.cost / full_cost if full_cost > 0 else float("nan")
+            after = f" after the {100 * margin:.3g}% margin" if margin > 0 else ""
+            hint = ("; a smaller --budget-margin or a larger budget reaches it"
+                    if margin > 0 and cheapest.cost <= b.limit(full_cost, 0.0) else "")
             raise EdgedynError(
-                f"budget {b.text} ({limit:.4g} {unit}) is unreachable: the smallest feasible cost is "
-                f"{cheapest.cost:.4g} {unit} ({frac:.3g} of the full model)")
+                f"budget {b.text} ({limit:.4g} {unit}{after}) is unreachable: the smallest feasible cost is "
+                f"{cheapest.cost:.4g} {unit} ({frac:.3g} of the full model){hint}")
         if prefer == "cost":
             best = max(fits, key=lambda p: (p.cost, p.accuracy))
         else:
