@@ -7,11 +7,12 @@ setup:
 demo: setup
 	.venv/bin/edgedyn demo
 
+# one pytest worker per core, at most 4 (pytest-xdist, work-stealing); `pytest tests/x.py` runs serially
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 test-slow: setup
-	.venv/bin/python -m pytest -q -m slow
+	.venv/bin/python -m pytest -q -m slow -n auto --maxprocesses 4 --dist worksteal
 
 # ruff and mypy on edgedyn/ (settings in pyproject.toml); CI runs it before the tests.
 lint: setup

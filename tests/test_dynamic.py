@@ -89,14 +89,13 @@ def test_onnx_matches_pytorch_sample(nets, name, tmp_path):
 
     net = nets(name)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    for seed in (0, 1):
-        spec = net.random_spec(100 + seed)
-        path = net.export_onnx(spec, tmp_path / f"{seed}.onnx")
-        net.set_subnet(spec)
-        with torch.no_grad():
-            ref = net(x).numpy()
-        out = run_onnxruntime(path, x.numpy())
-        assert abs(out - ref).max() <= 1e-4
+    spec = net.random_spec(100)  # one non-uniform sub-net per model (test_onnx_derive checks more)
+    path = net.export_onnx(spec, tmp_path / "sub.onnx")
+    net.set_subnet(spec)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = run_onnxruntime(path, x.numpy())
+    assert abs(out - ref).max() <= 1e-4
     net.set_subnet(net.full_spec())
 
 
