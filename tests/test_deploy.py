@@ -331,9 +331,23 @@ def test_export_mismatch_is_one_line(run_dir: Path, tmp_path: Path, monkeypatch:
         return out
 
     monkeypatch.setattr(export_mod, "export_onnx", perturbed)
-    with pytest.raises(EdgedynError, match=r"sub-net 0 \[.*\]: exported ONNX differs from PyTorch by .* > 0.0001") as err:
+    with pytest.raises(EdgedynError, match=r"sub-net 0 \[.*\]: exported ONNX differs from PyTorch by .* \(max abs, > [0-9.e-]+: 0\.0001 x the outputs' scale") as err:
         deploy(run_dir, out=tmp_path / "b", **FAST)
     assert "\n" not in str(err.value)
+
+
+def test_fp32_tolerance_grows_with_the_outputs_scale() -> None:
+    from edgedyn.deploy.check import FP32_TOLERANCE, max_abs_diff
+
+    small = np.array([[0.5, -0.2]])
+    assert max_abs_diff(small + 0.9e-4, small, "x") == pytest.approx(0.9e-4)
+    with pytest.raises(EdgedynError, match=r"x differs from PyTorch by 1\.10e-04 \(max abs, > 0\.0001"):
+        max_abs_diff(small + 1.1e-4, small, "x")
+    large = np.array([[20.0, -3.0]])  # logits of 20: fp32 rounding of that size is 20x larger
+    assert max_abs_diff(large + 1.5e-3, large, "x") == pytest.approx(1.5e-3)
+    with pytest.raises(EdgedynError, match=r"> 0\.002: 0\.0001 x the outputs' scale, max\(1, 20\)"):
+        max_abs_diff(large + 2.5e-3, large, "x")
+    assert FP32_TOLERANCE == 1e-4
 
 
 # -- TensorRT (strict stand-in) ---------------------------------------------------------------
