@@ -18,7 +18,7 @@ from types import FrameType
 import click
 
 from . import __version__
-from .cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, NONNEG_INT, NUM_CLASSES, POSITIVE_INT, Int, Threads
+from .cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, MODEL_HELP, NONNEG_INT, NUM_CLASSES, POSITIVE_INT, Int, Threads
 from .errors import EdgedynError, Terminated
 
 EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
@@ -62,8 +62,7 @@ def _parse_spec(text: str):
 
 @cli.command()
 @click.option("--model", "model_name", required=True,
-              help="A torchvision classification model or resnet20 / resnet56, or path/to/file.py:function, "
-                   "or package.module:function.")
+              help=MODEL_HELP)
 @click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted).")
 @click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted).")
 @click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True,
@@ -88,7 +87,7 @@ def inspect(model_name, input_size, num_classes, channel_groups, group_size, min
 def _model_options(f):
     """Options that fix the dynamic network (shared by profile, search, deploy)."""
     for opt in reversed([
-        click.option("--model", "model_name", required=True, help="Supported model name (resnet20, resnet18, ...)."),
+        click.option("--model", "model_name", required=True, help=MODEL_HELP),
         click.option("--input-size", type=INPUT_SIZE, default=None, help="Input height = width (model default if omitted)."),
         click.option("--num-classes", type=NUM_CLASSES, default=None, help="Classifier outputs (model default if omitted)."),
         click.option("--channel-groups", type=CHANNEL_GROUPS, default=8, show_default=True,

@@ -160,3 +160,8 @@ class Ramp(click.ParamType):
 
 __all__ = ["CHANNEL_GROUPS", "EPOCHS", "FiniteFloat", "INPUT_SIZE", "Int", "NONNEG_INT", "NUM_CLASSES",
            "POSITIVE_FLOAT", "POSITIVE_INT", "Ramp", "SEED", "Threads"]
+
+
+#: the help of every --model option: what edgedyn.models.resolve_model accepts
+MODEL_HELP = ("A torchvision classification model or resnet20 / resnet56, or path/to/file.py:function, "
+              "or package.module:function.")

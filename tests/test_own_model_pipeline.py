@@ -87,3 +87,9 @@ def test_model_ref_is_optional_in_tables_and_manifests_and_checked_when_present(
     with pytest.raises(ArtifactError, match=f"{path}: calibration.*field 'model_ref'") as err:
         LatencyTable.load(path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("command", ["inspect", "profile", "search"])  # deploy rebuilds its run's model
+def test_every_model_option_says_what_it_takes(command):
+    out = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+    assert "torchvision classification model" in out and "path/to/file.py:function" in out

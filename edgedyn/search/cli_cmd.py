@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, NONNEG_INT, POSITIVE_INT, SEED, FiniteFloat, Int
+from ..cli_types import CHANNEL_GROUPS, EPOCHS, INPUT_SIZE, MODEL_HELP, NONNEG_INT, POSITIVE_INT, SEED, FiniteFloat, Int
 from ..cost import CostModel
 from ..errors import EdgedynError
 from .registry import get_method, method_names
@@ -42,7 +42,7 @@ def _summary(name: str) -> str:
 
 
 OPTIONS = [
-    click.option("--model", default="resnet20", show_default=True, help="Supported model name."),
+    click.option("--model", default="resnet20", show_default=True, help=MODEL_HELP),
     click.option("--data", default="digits", show_default=True,
                  help="digits | synthetic | fashion-mnist[:DIR] | idx:DIR | cifar10:DIR | imagefolder:DIR."),
     click.option("--data-limit", type=POSITIVE_INT, default=None, help="Use at most this many training samples."),
