@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -361,6 +362,10 @@ def test_profile_chooses_records_and_keeps_its_thread_count(fake, tmp_path, monk
     assert choice["median_ms"]["2"][2] == pytest.approx(0.6 * choice["median_ms"]["1"][2], rel=1e-3)
     assert LatencyTable.load(tmp_path / "t.json").backend["threads"] == 2
     assert any("-> 2" in m for m in logs)
+    # each stage says how long it took (the profiling-time figures of docs/machine-states.md)
+    assert any(re.fullmatch(r"blocks: \d+\.\d s", m) for m in logs), logs
+    assert any(re.search(r": built \d+ sub-nets in \d+\.\d s; timing", m) for m in logs), logs
+    assert any(re.search(r": timed \d+ sub-nets in \d+\.\d s$", m) for m in logs), logs
     # merging another model into it keeps its count, without timing the counts again
     seen.clear()
     Profiler(cfg(tmp_path, validate=0, input_size=24, merge=True), log=lambda m: None, progress=False).run()

@@ -215,7 +215,9 @@ class Profiler:
         t_start = time.perf_counter()
         table, whole = self._start()
         try:
+            t_blocks = time.perf_counter()
             self._blocks(table, whole)
+            self.log(f"blocks: {time.perf_counter() - t_blocks:.1f} s")
             if table.measured:
                 if c.calibrate >= 2:
                     # one interleaved batch: calibration, validation and probes see the same drift
@@ -270,14 +272,18 @@ class Profiler:
                 workdirs = [Path(tmp) / str(j) for j in range(len(todo))]
                 for wd in workdirs:
                     wd.mkdir()
+                t0 = time.perf_counter()
                 with Progress(total=len(todo), desc=f"{label} build", disable=not self.progress,
                               log=self.log) as bar:
                     runners = backend.prepare_subnets(self.net, todo, example, workdirs,
                                                       progress=lambda: bar.update(1), log=self.log)
-                self.log(f"{label}: timing {len(runners)} sub-nets end to end (interleaved)")
+                t1 = time.perf_counter()
+                self.log(f"{label}: built {len(runners)} sub-nets in {t1 - t0:.1f} s; "
+                         "timing them end to end (interleaved)")
                 with Progress(desc=f"{label}: timing {len(runners)} sub-nets", bar=False, disable=not self.progress,
                               log=self.log):  # off a terminal: a line every 30 s while it runs
                     stats = measure_calls(runners, WHOLE_NET, seed=len(whole))
+                self.log(f"{label}: timed {len(runners)} sub-nets in {time.perf_counter() - t1:.1f} s")
                 for s, st in zip(todo, stats):
                     whole[s.to_json()] = st.to_dict()
                 del runners
