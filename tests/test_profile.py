@@ -363,7 +363,7 @@ def test_profile_chooses_records_and_keeps_its_thread_count(fake, tmp_path, monk
     assert LatencyTable.load(tmp_path / "t.json").backend["threads"] == 2
     assert any("-> 2" in m for m in logs)
     # each stage says how long it took (the profiling-time figures of docs/machine-states.md)
-    assert any(re.fullmatch(r"blocks: \d+\.\d s", m) for m in logs), logs
+    assert any(re.fullmatch(r"blocks timed in \d+\.\d s", m) for m in logs), logs
     assert any(re.search(r": built \d+ sub-nets in \d+\.\d s; timing", m) for m in logs), logs
     assert any(re.search(r": timed \d+ sub-nets in \d+\.\d s$", m) for m in logs), logs
     # merging another model into it keeps its count, without timing the counts again

@@ -217,7 +217,7 @@ class Profiler:
         try:
             t_blocks = time.perf_counter()
             self._blocks(table, whole)
-            self.log(f"blocks: {time.perf_counter() - t_blocks:.1f} s")
+            self.log(f"blocks timed in {time.perf_counter() - t_blocks:.1f} s")
             if table.measured:
                 if c.calibrate >= 2:
                     # one interleaved batch: calibration, validation and probes see the same drift
