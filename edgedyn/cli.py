@@ -116,6 +116,9 @@ def _model_options(f):
               help="Measure every N-th width per axis and interpolate the rest (default 1; tensorrt 2).")
 @click.option("--passes", type=Int(min=1, max=1000), default=3, show_default=True,
               help="Time every block in this many differently shuffled pools (median).")
+@click.option("--thorough", is_flag=True,
+              help="About twice the calls per block and per whole sub-net: a table whose shape is about 0.5 "
+                   "points closer to deploy's timings, at twice the time (docs/machine-states.md).")
 @click.option("--calibrate", type=Int(min=0, max=100_000), default=144, show_default=True,
               help="Whole sub-nets measured end to end for the calibration fit (per-block corrections need >= 16).")
 @click.option("--validate", type=Int(min=0, max=100_000), default=0, show_default=True,
@@ -134,7 +137,7 @@ def _model_options(f):
                    "calibration, validation), e.g. after an edgedyn upgrade; same model options as its profile.")
 @click.option("--quiet", is_flag=True, help="No progress bars or progress lines.")
 def profile(model_name, input_size, num_classes, channel_groups, group_size, min_groups, device, backend, precision,
-            batch, threads, subsample, passes, calibrate, validate, probes, roofline_device, out, resume, merge,
+            batch, threads, subsample, passes, thorough, calibrate, validate, probes, roofline_device, out, resume, merge,
             overwrite, refit, quiet) -> None:
     """Measure per-block latency on this device and write a latency lookup table."""
     from .profile.profiler import ProfileConfig, ProfileInterrupted
@@ -143,7 +146,8 @@ def profile(model_name, input_size, num_classes, channel_groups, group_size, min
     cfg = ProfileConfig(model=model_name, input_size=input_size, num_classes=num_classes, device=device,
                         backend=backend, precision=precision, batch=batch, threads=threads,
                         channel_groups=channel_groups, group_size=group_size, min_groups=min_groups,
-                        subsample=subsample, passes=passes, calibrate=calibrate, validate=validate, probes=probes,
+                        subsample=subsample, passes=passes, thorough=thorough, calibrate=calibrate,
+                        validate=validate, probes=probes,
                         roofline_device=roofline_device, resume=resume, merge=merge, overwrite=overwrite,
                         out=out or Path("profiles") / f"{device}-{model_name}.json").resolved()
     if refit:

@@ -407,6 +407,49 @@ def test_measure_calls_reports_per_call_percentiles_in_warm_bursts():
     assert a.n == 30 and b.n == 200 and a.median == 50.0 and b.median == 0.5
 
 
+def test_measure_calls_visits_each_runner_at_least_min_visits_times():
+    from edgedyn.profile.measure import CALIBRATION, Calls, measure_calls
+
+    runners = [ScriptedRunner([20.0]), ScriptedRunner([20.0]), ScriptedRunner([0.5])]
+    stats = measure_calls(runners, Calls(calls=200, target_ms=300.0, min_calls=15, warmup=3, min_visits=5))
+    assert [st.n for st in stats] == [15, 15, 200]
+    # warm-up, timed calls, and one untimed call before each burst: 15 calls come in 5 bursts
+    # of 3, the fast runner's 200 keep bursts of 10
+    assert [r.calls for r in runners] == [3 + 15 + 5, 3 + 15 + 5, 3 + 200 + 20]
+    assert CALIBRATION.min_visits >= 5 and CALIBRATION.min_calls >= 15
+
+
+def test_thorough_profile_times_longer_per_block_and_per_sub_net(monkeypatch, tmp_path):
+    from edgedyn.profile import block_timing, profiler
+    from edgedyn.profile.measure import BLOCKS, BLOCKS_THOROUGH, CALIBRATION, CALIBRATION_THOROUGH
+
+    assert BLOCKS_THOROUGH.min_reps > BLOCKS.min_reps and BLOCKS_THOROUGH.target_ms > BLOCKS.target_ms
+    assert CALIBRATION_THOROUGH.target_ms > CALIBRATION.target_ms
+    seen: dict[str, set] = {"blocks": set(), "whole": set()}
+    real_interleaved, real_calls = block_timing.measure_interleaved, profiler.measure_calls
+
+    def spy_interleaved(runners, protocol, seed=0):
+        seen["blocks"].add(protocol.target_ms)
+        return real_interleaved(runners, protocol, seed)
+
+    def spy_calls(runners, protocol, seed=0):
+        seen["whole"].add(protocol)
+        return real_calls(runners, protocol, seed)
+
+    monkeypatch.setattr(block_timing, "measure_interleaved", spy_interleaved)
+    monkeypatch.setattr(profiler, "measure_calls", spy_calls)
+    for thorough in (False, True):
+        seen["blocks"].clear()
+        seen["whole"].clear()
+        cfg = ProfileConfig(model="resnet20", input_size=8, out=tmp_path / f"t{thorough}.json", calibrate=2,
+                            passes=2, threads=1, probes=0, thorough=thorough)
+        table = Profiler(cfg.resolved(), log=lambda m: None, progress=False).run()
+        base = BLOCKS_THOROUGH if thorough else BLOCKS
+        assert seen["blocks"] == {base.target_ms / 2}
+        assert seen["whole"] == {CALIBRATION_THOROUGH if thorough else CALIBRATION}
+        assert table.backend["profile_protocol"] == ("thorough" if thorough else "default")
+
+
 def test_bounded_map_keeps_order_and_bounds_what_is_in_flight():
     import threading
     from concurrent.futures import ThreadPoolExecutor

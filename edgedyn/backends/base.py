@@ -298,19 +298,36 @@ class OnnxBackend(Backend):
                             progress=progress)
         return [self.from_onnx(p, example) for p in paths]
 
+    def from_onnx_model(self, model: Any, example: Any, workdir: Path) -> Runner:
+        """A runner for an ONNX ``ModelProto`` held in memory. Default: written to
+        ``workdir/model.onnx``, then :meth:`from_onnx`; backends that load from memory override it."""
+        from ..artifacts import atomic_write_bytes
+
+        return self.from_onnx(atomic_write_bytes(Path(workdir) / "model.onnx", model.SerializeToString()), example)
+
     def prepare_subnets(self, net: DynamicNet, specs: Sequence[SubnetSpec], example: Any, workdirs: Sequence[Path],
                         progress: Callable[[], None] | None = None,
                         log: Callable[[str], None] | None = None) -> list[Runner]:
-        """The sub-nets' ONNX graphs derived from one export of the full network (a sub-net whose
-        graph cannot be derived is exported on its own, and ``log`` says why), then :meth:`from_onnx`."""
-        from ..dynamic.onnx_derive import subnet_onnx_files
+        """The sub-nets' ONNX graphs derived from one export of the full network, each loaded by
+        :meth:`from_onnx_model` as it is derived (a sub-net whose graph cannot be derived is
+        exported on its own, ``log`` says why, and it goes through :meth:`from_onnx`)."""
+        from ..dynamic.onnx_derive import subnet_onnx_each
 
         self.check_ready()
-        paths = subnet_onnx_files(net, specs, example, [Path(wd) / "model.onnx" for wd in workdirs], log=log,
-                                  timing_only=True)
-        runners = []
-        for p in paths:
-            runners.append(self.from_onnx(p, example))
+
+        def load(i: int, model: Any) -> Runner:
+            runner = self.from_onnx_model(model, example, Path(workdirs[i]))
             if progress is not None:
                 progress()
+            return runner
+
+        out = subnet_onnx_each(net, specs, example, [Path(wd) / "model.onnx" for wd in workdirs], load, log=log,
+                               timing_only=True)
+        runners = []
+        for r in out:
+            if isinstance(r, Path):
+                r = self.from_onnx(r, example)
+                if progress is not None:
+                    progress()
+            runners.append(r)
         return runners

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
     from .net import DynamicNet
 
-__all__ = ["DeriveError", "SubnetOnnx", "subnet_onnx_files"]
+__all__ = ["DeriveError", "SubnetOnnx", "subnet_onnx_each", "subnet_onnx_files"]
+
+T = TypeVar("T")
 
 #: Operators a weight of the network may feed (others raise rather than be guessed at).
 _WEIGHT_OPS = ("Conv", "Gemm")
@@ -193,20 +195,37 @@ def subnet_onnx_files(net: DynamicNet, specs: Sequence[SubnetSpec], example: tor
     exported one by one (:func:`edgedyn.export.export_many`) for any that cannot be derived
     (``log`` gets one line saying why). ``timing_only``: the models are only timed, so sub-nets
     with BatchNorm statistics of their own are derived too (see the module's note)."""
+    from ..artifacts import atomic_write_bytes
+
+    def write(i: int, model: onnx.ModelProto) -> Path:
+        return atomic_write_bytes(paths[i], model.SerializeToString())
+
+    return [Path(p) for p in subnet_onnx_each(net, specs, example, paths, write, log, timing_only)]
+
+
+def subnet_onnx_each(net: DynamicNet, specs: Sequence[SubnetSpec], example: torch.Tensor,
+                     paths: Sequence[str | os.PathLike], use: Callable[[int, onnx.ModelProto], T],
+                     log: Callable[[str], None] | None = None, timing_only: bool = False) -> list[T | Path]:
+    """Each spec's ONNX model, in spec order: ``use(i, model)`` for those derived from one export
+    of the full network, one model in memory at a time (nothing is written unless ``use``
+    writes it); the path for any exported one by one to ``paths[i]`` (``log`` says why)."""
     from ..export import export_many
 
-    out: list[Path | None] = [None] * len(specs)
+    out: list[T | Path | None] = [None] * len(specs)
     reason = ""
     try:
         derived = SubnetOnnx.export(net, example, timing_only)
     except DeriveError as err:
         reason = str(err)
     else:
-        for i, (spec, path) in enumerate(zip(specs, paths)):
+        for i, spec in enumerate(specs):
             try:
-                out[i] = derived.write(spec, path)
+                model = derived.derive(spec, check=True)
             except DeriveError as err:
                 reason = reason or str(err)
+                continue
+            out[i] = use(i, model)
+            del model
     todo = [i for i, p in enumerate(out) if p is None]
     if todo:
         if log is not None:
@@ -214,5 +233,5 @@ def subnet_onnx_files(net: DynamicNet, specs: Sequence[SubnetSpec], example: tor
                 f"their ONNX cannot be derived from the full network's ({reason})")
         exported = export_many([(net.extract(specs[i]).cpu(), example, paths[i]) for i in todo])
         for i, p in zip(todo, exported):
-            out[i] = p
-    return [Path(p) for p in out if p is not None]
+            out[i] = Path(p)
+    return [p for p in out if p is not None]

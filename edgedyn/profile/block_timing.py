@@ -20,7 +20,7 @@ import numpy as np
 
 from ..progress import Progress
 from .grid import interpolate, share_as_run, subsample_keys
-from .measure import BLOCKS, measure_interleaved
+from .measure import BLOCKS, BLOCKS_THOROUGH, measure_interleaved
 from .table import Entry, LatencyTable
 from .tempdirs import owned_tempdir
 
@@ -77,8 +77,9 @@ class BlockTiming:
         bar = Progress(total=len(todo) * c.passes,
                        initial=sum(min(len(done.get(k.to_str(), [])), c.passes) for k in todo),
                        desc="blocks", unit="blk", disable=not self.progress, log=self.log)
-        protocol = dataclasses.replace(BLOCKS, min_reps=-(-BLOCKS.min_reps // c.passes),
-                                       max_reps=-(-BLOCKS.max_reps // c.passes), target_ms=BLOCKS.target_ms / c.passes)
+        base = BLOCKS_THOROUGH if c.thorough else BLOCKS
+        protocol = dataclasses.replace(base, min_reps=-(-base.min_reps // c.passes),
+                                       max_reps=-(-base.max_reps // c.passes), target_ms=base.target_ms / c.passes)
         last_ckpt = time.monotonic()
         overheads = []
         # a build directory for backends that compile blocks to files (TensorRT); removed after

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..blocks import BlockKey
 
 FEATURES = ("block_sum", "weight_melems", "act_melems")
-NOISE_REL = 0.02  # relative spread of one whole-sub-net measurement (per-call median of 30-200 calls)
+NOISE_REL = 0.02  # relative spread of one whole-sub-net measurement (per-call median of 15-200 calls)
 PRIOR_RELS = (0.0, 0.05, 0.1, 0.2, 0.4)  # candidate prior widths of the per-block corrections
 PRIOR_FLOOR_MS = 1e-3  # prior width floor (ms) for timings of ~0 ms
 MIN_FOR_MEMORY_TERMS = 8

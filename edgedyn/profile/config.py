@@ -36,6 +36,7 @@ class ProfileConfig:
     overwrite: bool = False  # a fresh profile may replace an existing <out>.partial.json
     chunk: int = 512  # blocks timed together: a large pool leaves each block as cold as in a network
     passes: int = 3  # each block is timed in this many differently shuffled pools
+    thorough: bool = False  # about twice the calls per block and per whole sub-net (measure.py)
 
     def resolved(self) -> ProfileConfig:
         """A copy with the device's default backend and precision, and the backend's default

@@ -82,7 +82,12 @@ class Protocol_:
 
 
 DEFAULT = Protocol_()
-BLOCKS = Protocol_(warmup=3, min_reps=100, max_reps=400, target_ms=60.0, min_sample_ms=0.0, warm=False)
+#: latency-table blocks, split over the profile's passes: up to 400 one-call samples, about
+#: 30 ms of calls per block, at least 45 samples (a resnet18@224 block of ~0.7 ms gets 45, a
+#: resnet20@32 block of ~20 us 400)
+BLOCKS = Protocol_(warmup=3, min_reps=45, max_reps=400, target_ms=30.0, min_sample_ms=0.0, warm=False)
+#: ``edgedyn profile --thorough``: at least 100 samples, about 60 ms per block
+BLOCKS_THOROUGH = Protocol_(warmup=3, min_reps=100, max_reps=400, target_ms=60.0, min_sample_ms=0.0, warm=False)
 
 
 def measure_interleaved(runners: Sequence[Timed], protocol: Protocol_ = DEFAULT, seed: int = 0) -> list[Stats]:
@@ -109,17 +114,26 @@ def measure_interleaved(runners: Sequence[Timed], protocol: Protocol_ = DEFAULT,
 class Calls:
     """Settings of :func:`measure_calls`: ``calls`` timed calls per runner in bursts of
     ``burst``, after ``warmup`` untimed ones; with ``target_ms``, only as many calls (at
-    least ``min_calls``) as fill that much time at the runner's warm-up latency."""
+    least ``min_calls``) as fill that much time at the runner's warm-up latency. Bursts are
+    shortened so that every runner is visited at least ``min_visits`` times: a runner timed
+    in two visits has half its samples spoilt by one passing disturbance."""
 
     calls: int = 200
     burst: int = 10
     warmup: int = 10
     target_ms: float | None = None
     min_calls: int = 30
+    min_visits: int = 1
 
 
-#: whole sub-nets in the profiler (and the search benchmark): about a second of calls each
+#: whole sub-nets in recheck, the thread choice and the search benchmark: about a second of calls each
 WHOLE_NET = Calls(calls=200, target_ms=1000.0)
+#: the profiler's whole sub-nets (calibration, validation, probes; 150-200 of them): about
+#: 0.3 s of calls each, at least 15 (a resnet20@32 sub-net still gets 200 calls; a
+#: resnet18@224 one 15-30, which keeps the profile of a large model within minutes)
+CALIBRATION = Calls(calls=200, target_ms=300.0, min_calls=15, warmup=3, min_visits=5)
+#: ``edgedyn profile --thorough``: the recheck protocol, about a second of calls per sub-net
+CALIBRATION_THOROUGH = WHOLE_NET
 
 
 def measure_calls(runners: Sequence[Timed], protocol: Calls = Calls(), seed: int = 0) -> list[Stats]:
@@ -139,7 +153,7 @@ def measure_calls(runners: Sequence[Timed], protocol: Calls = Calls(), seed: int
         want.append(n)
     rng = np.random.default_rng(seed)
     samples: list[list[float]] = [[] for _ in runners]
-    burst = max(1, p.burst)
+    bursts = [max(1, min(p.burst, -(-n // max(1, p.min_visits)))) for n in want]
     while True:
         left = [i for i in range(len(runners)) if len(samples[i]) < want[i]]
         if not left:
@@ -147,5 +161,5 @@ def measure_calls(runners: Sequence[Timed], protocol: Calls = Calls(), seed: int
         for i in rng.permutation(left):
             r = runners[i]
             r.timed_call()
-            samples[i].extend(r.timed_call() for _ in range(min(burst, want[i] - len(samples[i]))))
+            samples[i].extend(r.timed_call() for _ in range(min(bursts[i], want[i] - len(samples[i]))))
     return [Stats.of(s) for s in samples]

@@ -56,7 +56,7 @@ from .fitting import (
     validation_specs,
 )
 from .grid import interpolate, share_as_run, subsample_keys
-from .measure import WHOLE_NET, measure_calls
+from .measure import CALIBRATION, CALIBRATION_THOROUGH, measure_calls
 from .partial import PARTIAL_SCHEMA, check_resume_settings
 from .refit import refit_table
 from .states import add_state_table, probe_specs, record_probes
@@ -238,6 +238,7 @@ class Profiler:
             self._checkpoint(table, whole)
             raise
         table.backend["profile_seconds"] = round(time.perf_counter() - t_start, 1)
+        table.backend["profile_protocol"] = "thorough" if c.thorough else "default"
         if self.merge_into is not None:
             add_state_table(self.merge_into, table)
             table = self.merge_into
@@ -282,7 +283,8 @@ class Profiler:
                          "timing them end to end (interleaved)")
                 with Progress(desc=f"{label}: timing {len(runners)} sub-nets", bar=False, disable=not self.progress,
                               log=self.log):  # off a terminal: a line every 30 s while it runs
-                    stats = measure_calls(runners, WHOLE_NET, seed=len(whole))
+                    stats = measure_calls(runners, CALIBRATION_THOROUGH if self.cfg.thorough else CALIBRATION,
+                                          seed=len(whole))
                 self.log(f"{label}: timed {len(runners)} sub-nets in {time.perf_counter() - t1:.1f} s")
                 for s, st in zip(todo, stats):
                     whole[s.to_json()] = st.to_dict()

@@ -83,8 +83,10 @@ def own_key(table: LatencyTable) -> dict[str, Any]:
 
 
 def measure_specs(backend: Backend, net: DynamicNet, specs: Sequence[SubnetSpec]) -> list[float]:
-    """Per-call median latency (ms) of whole sub-nets ``specs``, timed as the profiler times
-    its calibration (built, then interleaved in bursts)."""
+    """Per-call median latency (ms) of whole sub-nets ``specs``, built as the profiler builds
+    its calibration and timed interleaved in bursts, about a second of calls each
+    (:data:`~edgedyn.profile.measure.WHOLE_NET`: a dozen probes can afford more calls than
+    the profiler's 150-200 sub-nets)."""
     import tempfile
 
     import torch
