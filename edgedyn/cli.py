@@ -117,8 +117,8 @@ def _model_options(f):
 @click.option("--passes", type=Int(min=1, max=1000), default=3, show_default=True,
               help="Time every block in this many differently shuffled pools (median).")
 @click.option("--thorough", is_flag=True,
-              help="About twice the calls per block and per whole sub-net: a table whose shape is about 0.5 "
-                   "points closer to deploy's timings, at twice the time (docs/machine-states.md).")
+              help="About twice the calls per block and per whole sub-net, twice the time: validation "
+                   "error about half the default's (docs/machine-states.md).")
 @click.option("--calibrate", type=Int(min=0, max=100_000), default=144, show_default=True,
               help="Whole sub-nets measured end to end for the calibration fit (per-block corrections need >= 16).")
 @click.option("--validate", type=Int(min=0, max=100_000), default=0, show_default=True,

@@ -8,7 +8,10 @@ Two measurements, each printing a table and writing JSON:
   interleaved bursts, about 2 s each) and score the table as it was and as re-checked:
   MAPE, share within ±10 %, Spearman.
 - ``transfer``: move a table to another thread count with ``recheck --threads N`` and score
-  it on unseen sub-nets timed at N threads, beside a full profile at N threads (``--full``).
+  it on unseen sub-nets timed at N threads, beside a full profile at N threads (``--full``),
+  and beside the same correction fitted to the same probes timed in the unseen sub-nets' own
+  run (as ``edgedyn deploy`` re-checks: on this VM the 2-thread state moves by 10-35 % within
+  a minute, between a re-check and a timing made after it).
 
     python tools/bench_recheck.py accuracy --table profiles/cpu-resnet20.json --model resnet20 \\
         --out results/recheck_accuracy.json
@@ -68,7 +71,7 @@ def deploy_timing(net: Any, specs: list[Any], threads: int, log) -> list[float]:
             onnx = net.export_onnx(s, Path(tmp) / f"s{i}.onnx")
             runners.append(be.load(be.build(onnx, Path(tmp) / f"s{i}.opt.onnx"), tuple(net.input_shape)).activate())
         busy_before_timing(log, 1.0)
-        log(f"timing {len(specs)} unseen sub-nets with deploy's protocol ({threads} thread(s), interleaved)")
+        log(f"timing {len(specs)} sub-nets with deploy's protocol ({threads} thread(s), interleaved)")
         stats = measure_runners(runners)
         for r in runners:
             r.deactivate()
@@ -95,9 +98,9 @@ def _net(table: Any, model: str | None, input_size: int | None) -> Any:
 
 
 def _print(rows: dict[str, dict]) -> None:
-    print(f"{'table':<34}{'MAPE %':>8}{'<=10 %':>8}{'Spearman':>10}{'median err %':>14}{'worst %':>9}")
+    print(f"{'table':<46}{'MAPE %':>8}{'<=10 %':>8}{'Spearman':>10}{'median err %':>14}{'worst %':>9}")
     for name, r in rows.items():
-        print(f"{name:<34}{r['mape']:>8.2f}{r['within_10pct']:>8.1f}{r['spearman']:>10.4f}"
+        print(f"{name:<46}{r['mape']:>8.2f}{r['within_10pct']:>8.1f}{r['spearman']:>10.4f}"
               f"{r['median_error_pct']:>14.2f}{r['worst_error_pct']:>9.2f}")
 
 
@@ -137,6 +140,15 @@ def accuracy(args: argparse.Namespace) -> dict:
                         "rechecked_ms": round(float(f), 5)} for s, m, r, f in zip(specs, meas, raw, fixed)]}
 
 
+def _probe_specs(table: Any, net: Any, k: int | None) -> list[Any]:
+    """The probes ``recheck`` fits on (``k`` of those the table stores, spread; all by default)."""
+    from edgedyn.deploy.probes import probe_specs_for
+
+    sig = net.arch_signature()
+    held = max((len(st.models[sig].probes) for st in table.states.values() if sig in st.models), default=0)
+    return probe_specs_for(table, net, k or held) if held else []
+
+
 def transfer(args: argparse.Namespace) -> dict:
     from edgedyn.profile import LatencyTable
 
@@ -148,11 +160,21 @@ def transfer(args: argparse.Namespace) -> dict:
     if full is not None:
         exclude |= table_specs(full, net)
     specs = unseen_specs(net, args.unseen, exclude)
-    meas = np.array(deploy_timing(net, specs, args.threads, print))
+    probe_specs = _probe_specs(src, net, args.probes)
+    timed = np.array(deploy_timing(net, specs + probe_specs, args.threads, print))
+    meas, probe_ms = timed[:len(specs)], timed[len(specs):]
     src.active_state = src.base_state
     rows = {f"{src.backend.get('threads')}-thread table as profiled": score(
         np.array([src.predict(net, s) for s in specs]), meas),
         f"moved to {args.threads} threads by recheck": score(np.array([moved.predict(net, s) for s in specs]), meas)}
+    in_run = None
+    if probe_specs:  # deploy's way: the same probes timed in the run that timed the unseen sub-nets
+        from edgedyn.deploy.probes import apply_recheck, recheck_report
+
+        in_run = recheck_report(src, net, probe_specs, probe_ms)
+        fixed = [apply_recheck(in_run, src.predict(net, s)) for s in specs]
+        if all(f is not None for f in fixed):
+            rows["moved by the same probes, timed in that run"] = score(np.array(fixed, float), meas)
     out: dict[str, Any] = {"schema": "edgedyn.bench_recheck/1", "kind": "transfer", "table": args.table,
                            "threads": args.threads, "recheck_seconds": round(seconds, 1),
                            "source_profile_seconds": src.backend.get("profile_seconds"),
@@ -166,6 +188,8 @@ def transfer(args: argparse.Namespace) -> dict:
     print(f"recheck took {seconds:.1f} s; the source profile {src.backend.get('profile_seconds')} s"
           + (f"; the full {args.threads}-thread profile {full.backend.get('profile_seconds')} s" if full else ""))
     out["rows"] = rows
+    if in_run is not None:
+        out["in_run_recheck"] = in_run
     out["points"] = [{"widths": list(s.widths), "measured_ms": round(float(m), 5)} for s, m in zip(specs, meas)]
     return out
 

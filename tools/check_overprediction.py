@@ -3,7 +3,7 @@
 The table is calibrated on ~160 whole sub-nets timed interleaved in ONE run, all their
 sessions loaded at once; deploy times a handful. Three differences could each make the
 profiler read slower than deploy: the number of sessions interleaved (cache and memory
-pressure: the hypothesis of issue 20), the protocol (the profiler's ~1 s per sub-net against
+pressure: the hypothesis of issue 20), the protocol (the profiler's ~0.3 s per sub-net against
 deploy's ~2 s, at least 200 calls), and the model (the profiler's raw export against
 deploy's saved optimized graph). This script times K target sub-nets under each condition,
 in alternating order (A B C D D C B A) so drift cancels:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgedyn.device import busy_before_timing, device_info
     from edgedyn.dynamic import DynamicNet
     from edgedyn.profile.fitting import calibration_specs
-    from edgedyn.profile.measure import WHOLE_NET, measure_calls
+    from edgedyn.profile.measure import CALIBRATION, measure_calls
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20")
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def cond(name: str) -> list[float]:
             if name == "profile":
-                stats = measure_calls(raw, WHOLE_NET, seed=1)[:k]
+                stats = measure_calls(raw, CALIBRATION, seed=1)[:k]
                 return [st.median for st in stats]
             if name == "few-raw":
-                return [st.median for st in measure_calls(raw[:k], WHOLE_NET, seed=1)]
+                return [st.median for st in measure_calls(raw[:k], CALIBRATION, seed=1)]
             if name == "deploy":
                 return [st["median"] for st in measure_runners(built)]
             return [st["median"] for st in measure_runners(raw[:k])]
