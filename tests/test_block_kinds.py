@@ -54,6 +54,27 @@ class NextLike(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class DenseLike(nn.Module):
+    """What DenseNet, GoogLeNet and Inception V3 add: a pool whose ceil_mode rounds up, a
+    BatchNorm + ReLU that follow a concat (pre-activation), 1x7 and 7x1 kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)  # 16 -> 8 (floor: 7)
+        self.branch = nn.Sequential(nn.Conv2d(16, 8, (1, 7), padding=(0, 3)), nn.ReLU(),
+                                    nn.Conv2d(8, 8, (7, 1), padding=(3, 0)), nn.ReLU())
+        self.norm, self.relu = nn.BatchNorm2d(24), nn.ReLU()
+        self.conv = nn.Conv2d(24, 16, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stem(x))
+        x = torch.cat([x, self.branch(x)], 1)
+        x = self.conv(self.relu(self.norm(x)))
+        return self.fc(x.mean((2, 3)))
+
+
 class Odd(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -115,6 +136,29 @@ def test_convnext_like_blocks():
     assert key.macs() == 16 * 16 * 16 * 64
 
 
+def test_ceil_pools_non_square_kernels_and_a_batchnorm_after_a_concat():
+    net = _net(DenseLike(), 16)
+    blocks = {t.name: t for t in model_blocks(net)}
+    pool, wide, tall = blocks["pool"], blocks["branch.0"], blocks["branch.2"]
+    assert pool.ceil and pool.key(net.full_spec()).out_hw == (8, 8)  # floor would give 7
+    assert (wide.kernel, wide.kernel_w, wide.padding, wide.padding_w) == (1, 7, 0, 3)
+    assert (tall.kernel, tall.kernel_w, tall.padding, tall.padding_w) == (7, 1, 3, 0)
+    norm = blocks["norm"]
+    assert norm.op == "affine" and norm.act == "relu" and len(norm.in_parts) == 2
+    assert not Layout("nchwc", 16).applies(net)
+    for seed in range(3):
+        spec = net.random_spec(seed)
+        sub = net.extract(spec).eval()
+        convs = [m for m in sub.modules() if isinstance(m, nn.Conv2d)]
+        keys = [k for k in subnet_keys(net, spec) if k.op == "conv"]
+        assert [(k.c_in, k.c_out, k.kernel_hw, k.padding_hw) for k in keys] == [
+            (m.in_channels, m.out_channels, m.kernel_size, m.padding) for m in convs]
+        key = wide.key(spec)
+        assert key.macs() == 8 * 8 * 7 * key.c_in * key.c_out
+        bn = next(k for t, k in zip(model_blocks(net), subnet_keys(net, spec)) if t.name == "norm")
+        assert bn.c_in == sub.norm.num_features  # the channels the concat gives it in this sub-net
+
+
 def test_unknown_op_fails_in_one_line_naming_the_layer():
     net = _net(Odd())
     with pytest.raises(ModelError) as err:
@@ -122,27 +166,34 @@ def test_unknown_op_fails_in_one_line_naming_the_layer():
     assert "tanh" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("model", [MY_NET, "grouped", "nextlike"])
+@pytest.mark.parametrize("model", [MY_NET, "grouped", "nextlike", "denselike"])
 def test_every_key_builds_and_runs(model):
     ort = pytest.importorskip("onnxruntime")
-    net = {"grouped": lambda: _net(Grouped()), "nextlike": lambda: _net(NextLike(), 32)}.get(
+    net = {"grouped": lambda: _net(Grouped()), "nextlike": lambda: _net(NextLike(), 32),
+           "denselike": lambda: _net(DenseLike(), 16)}.get(
         model, lambda: DynamicNet.from_name(model, num_classes=10, input_size=32))()
     kinds: dict[tuple, BlockKey] = {}
     for k in all_keys(net):
-        kinds.setdefault((k.op, k.act, k.group_width > 0, k.depthwise, k.residual, k.parts), k)
+        kinds.setdefault((k.op, k.act, k.group_width > 0, k.depthwise, k.residual, k.parts, k.kernel_hw, k.ceil), k)
     for k in kinds.values():
         sess = ort.InferenceSession(block_onnx(k).SerializeToString(), providers=["CPUExecutionProvider"])
         feeds = {i.name: np.random.rand(*i.shape).astype(np.float32) for i in sess.get_inputs()}
         module, inputs = block_torch(k)
-        assert sess.run(None, feeds)[0].shape == tuple(module(*inputs).shape), k.to_str()
+        out = sess.run(None, feeds)[0]
+        assert out.shape == tuple(module(*inputs).shape), k.to_str()
+        if len(out.shape) == 4 and k.op not in ("to_nhwc", "layernorm", "linear"):
+            assert out.shape[2:] == k.out_hw, k.to_str()  # the key's geometry is what runs
 
 
 def test_key_text_is_unchanged_for_old_kinds_and_round_trips_new_fields():
     old = BlockKey("conv", 16, 32, 8, 8, 3, 1, 1)
     assert "group_width" not in old.to_str() and "parts" not in old.to_str()
+    assert all(f not in old.to_str() for f in ("kernel_w", "padding_w", "ceil"))
     assert BlockKey.from_str(old.to_str()) == old
     for k in (BlockKey("conv", 32, 32, 8, 8, 3, 1, 1, group_width=4),
-              BlockKey("concat", 48, 48, 8, 8, parts=3), BlockKey("act", 8, 8, 4, 4, act="hardswish")):
+              BlockKey("concat", 48, 48, 8, 8, parts=3), BlockKey("act", 8, 8, 4, 4, act="hardswish"),
+              BlockKey("conv", 16, 8, 8, 8, 1, 1, 0, kernel_w=7, padding_w=3), BlockKey("affine", 8, 8, 4, 4, act="relu"),
+              BlockKey("maxpool", 8, 8, 15, 15, 3, 2, ceil=True)):
         assert BlockKey.from_str(k.to_str()) == k
 
 
@@ -158,3 +209,19 @@ def test_subsample_interpolates_blocks_sharing_a_geometry():
     filled = interpolate(entries, interp)
     for k in interp:  # c_in x c_out is bilinear: interpolation is exact
         assert filled[k].ms == pytest.approx(k.c_in * k.c_out)
+
+
+def test_interpolation_far_from_any_measured_cell_uses_the_scattered_points():
+    """A geometry shared by blocks with different width grids (GoogLeNet's 1x1 convs after
+    concatenations): a key with no measured cell around it is interpolated over the measured
+    points' triangles (exact for a plane), quickly, instead of searched over every cell."""
+    geo = dict(op="conv", in_h=4, in_w=4)
+    measured = [BlockKey(c_in=ci, c_out=co, **geo) for ci, co in
+                [(10, 4), (20, 8), (30, 4), (400, 16), (600, 8), (520, 32), (40, 64)]]
+    entries = {k: Entry(1.0 + 0.01 * k.c_in + 0.1 * k.c_out, "measured") for k in measured}
+    wanted = [BlockKey(c_in=514, c_out=12, **geo), BlockKey(c_in=25, c_out=6, **geo)]
+    filled = interpolate(entries, wanted)
+    for k in wanted:
+        assert filled[k].ms == pytest.approx(1.0 + 0.01 * k.c_in + 0.1 * k.c_out)
+    outside = BlockKey(c_in=900, c_out=2, **geo)  # beyond every measured point: the nearest one
+    assert interpolate(entries, [outside])[outside].ms == pytest.approx(entries[BlockKey(c_in=600, c_out=8, **geo)].ms)

@@ -192,7 +192,7 @@ def block_ops(dev: RooflineDevice, key: BlockKey) -> float:
         return 2.0 * k.macs()
     oh, ow = k.out_hw
     if k.op in ("maxpool", "avgpool"):
-        return float(k.batch * k.c_in * oh * ow * k.kernel * k.kernel)
+        return float(k.batch * k.c_in * oh * ow * k.kernel_hw[0] * k.kernel_hw[1])
     return float(k.macs())  # add, gap: one op per input element
 
 
@@ -204,10 +204,10 @@ def block_bytes(dev: RooflineDevice, key: BlockKey) -> float:
     n_out = k.batch * k.c_out * oh * ow
     weights = 0
     if k.op == "conv":
-        weights = k.kernel * k.kernel * k.in_per_group * k.c_out + k.c_out
+        weights = k.kernel_hw[0] * k.kernel_hw[1] * k.in_per_group * k.c_out + k.c_out
     elif k.op == "linear":
         weights = k.c_in * k.c_out + k.c_out
-    elif k.op in ("layernorm", "layernorm2d"):
+    elif k.op in ("layernorm", "layernorm2d", "affine"):
         weights = 2 * k.c_in
     elems = n_in + n_out + weights
     if k.op in ("add", "mul"):

@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 OPS = ("conv", "add", "maxpool", "avgpool", "gap", "linear", "reorder", "reorder_in",
-       "act", "scale", "mul", "concat", "layernorm", "layernorm2d", "to_nhwc", "to_nchw")
+       "act", "scale", "mul", "concat", "layernorm", "layernorm2d", "to_nhwc", "to_nchw", "affine")
 ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu")
 #: Fields added after tables were first written: left out of the text form at their default,
 #: so the keys of older tables (and of models without such blocks) read and print as before.
-OPTIONAL = {"group_width": 0, "parts": 1}
+OPTIONAL = {"group_width": 0, "parts": 1, "kernel_w": 0, "padding_w": -1, "ceil": False}
 
 
 @dataclass(frozen=True, order=True)
@@ -33,6 +33,17 @@ class BlockKey:
     layout: str = "plain"  # the activation layout the kernel runs in: "plain" (NCHW) or "nchwc<block>"
     group_width: int = 0  # a grouped conv (not depthwise): input channels per conv group (0: dense)
     parts: int = 1  # a concat: how many tensors it joins
+    kernel_w: int = 0  # a non-square kernel (Inception's 1x7): its width; ``kernel`` is its height (0: square)
+    padding_w: int = -1  # its width padding; ``padding`` is the height's (-1: the same)
+    ceil: bool = False  # a pool whose output size rounds up (``ceil_mode``; GoogLeNet)
+
+    @property
+    def kernel_hw(self) -> tuple[int, int]:
+        return self.kernel, self.kernel_w or self.kernel
+
+    @property
+    def padding_hw(self) -> tuple[int, int]:
+        return self.padding, self.padding if self.padding_w < 0 else self.padding_w
 
     @property
     def nchwc_block(self) -> int:
@@ -50,15 +61,14 @@ class BlockKey:
             return (1, 1)
         if self.op not in ("conv", "maxpool", "avgpool"):  # element-wise, layout, norms; linear per position
             return (self.in_h, self.in_w)
-        return (
-            (self.in_h + 2 * self.padding - self.kernel) // self.stride + 1,
-            (self.in_w + 2 * self.padding - self.kernel) // self.stride + 1,
-        )
+        (kh, kw), (ph, pw) = self.kernel_hw, self.padding_hw
+        return (_out_size(self.in_h, kh, ph, self.stride, self.ceil), _out_size(self.in_w, kw, pw, self.stride,
+                                                                                self.ceil))
 
     def macs(self) -> int:
         oh, ow = self.out_hw
         if self.op == "conv":
-            return self.batch * oh * ow * self.kernel * self.kernel * self.in_per_group * self.c_out
+            return self.batch * oh * ow * self.kernel_hw[0] * self.kernel_hw[1] * self.in_per_group * self.c_out
         if self.op == "linear":  # in_h x in_w positions (1 x 1 after a flatten; H x W channels-last)
             return self.batch * oh * ow * self.c_in * self.c_out
         return self.batch * self.c_in * self.in_h * self.in_w  # element-wise / pooling work
@@ -93,6 +103,15 @@ class BlockKey:
 
 
 _NOTHING = object()
+
+
+def _out_size(n: int, k: int, p: int, s: int, ceil: bool) -> int:
+    """A conv's or pool's output size along one axis, as PyTorch computes it (``ceil_mode`` too:
+    rounded up, unless the last window would start in the right padding)."""
+    if not ceil:
+        return (n + 2 * p - k) // s + 1
+    out = -(-(n + 2 * p - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n + p else out
 
 
 def _fmt(v: object) -> str:

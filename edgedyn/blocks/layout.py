@@ -75,7 +75,7 @@ class Layout:
         """Whether this layout's rules cover every block of ``net`` (else its keys stay plain)."""
         if self.kind == "plain":
             return False
-        return all(t.op in _MODELLED_OPS and not (t.depthwise or t.group_width or t.in_parts)
+        return all(t.op in _MODELLED_OPS and not (t.depthwise or t.group_width or t.in_parts or t.ceil or t.kernel_w)
                    and t.act in ("none", "relu", "relu6") and (t.op != "linear" or (t.in_h, t.in_w) == (1, 1))
                    for t in model_blocks(net))
 

@@ -117,9 +117,9 @@ class _Graph:
 
 def _conv(g: _Graph, key: BlockKey) -> str:
     groups = key.c_in if key.depthwise else key.c_in // key.group_width if key.group_width else 1
-    w = g.weight("w", (key.c_out, key.c_in // groups, key.kernel, key.kernel))
-    x = g.node("Conv", ["input", w, g.const("b", np.zeros(key.c_out))], "conv", kernel_shape=[key.kernel] * 2,
-               strides=[key.stride] * 2, pads=[key.padding] * 4, group=groups)
+    w = g.weight("w", (key.c_out, key.c_in // groups, *key.kernel_hw))
+    x = g.node("Conv", ["input", w, g.const("b", np.zeros(key.c_out))], "conv", kernel_shape=list(key.kernel_hw),
+               strides=[key.stride] * 2, pads=list(key.padding_hw) * 2, group=groups)
     if key.residual:
         return g.node("Add", [x, g.input("residual", [key.batch, key.c_out, *key.out_hw])], "sum")
     return x
@@ -152,8 +152,15 @@ def _layer_norm_2d(g: _Graph, key: BlockKey) -> str:
 
 
 def _pool(op: str) -> Callable[[_Graph, BlockKey], str]:
-    return lambda g, key: g.node(op, ["input"], "pool", kernel_shape=[key.kernel] * 2, strides=[key.stride] * 2,
-                                 pads=[key.padding] * 4)
+    return lambda g, key: g.node(op, ["input"], "pool", kernel_shape=list(key.kernel_hw), strides=[key.stride] * 2,
+                                 pads=list(key.padding_hw) * 2, ceil_mode=int(key.ceil))
+
+
+def _affine(g: _Graph, key: BlockKey) -> str:
+    """A BatchNorm that follows no conv (DenseNet's pre-activation), as exported: BatchNormalization."""
+    c = key.c_in
+    return g.node("BatchNormalization", ["input", g.weight("gamma", (c,)), g.const("beta", np.zeros(c)),
+                                         g.const("mean", np.zeros(c)), g.const("var", np.ones(c))], "bn")
 
 
 _BODIES: dict[str, Callable[[_Graph, BlockKey], str]] = {
@@ -167,6 +174,7 @@ _BODIES: dict[str, Callable[[_Graph, BlockKey], str]] = {
     "avgpool": _pool("AveragePool"),
     "gap": lambda g, key: g.node("GlobalAveragePool", ["input"], "pool"),
     "concat": _concat,
+    "affine": _affine,
     "layernorm": _layer_norm,
     "layernorm2d": _layer_norm_2d,
     "to_nhwc": lambda g, key: g.node("Transpose", ["input"], "t", perm=[0, 2, 3, 1]),
@@ -201,7 +209,7 @@ def _nchwc_onnx(key: BlockKey):
     if key.op == "conv":
         c_in = key.c_in if key.c_in < blk else padded(key.c_in)  # narrow inputs are read as plain NCHW
         c_out = padded(key.c_out)
-        w = random_weights((c_out, c_in, key.kernel, key.kernel))
+        w = random_weights((c_out, c_in, *key.kernel_hw))
         inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(c_out, np.float32), "b")]
         inputs = [value("input", [b, c_in, key.in_h, key.in_w])]
         names = ["input", "w", "b"]
@@ -211,15 +219,16 @@ def _nchwc_onnx(key: BlockKey):
         fused: dict[str, dict[str, Any]] = {"relu": {"activation": "Relu"},
                                             "relu6": {"activation": "Clip", "activation_params": [0.0, 6.0]}}
         act = fused.get(key.act, {})
-        node = helper.make_node("Conv", names, ["output"], domain=NCHWC_DOMAIN, kernel_shape=[key.kernel] * 2,
-                                strides=[key.stride] * 2, pads=[key.padding] * 4, dilations=[1, 1], group=1, **act)
+        node = helper.make_node("Conv", names, ["output"], domain=NCHWC_DOMAIN, kernel_shape=list(key.kernel_hw),
+                                strides=[key.stride] * 2, pads=list(key.padding_hw) * 2, dilations=[1, 1], group=1,
+                                **act)
         out = value("output", [b, c_out, oh, ow])
     elif key.op == "maxpool":
         if key.act != "none":
             raise ValueError(f"no NCHWc form for block {key.to_str()}")
         c = padded(key.c_in)
         inputs = [value("input", [b, c, key.in_h, key.in_w])]
-        node = helper.make_node("MaxPool", ["input"], ["output"], domain=NCHWC_DOMAIN, kernel_shape=[key.kernel] * 2,
+        node = helper.make_node("MaxPool", ["input"], ["output"], domain=NCHWC_DOMAIN, kernel_shape=list(key.kernel_hw),
                                 strides=[key.stride] * 2, pads=[key.padding] * 4)
         out = value("output", [b, c, oh, ow])
     elif key.op == "reorder_in":  # plain NCHW -> blocked (padded)
@@ -249,17 +258,19 @@ class _Block(nn.Module):
         self.op: nn.Module
         if key.op == "conv":
             groups = key.c_in if key.depthwise else key.c_in // key.group_width if key.group_width else 1
-            self.op = nn.Conv2d(key.c_in, key.c_out, key.kernel, key.stride, key.padding, groups=groups)
+            self.op = nn.Conv2d(key.c_in, key.c_out, key.kernel_hw, key.stride, key.padding_hw, groups=groups)
         elif key.op == "linear":
             self.op = nn.Linear(key.c_in, key.c_out)
         elif key.op == "maxpool":
-            self.op = nn.MaxPool2d(key.kernel, key.stride, key.padding)
+            self.op = nn.MaxPool2d(key.kernel_hw, key.stride, key.padding_hw, ceil_mode=key.ceil)
         elif key.op == "avgpool":
-            self.op = nn.AvgPool2d(key.kernel, key.stride, key.padding)
+            self.op = nn.AvgPool2d(key.kernel_hw, key.stride, key.padding_hw, ceil_mode=key.ceil)
         elif key.op == "gap":
             self.op = nn.AdaptiveAvgPool2d(1)
         elif key.op in ("layernorm", "layernorm2d"):
             self.op = nn.LayerNorm(key.c_in, eps=1e-6)
+        elif key.op == "affine":
+            self.op = nn.BatchNorm2d(key.c_in).eval()
         else:
             self.op = nn.Identity()
         self.act = _TORCH_ACTS[key.act]() if key.act in _TORCH_ACTS else nn.Identity()

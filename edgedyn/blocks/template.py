@@ -37,6 +37,9 @@ class BlockTemplate:
     res_src: int = -1  # a fused residual add: index of the block that computed the other operand
     group_width: int = 0  # a grouped conv: input channels per conv group (whole groups are kept)
     in_parts: Parts = ()  # input channels from several tensors (a concat, or a layer after one)
+    kernel_w: int = 0  # see BlockKey: a non-square kernel's width (0: square)
+    padding_w: int = -1  # its width padding (-1: as ``padding``)
+    ceil: bool = False  # a pool whose output rounds up
 
     @property
     def parts(self) -> int:
@@ -64,7 +67,7 @@ class BlockTemplate:
             c_out = c_in
         return BlockKey(self.op, c_in * self.expand, c_out, self.in_h, self.in_w, self.kernel, self.stride,
                         self.padding, self.depthwise, self.residual, self.act, batch, precision, layout,
-                        self.group_width, self.parts)
+                        self.group_width, self.parts, self.kernel_w, self.padding_w, self.ceil)
 
     def in_widths(self, net: DynamicNet) -> tuple[int, ...]:
         """Every input width a sub-net can give this block (sums of its parts' widths after a concat)."""

@@ -6,7 +6,8 @@ order: each conv takes its BatchNorm, then a residual add whose other operand is
 then an activation, when each is the only consumer of what precedes it; linear layers take
 an activation, unfused adds take one too; pools, activations left alone, per-channel
 scales (squeeze-and-excitation, ConvNeXt's layer scale), element-wise products,
-concatenations, LayerNorms and NCHW <-> NHWC transposes become blocks of their own;
+concatenations, LayerNorms, BatchNorms that follow no conv (DenseNet's pre-activation,
+with their activation) and NCHW <-> NHWC transposes become blocks of their own;
 reshapes, dropout, stochastic depth (eval) and identities are free. Anything else fails in
 one line naming the layer: a block the table cannot price is never guessed. See
 :mod:`edgedyn.blocks` for the block kinds.
@@ -28,6 +29,7 @@ from torch import fx, nn
 from torch.nn import functional
 
 from ..errors import ModelError
+from .key import BlockKey
 from .template import BlockTemplate, Parts
 
 if TYPE_CHECKING:
@@ -54,9 +56,17 @@ _TRANSPOSES: dict[tuple[int, ...], str] = {(0, 2, 3, 1): "to_nhwc", (0, 3, 1, 2)
 def _pair(v: Any) -> int:
     if isinstance(v, (tuple, list)):
         if len(set(v)) != 1:
-            raise ModelError(f"non-square kernel/stride/padding {v} is not supported by the profiler")
+            raise ModelError(f"non-square stride, pool or dilation {v} is not supported by the profiler")
         return int(v[0])
     return int(v)
+
+
+def _hw(v: Any, what: str, where: str) -> tuple[int, int]:
+    """(height, width) of a conv's kernel or padding (Inception's 1x7 kernels are not square)."""
+    if isinstance(v, str):
+        raise ModelError(f"{where}: padding={v!r} has no latency block (give the padding in numbers)")
+    h, w = (v, v) if not isinstance(v, (tuple, list)) else v
+    return int(h), int(w)
 
 
 def model_blocks(net: DynamicNet) -> list[BlockTemplate]:
@@ -203,13 +213,14 @@ class _Cutter:
             self.producer[n] = len(self.blocks) - 1
 
     def follow(self, name: str, op: str, src: fx.Node, out: fx.Node, *tails: fx.Node, act: str = "none",
-               parts: Parts | None = None, kernel: int = 1, stride: int = 1, padding: int = 0) -> None:
+               parts: Parts | None = None, kernel: int = 1, stride: int = 1, padding: int = 0,
+               ceil: bool = False) -> None:
         """A block whose channels follow its input's (pools, element-wise ops, norms, transposes, concat)."""
         parts = parts if parts is not None else self.parts_of(src)
         c, h, w = self.chw(src)
         g = parts[0][0] if len(parts) == 1 else None
         self.add_block(BlockTemplate(name, op, g, g, _total(parts), _total(parts), h, w, act=act,
-                                     kernel=kernel, stride=stride, padding=padding,
+                                     kernel=kernel, stride=stride, padding=padding, ceil=ceil,
                                      in_parts=parts if len(parts) > 1 else ()), src, out, *tails)
         for n in (out, *tails):
             self.parts[n] = parts
@@ -256,11 +267,13 @@ class _Cutter:
             raise ModelError(f"layer '{node.target}': a dilated conv has no latency block")
         grouped = info.groups > 1 and not info.depthwise
         in_parts = tuple((g, c) for g, _, c in (info.in_parts or (info.out_parts if info.depthwise else ())))
+        (kh, kw), (ph, pw) = _hw(m.kernel_size, "kernel", _where(node)), _hw(m.padding, "padding", _where(node))
         self.add_block(BlockTemplate(
             str(node.target), "conv", info.in_group, info.out_group, info.in_channels, info.out_channels,
-            in_shape[2], in_shape[3], _pair(m.kernel_size), _pair(m.stride), _pair(m.padding),
+            in_shape[2], in_shape[3], kh, _pair(m.stride), ph,
             info.depthwise, fused_add, act, group_width=info.in_channels // info.groups if grouped else 0,
-            in_parts=in_parts), src, node, tail, res_node=other_node)
+            in_parts=in_parts, kernel_w=0 if kw == kh else kw, padding_w=-1 if pw == ph else pw),
+            src, node, tail, res_node=other_node)
         out = in_parts if info.depthwise and in_parts else ((info.out_group, info.out_channels),)
         for n in (node, tail):
             self.parts[n] = out
@@ -326,8 +339,9 @@ class _Cutter:
             self.transpose(node, src)
         elif src is not None and isinstance(m, nn.LayerNorm):
             self.layer_norm(node, src, m)
-        elif isinstance(m, nn.BatchNorm2d):
-            raise ModelError(f"layer '{node.target}': a BatchNorm that does not follow a conv has no latency block")
+        elif src is not None and isinstance(m, nn.BatchNorm2d):  # follows no conv (DenseNet's pre-activation)
+            tail, act = self.fuse_act(node)
+            self.follow(str(node.target), "affine", src, node, tail, act=act)
         else:
             raise ModelError(f"{_where(node)} has no latency block, so this model cannot be profiled "
                              "(search it with --cost flops)")
@@ -344,12 +358,17 @@ class _Cutter:
         op = "maxpool" if isinstance(m, nn.MaxPool2d) or node.target is functional.max_pool2d else "avgpool"
         k, p = _pair(opts["kernel_size"]), _pair(opts.get("padding", 0))
         s = _pair(opts.get("stride")) if opts.get("stride") else k
-        floor = tuple((n + 2 * p - k) // s + 1 for n in _shape(src)[2:])
-        if _pair(opts.get("dilation", 1)) != 1 or tuple(_shape(node)[2:]) != floor:  # ceil_mode that rounds up
-            raise ModelError(f"{_where(node)}: a pool with dilation, or whose ceil_mode rounds its output up "
-                             f"({tuple(_shape(src)[2:])} -> {tuple(_shape(node)[2:])}), has no latency block; "
-                             "profile at an input size where it does not")
-        self.follow(str(node.target) if m is not None else node.name, op, src, node, kernel=k, stride=s, padding=p)
+        if _pair(opts.get("dilation", 1)) != 1:
+            raise ModelError(f"{_where(node)}: a pool with dilation has no latency block")
+        out, (h, w) = tuple(_shape(node)[2:]), _shape(src)[2:]
+        ceil = False
+        if out != BlockKey(op, 1, 1, h, w, k, s, p).out_hw:  # ceil_mode rounds up (GoogLeNet)
+            ceil = True
+            if out != BlockKey(op, 1, 1, h, w, k, s, p, ceil=True).out_hw:
+                raise ModelError(f"{_where(node)}: a pool {tuple(_shape(src)[2:])} -> {out} that no kernel, stride "
+                                 "and padding explain has no latency block")
+        self.follow(str(node.target) if m is not None else node.name, op, src, node, kernel=k, stride=s, padding=p,
+                    ceil=ceil)
 
     @staticmethod
     def is_mean(node: fx.Node) -> bool:

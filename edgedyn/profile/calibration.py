@@ -53,7 +53,7 @@ def key_features(keys: Sequence[BlockKey]) -> tuple[float, float]:
             c_out = pad_channels(k.c_out, k.nchwc_block)
             c_in = 1 if k.depthwise else k.group_width or as_run(k).c_in
             oh, ow = k.out_hw
-            w += c_out * c_in * k.kernel * k.kernel
+            w += c_out * c_in * k.kernel_hw[0] * k.kernel_hw[1]
             a += k.batch * c_out * oh * ow
         elif k.op == "linear":
             w += k.c_in * k.c_out

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,6 +51,7 @@ def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[
     from scipy.interpolate import RegularGridInterpolator
 
     out: dict[BlockKey, Entry] = {}
+    scattered: dict[BlockKey, Callable[[int, int], float]] = {}
     by_geom: dict[BlockKey, dict[tuple[int, int], float]] = {}
     for k, e in entries.items():
         if e.source == "measured":
@@ -65,7 +67,13 @@ def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[
         cins, couts = sorted({p[0] for p in pts}), sorted({p[1] for p in pts})
         grid = np.array([[pts.get((ci, co), np.nan) for co in couts] for ci in cins])
         if np.isnan(grid).any():  # several blocks share the geometry (e.g. after a concat): one measured cell
-            out[k] = Entry(_cell(k, pts), "interpolated")
+            ms = _cell(k, pts)
+            if ms is None:  # none near it: linear over the measured points' triangles, else the nearest
+                geom = k.with_channels(0, 0)
+                if geom not in scattered:
+                    scattered[geom] = _scattered(pts)
+                ms = scattered[geom](k.c_in, k.c_out)
+            out[k] = Entry(ms, "interpolated")
             continue
         axes, values, point = [], grid, []
         if len(cins) > 1:
@@ -83,23 +91,49 @@ def interpolate(entries: dict[BlockKey, Entry], wanted: list[BlockKey]) -> dict[
     return out
 
 
-def _cell(k: BlockKey, pts: dict[tuple[int, int], float]) -> float:
-    """Bilinear interpolation in the nearest cell around ``k`` whose four corners were measured."""
+def _scattered(pts: dict[tuple[int, int], float]) -> Callable[[int, int], float]:
+    """Piecewise-linear interpolation over the Delaunay triangles of scattered measured points
+    (nearest measured point outside their hull, or where they lie on a line)."""
+    from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+
+    xy = np.array(list(pts), float)
+    z = np.array(list(pts.values()), float)
+    nearest = NearestNDInterpolator(xy, z)
+    try:
+        linear = LinearNDInterpolator(xy, z)
+    except Exception:  # scipy's QhullError: fewer than 3 points, or all on one line
+        return lambda ci, co: float(nearest(ci, co))
+
+    def at(ci: int, co: int) -> float:
+        v = float(linear(ci, co))
+        return v if np.isfinite(v) else float(nearest(ci, co))
+
+    return at
+
+
+def _cell(k: BlockKey, pts: dict[tuple[int, int], float], reach: tuple[int, ...] = (6, 24)) -> float | None:
+    """Bilinear interpolation in the nearest cell around ``k`` whose four corners were measured
+    (None where there is none).
+
+    Cells are sought among the ``reach[0]`` nearest measured widths on each side of ``k`` per
+    axis, then ``reach[1]``: a geometry shared by many blocks after concatenations (GoogLeNet's
+    1x1 convs) has hundreds of input widths, and every cell of them is 10^8 candidates."""
     cins, couts = sorted({p[0] for p in pts}), sorted({p[1] for p in pts})
-    los_i = [c for c in reversed(cins) if c <= k.c_in]
-    his_i = [c for c in cins if c >= k.c_in]
-    los_o = [c for c in reversed(couts) if c <= k.c_out]
-    his_o = [c for c in couts if c >= k.c_out]
-    cells = sorted(((a, b, c, d) for a in los_i for b in his_i for c in los_o for d in his_o),
-                   key=lambda t: (t[1] - t[0]) * max(1, t[3] - t[2]) + (t[3] - t[2]))
-    for i0, i1, o0, o1 in cells:
-        if all((i, o) in pts for i in (i0, i1) for o in (o0, o1)):
-            ti = (k.c_in - i0) / (i1 - i0) if i1 > i0 else 0.0
-            to = (k.c_out - o0) / (o1 - o0) if o1 > o0 else 0.0
-            low = pts[(i0, o0)] * (1 - to) + pts[(i0, o1)] * to
-            high = pts[(i1, o0)] * (1 - to) + pts[(i1, o1)] * to
-            return float(low * (1 - ti) + high * ti)
-    raise EdgedynError(f"cannot interpolate block {k.to_str()}: no measured cell of its geometry surrounds it")
+    for n in reach:
+        los_i = [c for c in reversed(cins) if c <= k.c_in][:n]
+        his_i = [c for c in cins if c >= k.c_in][:n]
+        los_o = [c for c in reversed(couts) if c <= k.c_out][:n]
+        his_o = [c for c in couts if c >= k.c_out][:n]
+        cells = sorted(((a, b, c, d) for a in los_i for b in his_i for c in los_o for d in his_o),
+                       key=lambda t: (t[1] - t[0]) * max(1, t[3] - t[2]) + (t[3] - t[2]))
+        for i0, i1, o0, o1 in cells:
+            if all((i, o) in pts for i in (i0, i1) for o in (o0, o1)):
+                ti = (k.c_in - i0) / (i1 - i0) if i1 > i0 else 0.0
+                to = (k.c_out - o0) / (o1 - o0) if o1 > o0 else 0.0
+                low = pts[(i0, o0)] * (1 - to) + pts[(i0, o1)] * to
+                high = pts[(i1, o0)] * (1 - to) + pts[(i1, o1)] * to
+                return float(low * (1 - ti) + high * ti)
+    return None
 
 
 def share_as_run(entries: dict[BlockKey, Entry]) -> int:
