@@ -209,6 +209,12 @@ def test_subsample_interpolates_blocks_sharing_a_geometry():
     filled = interpolate(entries, interp)
     for k in interp:  # c_in x c_out is bilinear: interpolation is exact
         assert filled[k].ms == pytest.approx(k.c_in * k.c_out)
+    # one channel axis (a BatchNorm after a concat, a pool): every step-th width and the ends
+    diag = [BlockKey("affine", c, c, 8, 8) for c in range(8, 40)]
+    measure, interp = subsample_keys(diag, 4)
+    assert [k.c_in for k in measure] == [8, 12, 16, 20, 24, 28, 32, 36, 39] and len(interp) == 32 - 9
+    filled = interpolate({k: Entry(2.0 * k.c_in, "measured") for k in measure}, interp)
+    assert all(filled[k].ms == pytest.approx(2.0 * k.c_in) for k in interp)
 
 
 def test_interpolation_far_from_any_measured_cell_uses_the_scattered_points():

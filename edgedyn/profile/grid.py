@@ -27,6 +27,12 @@ def subsample_keys(keys: list[BlockKey], step: int) -> tuple[list[BlockKey], lis
     measure: list[BlockKey] = []
     interp: list[BlockKey] = []
     for ks in by_geom.values():
+        if all(k.c_in == k.c_out for k in ks):  # one channel axis (pools, adds, norms): every step-th width
+            widths = sorted({k.c_in for k in ks})
+            keep_1d = {c for i, c in enumerate(widths) if i % step == 0 or i == len(widths) - 1}
+            for k in ks:
+                (measure if k.c_in in keep_1d else interp).append(k)
+            continue
         # blocks sharing a geometry (e.g. a conv after a concat and one before it) each have a product
         # grid of widths; c_in values with the same c_out set form one product, subsampled on its own
         outs: dict[int, set[int]] = {}
