@@ -250,3 +250,35 @@ def test_a_flattened_map_feeds_the_linear_layer_its_channels_positions():
     with torch.no_grad():
         want = net.extract(spec)(torch.from_numpy(x)).numpy()
     assert np.abs(_run(model, x) - want).max() <= 1e-4
+
+
+class _TwoPreActivations(torch.nn.Module):
+    """DenseNet's shape: BatchNorms after concatenations of different widths, untrained (their
+    weights all ones, which the exporter may store once for both)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.norm1 = torch.nn.BatchNorm2d(24)
+        self.c = torch.nn.Conv2d(24, 8, 1)
+        self.norm2 = torch.nn.BatchNorm2d(24)
+        self.fc = torch.nn.Linear(24, 5)
+
+    def forward(self, x):
+        a = self.a(x)
+        x = torch.cat([a, self.b(a)], 1)
+        y = torch.cat([a, self.c(torch.relu(self.norm1(x)))], 1)
+        return self.fc(torch.relu(self.norm2(y)).mean((2, 3)))
+
+
+def test_batchnorms_sharing_one_constant_are_sliced_each_their_own_way():
+    example = torch.zeros(1, 3, 8, 8)
+    net = DynamicNet(_TwoPreActivations().eval(), example)  # untrained: every BN weight 1, bias 0
+    derived = SubnetOnnx.export(net, example)
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for seed in range(4):
+        spec = net.random_spec(seed)
+        with torch.no_grad():
+            want = net.extract(spec)(torch.from_numpy(x)).numpy()
+        assert np.abs(_run(derived.derive(spec, check=True), x) - want).max() <= 1e-4

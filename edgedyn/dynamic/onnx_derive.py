@@ -139,6 +139,8 @@ class SubnetOnnx:
         graph = model.graph
         for pos, group in walk.groups.items():  # a grouped conv (group > 1) always has the attribute
             next(a for a in graph.node[pos].attribute if a.name == "group").i = group
+        for (pos, i), (name, _) in walk.own.items():
+            graph.node[pos].input[i] = name
         for node in graph.node:
             if node.op_type == "Constant" and node.output[0] in walk.values:
                 node.attribute[0].t.CopyFrom(numpy_helper.from_array(walk.values[node.output[0]], node.output[0]))
@@ -157,6 +159,7 @@ class SubnetOnnx:
                 inits.append(t)
             else:
                 inits.append(numpy_helper.from_array(np.ascontiguousarray(value), t.name))
+        inits += [numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in walk.own.values()]
         if check:
             _check_shapes(model, inits)
         graph.initializer.extend(inits)

@@ -76,6 +76,9 @@ class Walk:
     cuts: dict[str, Cut] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constant name -> new value
     groups: dict[int, int] = field(default_factory=dict)  # node position -> new ``group``
+    #: (node position, input index) -> a constant of its own, where the exporter gave several
+    #: nodes one constant (an untrained network's BatchNorm weights, all ones) and they slice it apart
+    own: dict[tuple[int, int], tuple[str, np.ndarray]] = field(default_factory=dict)
 
     def cut(self, name: str) -> Cut | None:
         return self.cuts.get(name) if name else None
@@ -190,11 +193,16 @@ def gemm(w: Walk, pos: int, node: Any) -> None:
 
 def batchnorm(w: Walk, pos: int, node: Any) -> None:
     cut = w.cut(node.input[0])
-    if cut is not None:
-        if cut.axis != 1:
-            raise _refuse(node, "its input is sliced off the channel axis")
-        for name in node.input[1:5]:
-            w.set_value(name, take(w.const(name, node), cut.index, 0), node)
+    if cut is not None and cut.axis != 1:
+        raise _refuse(node, "its input is sliced off the channel axis")
+    for i, name in enumerate(node.input[1:5], start=1):
+        full = w.const(name, node)
+        value = full if cut is None else take(full, cut.index, 0)
+        old = w.values.get(name)
+        if old is not None and not (old.shape == value.shape and np.array_equal(old, value)):
+            w.own[(pos, i)] = (f"{name}.edgedyn{pos}", value)  # shared with a node that slices it otherwise
+        else:
+            w.values[name] = value
     w.set_out(node.output[0], cut)
 
 
