@@ -44,6 +44,9 @@ T = TypeVar("T")
 
 #: Operators a weight of the network may feed (others raise rather than be guessed at).
 _WEIGHT_OPS = ("Conv", "Gemm")
+#: Operators walked even where nothing sliced reaches them: they claim their constants at full
+#: width, which the exporter may share with a node that slices them (untrained BatchNorms).
+_CLAIMS = ("BatchNormalization",)
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -117,7 +120,7 @@ class SubnetOnnx:
         walk = Walk(spec, self.shapes, self.consts, self.layers)
         for pos, node in enumerate(self.skeleton.graph.node):
             uses_weight = any(i in self.layers for i in node.input)
-            if not uses_weight and all(walk.cut(i) is None for i in node.input):
+            if not uses_weight and all(walk.cut(i) is None for i in node.input) and node.op_type not in _CLAIMS:
                 continue  # nothing sliced reaches it: unchanged
             rule = RULES.get(node.op_type)
             if rule is None or uses_weight and node.op_type not in _WEIGHT_OPS:
