@@ -64,7 +64,7 @@ def _pair(v: Any) -> int:
 def _hw(v: Any, what: str, where: str) -> tuple[int, int]:
     """(height, width) of a conv's kernel or padding (Inception's 1x7 kernels are not square)."""
     if isinstance(v, str):
-        raise ModelError(f"{where}: padding={v!r} has no latency block (give the padding in numbers)")
+        raise ModelError(f"{where}: {what}={v!r} has no latency block (give it in numbers)")
     h, w = (v, v) if not isinstance(v, (tuple, list)) else v
     return int(h), int(w)
 
