@@ -96,10 +96,16 @@ class Walk:
 
     def set_value(self, name: str, value: np.ndarray, node: Any) -> None:
         """Give constant ``name`` a new value (one value per constant, whoever reads it)."""
+        if not self.try_value(name, value):
+            raise DeriveError(f"{node.op_type} node {node.name!r}: constant {name!r} is read with two slicings")
+
+    def try_value(self, name: str, value: np.ndarray) -> bool:
+        """:meth:`set_value` where no other reader gave ``name`` another value; False otherwise."""
         old = self.values.get(name)
         if old is not None and not (old.shape == value.shape and np.array_equal(old, value)):
-            raise DeriveError(f"{node.op_type} node {node.name!r}: constant {name!r} is read with two slicings")
+            return False
         self.values[name] = value
+        return True
 
     def set_out(self, name: str, cut: Cut | None) -> None:
         if cut is not None and name:
@@ -198,11 +204,8 @@ def batchnorm(w: Walk, pos: int, node: Any) -> None:
     for i, name in enumerate(node.input[1:5], start=1):
         full = w.const(name, node)
         value = full if cut is None else take(full, cut.index, 0)
-        old = w.values.get(name)
-        if old is not None and not (old.shape == value.shape and np.array_equal(old, value)):
-            w.own[(pos, i)] = (f"{name}.edgedyn{pos}", value)  # shared with a node that slices it otherwise
-        else:
-            w.values[name] = value
+        if not w.try_value(name, value):  # shared with a node that slices it otherwise: a copy of its own
+            w.own[(pos, i)] = (f"{name}.edgedyn{pos}", value)
     w.set_out(node.output[0], cut)
 
 
