@@ -181,6 +181,57 @@ def test_torch_pruning_resumes_to_the_same_result(tp_run, tmp_path):
         assert _sha(tmp_path / "i" / d["weights"]) == _sha(out / d["weights"])
 
 
+def test_deploy_serves_each_pruned_model_with_its_own_weights(tp_run, tmp_path):
+    """A bundle from a torch-pruning run: each pick built from its own ``weights.pick<k>.pt``
+    (deploy's fp32 holdout accuracy is the one the search recorded for that pick), the files'
+    hashes in the manifest."""
+    import json
+    import shutil
+
+    from edgedyn.deploy import deploy, load_run
+    from edgedyn.errors import ArtifactError
+
+    out, _ = tp_run
+    doc = load_result(out)
+    run = load_run(out)
+    assert len({id(run.net_for(s.spec)) for s in run.subnets}) == len({s.spec for s in run.subnets}) > 1
+    m = deploy(out, out=tmp_path / "bundle", threads=1, measure_iters=15, test_limit=48, check_samples=4,
+               keep_dominated=True, progress=False)
+    assert m.run["own_weights_sha256"].keys() == {d["weights"] for d in doc["subnets"]}
+    for rec in m.subnets:
+        searched = next(d for d in doc["subnets"] if d["widths"] == list(rec.spec.widths))
+        assert rec.accuracy["holdout_fp32"] == pytest.approx(searched["holdout_accuracy"], abs=1e-6)
+    # each built model computes its own network's sub-net, not weights.pt's (the largest pick's)
+    import onnxruntime as ort
+
+    x = torch.randn(*run.net.input_shape)  # batch 1, as built
+    for rec in m.subnets[:-1]:
+        got = ort.InferenceSession(str(m.root / rec.files["onnx"]["path"]),
+                                   providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            own = run.net_for(rec.spec).extract(rec.spec).eval()(x).numpy()
+            shared = run.net.extract(rec.spec).eval()(x).numpy()
+        assert abs(got - own).max() < 1e-4 < abs(got - shared).max()
+
+    # a hostile or broken record: one line naming the file and the field
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    for name, match in [("../weights.pt", "must name a .pt file"), ("nope.pt", "not found"),
+                        (7, "must name a .pt file")]:
+        d = json.loads(json.dumps(doc))
+        d["subnets"][0]["weights"] = name
+        (bad / "subnets.json").write_text(json.dumps(d))
+        with pytest.raises(ArtifactError, match=rf"subnets\[0\].*{match}"):
+            load_run(bad)
+    other = DynamicNet.from_name("resnet20", num_classes=10, input_size=16)
+    other.save(bad / "other.pt")
+    d = json.loads(json.dumps(doc))
+    d["subnets"][0]["weights"] = "other.pt"
+    (bad / "subnets.json").write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match=r"subnets\[0\]\.weights: .*different network"):
+        load_run(bad)
+
+
 def test_torch_pruning_options_and_unreachable_budgets(tmp_path):
     for opts, match in [({"importance": "l3"}, "importance"), ({"block": 0}, "block"),
                         ({"ratio_steps": 0}, "ratio_steps"), ({"prune_lr": 0}, "prune_lr")]:

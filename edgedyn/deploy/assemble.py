@@ -44,7 +44,9 @@ def make_manifest(run: RunInfo, root: Path, records: list[SubnetRecord], files: 
         model={"name": net.name, "signature": net.signature(), "config": net.config(),
                **({"ref": net.model_ref.to_dict()} if net.model_ref is not None else {})},
         run={"path": str(run.path), "subnets_sha256": _sha(run.path / "subnets.json"),
-             "weights_sha256": _sha(run.path / "weights.pt")},
+             "weights_sha256": _sha(run.path / "weights.pt"),
+             # the sub-nets' own weights files (torch-pruning's pruned models), when the run has them
+             **({"own_weights_sha256": {name: _sha(run.path / name) for name in sorted(run.own)}} if run.own else {})},
         table=str(table_path) if table_path is not None else None,
         calibration=None if calibration is None else calibration.record(),
         files={role: file_record(root, p) for role, p in shared.items()},

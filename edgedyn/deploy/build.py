@@ -258,7 +258,7 @@ def _build(run: RunInfo, be: Backend, job: _Job, out: Path, tmp: Path, predictio
     cal = None
     if job.precision == "int8":
         cal = calibration(job.calib, splits, run.data["spec"], shape, job.calib_limit, tmp, run.net.signature())
-    refs = References(run.net, x_test, x_hold, y_hold)
+    refs = References(run.net_for, x_test, x_hold, y_hold)
     notes: list[str] = []
     served_by = leave_out_dominated(run.subnets, refs, notes) if not job.keep_dominated and len(y_hold) else {}
     work = _Subnets(run, be, job, out, tmp, prediction, refs, x_test, y_test, cal, _can_execute(job.backend),

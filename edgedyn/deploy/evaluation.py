@@ -8,7 +8,7 @@ training data; the test split only reports.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,15 +45,17 @@ class References:
     """Each sub-net's fp32 PyTorch model, its top-1 predictions on the test split and its
     accuracy on the holdout, computed once per spec."""
 
-    def __init__(self, net: DynamicNet, x_test: np.ndarray, x_hold: np.ndarray, y_hold: np.ndarray) -> None:
-        self.net, self.x_test, self.x_hold, self.y_hold = net, x_test, x_hold, y_hold
+    def __init__(self, net_for: Callable[[Any], DynamicNet], x_test: np.ndarray, x_hold: np.ndarray,
+                 y_hold: np.ndarray) -> None:
+        # net_for(spec): the network whose weights serve the sub-net (RunInfo.net_for)
+        self.net_for, self.x_test, self.x_hold, self.y_hold = net_for, x_test, x_hold, y_hold
         self._refs: dict[Any, tuple[torch.nn.Module, np.ndarray]] = {}
         self._holdout: dict[Any, float] = {}
 
     def reference(self, spec: Any) -> tuple[torch.nn.Module, np.ndarray]:
         """The sub-net's fp32 PyTorch model and its top-1 predictions on the test split."""
         if spec not in self._refs:
-            model = self.net.extract(spec).cpu().eval()
+            model = self.net_for(spec).extract(spec).cpu().eval()
             self._refs[spec] = (model, predict_torch(model, self.x_test))
             y = self.y_hold
             self._holdout[spec] = float(np.mean(predict_torch(model, self.x_hold) == y)) if len(y) else float("nan")

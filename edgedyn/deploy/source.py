@@ -1,7 +1,9 @@
 """Reading a search run directory (``subnets.json`` + ``weights.pt``) for deployment.
 
 All knowledge of the search result format (``edgedyn.search_result/1``, written by
-:mod:`edgedyn.search.pipeline`) lives in :func:`load_run`.
+:mod:`edgedyn.search.pipeline`) lives in :func:`load_run`. A sub-net whose record names a
+``weights`` file of its own (``torch-pruning``'s pruned models, ``weights.pick<k>.pt``) is
+served by that file's network (:meth:`RunInfo.net_for`); every other one by ``weights.pt``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class RunSubnet:
     params: int
     holdout_accuracy: float | None
     test_accuracy: float | None
+    weights: str | None = None  # the file of its own network, in the run directory (None: weights.pt)
 
 
 @dataclass
@@ -46,10 +49,18 @@ class RunInfo:
     data: dict[str, Any] = field(default_factory=dict)  # spec, input_size, seed, holdout_fraction, limit
     table: str | None = None
     doc: dict[str, Any] = field(default_factory=dict)
+    own: dict[str, DynamicNet] = field(default_factory=dict)  # a sub-net's own weights file -> its network
 
     @property
     def signature(self) -> str:
         return self.net.signature()
+
+    def net_for(self, spec: SubnetSpec) -> DynamicNet:
+        """The network whose weights serve ``spec``: its own file's, else ``weights.pt``'s."""
+        for sub in self.subnets:
+            if sub.spec == spec and sub.weights is not None:
+                return self.own[sub.weights]
+        return self.net
 
 
 def _num(obj: dict, key: str) -> float | None:
@@ -83,23 +94,30 @@ def load_run(path: str | os.PathLike) -> RunInfo:
         raise ArtifactError(f"{where}: field 'subnets' is empty")
     cost: dict[str, Any] = doc["cost"] if isinstance(doc.get("cost"), dict) else {}
     subnets = []
+    own: dict[str, DynamicNet] = {}
     for i, s in enumerate(raw):
         w = f"{where}: subnets[{i}]"
         if not isinstance(s, dict):
             raise ArtifactError(f"{w}: must be an object")
         spec = SubnetSpec.from_dict(s.get("spec", s), w)
+        name = _own_weights(s, run_dir, w)
+        if name is not None and name not in own:
+            own[name] = _load_own(run_dir / name, net, f"{w}.weights")
+        serving = own[name] if name is not None else net
         try:
-            net.check_spec(spec)
+            serving.check_spec(spec)
         except EdgedynError as err:
             raise ArtifactError(f"{w}: {err}") from None
-        if spec not in net.bn_stats:
+        if spec not in serving.bn_stats:
             log.warning("%s: sub-net %s has no calibrated BatchNorm statistics; using the shared ones", w, spec)
         subnets.append(RunSubnet(
             index=i, spec=spec, budget=s.get("budget"), cost=_num(s, "cost"),
             macs=int(s["macs"]) if isinstance(s.get("macs"), int) else net.macs(spec),
             params=int(s["params"]) if isinstance(s.get("params"), int) else net.params(spec),
             holdout_accuracy=_num(s, "holdout_accuracy"), test_accuracy=_num(s, "test_accuracy"),
+            weights=name,
         ))
+    _one_network_per_spec(subnets, where)
     config: dict[str, Any] = doc["config"] if isinstance(doc.get("config"), dict) else {}
     data = {
         "spec": config.get("data", "digits"),
@@ -112,4 +130,36 @@ def load_run(path: str | os.PathLike) -> RunInfo:
     if isinstance(table, dict):
         table = table.get("path")
     return RunInfo(path=run_dir, net=net, subnets=subnets, cost_unit=cost.get("unit"), data=data,
-                   table=table if isinstance(table, str) else None, doc=doc)
+                   table=table if isinstance(table, str) else None, doc=doc, own=own)
+
+
+def _own_weights(sub: dict[str, Any], run_dir: Path, where: str) -> str | None:
+    """A sub-net record's own ``weights`` file: a plain file name in the run directory, or None."""
+    name = sub.get("weights")
+    if name is None:
+        return None
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or not name.endswith(".pt")):
+        raise ArtifactError(f"{where}: field 'weights' must name a .pt file in the run directory, got {repr(name)[:80]}")
+    if not (run_dir / name).is_file():
+        raise ArtifactError(f"{where}: field 'weights': {run_dir / name} not found (the search run writes it)")
+    return name
+
+
+def _load_own(path: Path, net: DynamicNet, where: str) -> DynamicNet:
+    """A sub-net's own network (checked as ``weights.pt`` is); it must be the run's architecture."""
+    own = load_net(path)  # a tampered file fails in one line
+    if own.signature() != net.signature():
+        raise ArtifactError(f"{where}: {path} is a different network ({own.signature()!r}) from the run's "
+                            f"weights.pt ({net.signature()!r})")
+    return own
+
+
+def _one_network_per_spec(subnets: list[RunSubnet], where: str) -> None:
+    """Deploy builds one artifact per distinct sub-net: two records of one spec must share their weights."""
+    seen: dict[SubnetSpec, RunSubnet] = {}
+    for sub in subnets:
+        first = seen.setdefault(sub.spec, sub)
+        if first.weights != sub.weights:
+            raise ArtifactError(f"{where}: subnets[{sub.index}] field 'weights' is {sub.weights!r}, but "
+                                f"subnets[{first.index}] (the same sub-net) has {first.weights!r}")

@@ -36,11 +36,10 @@ below its floor, so every count is a width of the grid.
 
 **No shared weights.** Each pick is a network of its own: ``weights.pick<k>.pt`` (k: the
 pick's rank by size), named in ``subnets.json`` as the sub-net's ``weights``; ``weights.pt``
-holds the largest budget's pick. ``edgedyn deploy`` reads ``weights.pt`` only, so a bundle
-built from this run serves every pick's architecture (its latency is right) with the
-largest pick's weights: its accuracies are right for that pick alone. ``tools/bench_search.py``
-times the picks by their widths and reads their accuracies from ``subnets.json``, which is
-right for all.
+holds the largest budget's pick. ``edgedyn deploy`` builds each pick from the file its record
+names (``edgedyn.deploy.source``: a plain file name in the run directory, the run's
+architecture, checked as ``weights.pt`` is). ``tools/bench_search.py`` times the picks by
+their widths and reads their accuracies from ``subnets.json``.
 
 **Resume.** The pruning is recomputed from the pre-trained weights (deterministic); each
 fine-tuned model is saved as soon as it is done (tagged with the run's settings), and a
