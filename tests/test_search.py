@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -23,28 +24,17 @@ from edgedyn.search import train as T
 from edgedyn.search.progressive import next_removals
 from edgedyn.search.ranking import NoiseInjection, apply_order, l1_orders
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from check_search_identity import StepLatency  # noqa: E402
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
-class MockLatency:
-    """A deterministic stand-in latency table: per fused block, a cost that steps at
-    multiples of 8 channels and grows sub-linearly with the feature-map area, so it
-    ranks removals differently from MACs."""
-
-    name = "latency"
-    unit = "ms"
-
-    def cost(self, net: DynamicNet, spec: SubnetSpec) -> float:
-        total = 0.0
-        for k in subnet_keys(net, spec):
-            ci, co = math.ceil(k.c_in / 8), math.ceil(k.c_out / 8)
-            area = (k.in_h * k.in_w) ** 0.5
-            if k.op == "conv":
-                total += 0.02 + 0.004 * ci * co * k.kernel * area ** 0.5 / (2.0 if k.stride > 1 else 1.0)
-            else:
-                total += 0.01 + 0.001 * ci * area
-        return round(total, 6)
+class MockLatency(StepLatency):
+    """A deterministic stand-in latency table (the identity goldens' :class:`StepLatency`: per
+    fused block, a cost that steps at multiples of 8 channels and grows sub-linearly with the
+    feature-map area, so it ranks removals differently from MACs), which checks the network."""
 
     def check(self, net: DynamicNet) -> None:
         subnet_keys(net, net.full_spec())
