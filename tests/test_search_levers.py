@@ -65,19 +65,45 @@ def test_every_lever_has_its_reserved_row():
             "autoslim-score2000+latency": {"score_samples": 2000},
             "autoslim-bncal+latency": {"options": {"final_bn": True}},
             "autoslim-grid16+latency": {"options": {"block_grid": True}},
-            "autoslim-final2+latency": {"final_epochs": 2}}
+            "autoslim-final2+latency": {"final_epochs": 2},
+            "autoslim-mean+latency": {"options": {"sandwich_mean": True}}}
     for name, lever in rows.items():  # the default plus that lever alone
         assert v[name].overrides == {**default, **lever} and v[name].cost == "latency", name
         SearchConfig(**v[name].overrides).validate()
+    assert v["usnet-mean"].overrides == {**v["usnet"].overrides, "options": {"sandwich_mean": True}}  # L6's baseline
+    SearchConfig(**v["usnet-mean"].overrides).validate()
 
 
 @pytest.mark.parametrize("key,value", [("neighbour_p", 0.0), ("finalists", 0), ("finalist_batches", -1),
                                        ("finalist_lr", float("nan")), ("use_budget_se", -1.0), ("nested", "no"),
-                                       ("block_grid", 1), ("final_bn", None)])
+                                       ("block_grid", 1), ("final_bn", None), ("sandwich_mean", "yes")])
 def test_lever_options_are_checked_in_one_line(key, value):
     with pytest.raises(EdgedynError, match=key) as err:
         SearchConfig(method="autoslim", options={key: value}).validate()
     assert "\n" not in str(err.value)
+    if key == "sandwich_mean":
+        with pytest.raises(EdgedynError, match=key):
+            SearchConfig(method="usnet", options={key: value}).validate()
+
+
+# -- L6: each sandwich step's losses averaged -------------------------------------------------
+def test_mean_sandwich_step_is_the_summed_step_divided_by_its_sub_nets(net):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, 8, 8, generator=gen), torch.randint(0, 10, (6,), generator=gen)
+    grads, losses = [], []
+    for mean in (False, True):
+        students = T.uniform_students(net, torch.Generator().manual_seed(1))  # the same draws both times
+        net.model.zero_grad(set_to_none=True)
+        net.train()
+        losses.append(float(T.sandwich_step(net, students, mean=mean)(x, y)))
+        grads.append([p.grad.clone() for p in net.model.parameters() if p.grad is not None])
+    n = 1 + len(T.uniform_students(net, torch.Generator().manual_seed(1))())  # the full net and its students
+    assert n == 4 and losses[1] == pytest.approx(losses[0] / n, rel=1e-5)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert torch.allclose(b, a / n, rtol=1e-4, atol=1e-7)
+    net.model.zero_grad(set_to_none=True)
+    net.eval()
 
 
 # -- L1a: the one-shot phase over uniform widths and their neighbours --------------------------
@@ -102,12 +128,12 @@ def test_the_neighbour_one_shot_phase_trains_non_uniform_students(tmp_path, monk
     seen: list[SubnetSpec] = []
     orig = T.sandwich_step
 
-    def spy(net, students):
+    def spy(net, students, mean=False):
         def recorded():
             out = students()
             seen.extend(out)
             return out
-        return orig(net, recorded)
+        return orig(net, recorded, mean=mean)
 
     monkeypatch.setattr(T, "sandwich_step", spy)
     for students, expect_uniform in (("uniform", True), ("neighbour", False)):

@@ -37,7 +37,10 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         (L1b), ``autoslim-usebudget+latency`` (L1c), ``autoslim-flat+latency``
                         (L2), ``autoslim-score2000+latency`` (L3a), ``autoslim-bncal+latency``
                         (L3b), ``autoslim-grid16+latency`` (L4; on resnet20 the same grid as the
-                        default), ``autoslim-final2+latency`` (L5).
+                        default), ``autoslim-final2+latency`` (L5), ``autoslim-mean+latency``
+                        (L6: each sandwich step's losses averaged, not summed) beside its
+                        baseline ``usnet-mean`` (US-Nets trained the same way; every uniform
+                        width deployed, as for ``usnet``).
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
@@ -102,6 +105,8 @@ REUSE_USNET = {"autoslim+latency", "autoslim+flops", "autoslim-grow+latency", "a
                "usnet-aligned"}  # US-Nets' network itself: only the widths it serves differ
 # ... and so do the archived runs of those methods
 REUSE_USNET |= {a for a, (_, cfg) in ARCHIVED.items() if any(cfg is METHODS[m] for m in REUSE_USNET)}
+#: US-Nets' rows: every uniform width is deployed (each budget served by the best that fits)
+UNIFORM_ALL = {"usnet", "usnet-mean"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,7 +242,7 @@ def deployed(run_dir: Path, name: str, calib_batches: int, log) -> list[dict]:
              "budget": s["budget"]["text"], "before_train": s.get("before_train")} for s in doc["subnets"]]
     if name == "usnet-aligned":
         return _aligned_accuracies(run_dir, subs, calib_batches, log)
-    if name != "usnet":
+    if name not in UNIFORM_ALL:
         return subs
     cache = run_dir / "uniform_widths.json"
     if cache.is_file():

@@ -62,25 +62,32 @@ def ce_step(net: DynamicNet, spec: SubnetSpec) -> StepFn:
     return step
 
 
-def sandwich_step(net: DynamicNet, students: Callable[[], Sequence[SubnetSpec]]) -> StepFn:
+def sandwich_step(net: DynamicNet, students: Callable[[], Sequence[SubnetSpec]], mean: bool = False) -> StepFn:
     """Sandwich rule with inplace distillation: full net on the labels, then each spec in
-    ``students()`` on the full net's detached output; gradients accumulate (one step)."""
+    ``students()`` on the full net's detached output; gradients accumulate (one step).
+
+    ``mean``: each sub-net's loss is divided by the number of sub-nets in the step (the full
+    net and its students), so the step's gradient has the size of one model's (US-Nets sums
+    them: from a pre-trained start, a short schedule's first steps are then several times a
+    plain fine-tune's). The returned loss is then the mean too."""
     full = net.full_spec()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        specs = list(students()) if mean else None  # the draws do not depend on the forward passes
+        scale = 1.0 / (1 + len(specs)) if specs is not None else 1.0
         net.set_subnet(full)
         out = net(x)
         loss = F.cross_entropy(out, y)
-        loss.backward()
+        (loss * scale if specs is not None else loss).backward()
         teacher = out.detach()
         total = loss.detach()
-        for spec in students():
+        for spec in specs if specs is not None else students():
             net.set_subnet(spec)
             kd = soft_cross_entropy(net(x), teacher)
-            kd.backward()
+            (kd * scale if specs is not None else kd).backward()
             total = total + kd.detach()
         net.set_subnet(full)
-        return total
+        return total * scale if specs is not None else total
 
     return step
 

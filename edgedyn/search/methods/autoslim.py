@@ -11,7 +11,7 @@ numbers), and with ``final_epochs=0`` autoslim trains exactly US-Nets' network.
 
 Issue 19's levers are options, each off by default (docs/search.md, "Round 8's levers"):
 ``supernet_students="neighbour"`` (L1a), ``finalist_batches`` (L1b), ``use_budget_se``
-(L1c), ``nested=False`` (L2), ``final_bn`` (L3b) and ``block_grid`` (L4).
+(L1c), ``nested=False`` (L2), ``final_bn`` (L3b), ``block_grid`` (L4) and ``sandwich_mean`` (L6).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class AutoslimOptions(MethodOptions):
     use_budget_se: float = 0.0  # L1c: prefer the costliest candidate within this many SEs of the best (0: off)
     nested: bool = True  # L2: False picks each budget's own best candidate (no nested chain)
     block_grid: bool = False  # L4: the grid also holds every multiple of the table's channel block
+    sandwich_mean: bool = False  # L6: each sandwich step's losses averaged over its sub-nets, not summed
 
     def validate(self, config: Any) -> None:
         if self.final_epochs is not None and not 0 <= self.final_epochs <= config.train_epochs:
@@ -82,7 +83,7 @@ class AutoslimOptions(MethodOptions):
         number("finalist_batches", 0, 100_000, integer=True)
         number("finalist_lr", 0.0, 10.0, low_open=True)
         number("use_budget_se", 0.0, 10.0)
-        for name in ("final_bn", "nested", "block_grid"):
+        for name in ("final_bn", "nested", "block_grid", "sandwich_mean"):
             if not isinstance(getattr(self, name), bool):
                 raise EdgedynError(f"option {name} must be true or false, got {getattr(self, name)!r}")
 
@@ -148,6 +149,8 @@ class Autoslim(Method):
                                            "L4: the grid also holds the table's block multiples"),
         "autoslim-final2+latency": Variant(dict(_FINAL, final_epochs=2), "latency",
                                            "L5: 2 final epochs of the same total"),
+        "autoslim-mean+latency": Variant(dict(_FINAL, options={"sandwich_mean": True}), "latency",
+                                         "L6: each sandwich step's losses averaged (its baseline: usnet-mean)"),
     }
     options: AutoslimOptions
 
@@ -165,7 +168,8 @@ class Autoslim(Method):
             students = lambda net, gen: train.neighbour_students(net, gen, p=o.neighbour_p)
         else:
             students = train.random_students if o.supernet_students == "random" else train.uniform_students
-        ctx.epochs("supernet", epochs, lambda gen: train.sandwich_step(self.net, students(self.net, gen)),
+        ctx.epochs("supernet", epochs, lambda gen: train.sandwich_step(self.net, students(self.net, gen),
+                                                                       mean=o.sandwich_mean),
                    ctx.c.lr, schedule=(0, ctx.c.train_epochs), stream=("train", 0))
         ctx.advance("supernet")
 
@@ -410,6 +414,7 @@ class Autoslim(Method):
         """The last ``final`` epochs of the schedule the one-shot phase began, on the picks."""
         ctx = self.ctx
         first = ctx.c.train_epochs - self.final
-        make = lambda gen: train.sandwich_step(self.net, train.chosen_students(chosen, gen))
+        make = lambda gen: train.sandwich_step(self.net, train.chosen_students(chosen, gen),
+                                               mean=self.options.sandwich_mean)
         ctx.epochs("train", self.final, make, ctx.c.lr, schedule=(first, ctx.c.train_epochs),
                    stream=("train", first))

@@ -25,19 +25,20 @@ from ...dynamic import DynamicNet, SubnetSpec
 from ...errors import EdgedynError
 from ..context import RunContext
 from ..progressive import PathPoint
-from ..registry import MethodOptions, Variant, register_method
+from ..registry import Variant, register_method
 from ..reselect import pick, uniform_points
 from .base import Picks
-from .usnet import USNet
+from .usnet import USNet, USNetOptions
 
 log = logging.getLogger("edgedyn.search")
 
 
 @dataclass(frozen=True)
-class AlignedOptions(MethodOptions):
+class AlignedOptions(USNetOptions):
     block: int | None = None  # channel block to round up to (None: the latency table's layout; 1: none)
 
     def validate(self, config: object) -> None:
+        super().validate(config)
         check_block(self.block)
 
 
