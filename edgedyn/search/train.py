@@ -73,21 +73,21 @@ def sandwich_step(net: DynamicNet, students: Callable[[], Sequence[SubnetSpec]],
     full = net.full_spec()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        specs = list(students()) if mean else None  # the draws do not depend on the forward passes
-        scale = 1.0 / (1 + len(specs)) if specs is not None else 1.0
+        specs = list(students())  # the draws do not depend on the forward passes
+        scale = 1.0 / (1 + len(specs)) if mean else 1.0  # x 1.0 is exact: the summed step unchanged
         net.set_subnet(full)
         out = net(x)
         loss = F.cross_entropy(out, y)
-        (loss * scale if specs is not None else loss).backward()
+        (loss * scale).backward()
         teacher = out.detach()
         total = loss.detach()
-        for spec in specs if specs is not None else students():
+        for spec in specs:
             net.set_subnet(spec)
             kd = soft_cross_entropy(net(x), teacher)
-            (kd * scale if specs is not None else kd).backward()
+            (kd * scale).backward()
             total = total + kd.detach()
         net.set_subnet(full)
-        return total * scale if specs is not None else total
+        return total * scale
 
     return step
 
