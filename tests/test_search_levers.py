@@ -66,7 +66,9 @@ def test_every_lever_has_its_reserved_row():
             "autoslim-bncal+latency": {"options": {"final_bn": True}},
             "autoslim-grid16+latency": {"options": {"block_grid": True}},
             "autoslim-final2+latency": {"final_epochs": 2},
-            "autoslim-mean+latency": {"options": {"sandwich_mean": True}}}
+            "autoslim-mean+latency": {"options": {"sandwich_mean": True}},
+            "autoslim-fill+latency": {"options": {"fill_budget": True}},
+            "autoslim-meanfill+latency": {"options": {"sandwich_mean": True, "fill_budget": True}}}
     for name, lever in rows.items():  # the default plus that lever alone
         assert v[name].overrides == {**default, **lever} and v[name].cost == "latency", name
         SearchConfig(**v[name].overrides).validate()
@@ -76,7 +78,8 @@ def test_every_lever_has_its_reserved_row():
 
 @pytest.mark.parametrize("key,value", [("neighbour_p", 0.0), ("finalists", 0), ("finalist_batches", -1),
                                        ("finalist_lr", float("nan")), ("use_budget_se", -1.0), ("nested", "no"),
-                                       ("block_grid", 1), ("final_bn", None), ("sandwich_mean", "yes")])
+                                       ("block_grid", 1), ("final_bn", None), ("sandwich_mean", "yes"),
+                                       ("fill_budget", 0)])
 def test_lever_options_are_checked_in_one_line(key, value):
     with pytest.raises(EdgedynError, match=key) as err:
         SearchConfig(method="autoslim", options={key: value}).validate()
@@ -239,6 +242,56 @@ def test_flat_picks_need_not_nest(tmp_path):
     assert nested == pick_nested(pts, below, ctx.select_full, ctx.select_cost.unit,
                                  lambda a, b: a.spec.contains(b.spec), margin=ctx.margin)
     assert nested[0][1].spec == small and nested[-1][1].spec == big
+
+
+# -- L7: each pick widened to fill its budget ---------------------------------------------------
+def test_fill_budget_widens_by_macs_per_cost_until_nothing_wider_fits(net):
+    cost = MockLatency()
+    price = lambda s: cost.cost(net, s)
+    start = net.min_spec()
+    limit = 0.5 * (price(start) + price(net.full_spec()))
+    grown = levers.fill_budget(net, start, price, lambda s: price(s) <= limit)
+    assert grown.contains(start) and grown != start and price(grown) <= limit
+    for g in net.groups:  # no single widening of the result fits
+        for w in g.grid:
+            if w > grown[g.index]:
+                assert price(grown.replace(g.index, w)) > limit, (g.index, w)
+    # a cap bounds every group; the same spec comes back when nothing wider fits
+    cap = start.replace(0, net.groups[0].grid[-1])
+    capped = levers.fill_budget(net, start, price, lambda s: price(s) <= limit, cap=cap)
+    assert cap.contains(capped) and capped.contains(start)
+    free = levers.fill_budget(net, start, price, lambda s: price(s) <= price(start))  # channels the blocks pad anyway
+    assert free.contains(start) and free != start and price(free) == price(start)
+    assert levers.fill_budget(net, start, price, lambda s: False) == start
+    with pytest.raises(ValueError, match="does not contain"):
+        levers.fill_budget(net, net.full_spec(), price, lambda s: True, cap=start)
+
+
+def test_fill_budget_takes_free_channels_first_and_then_the_best_gain_per_cost(net):
+    """Made-up prices: widening group 0 is free, group 1 costs 1 per step; group 1 adds 10x
+    the gain. The free step comes first; then, with room for one paid step, the paid one."""
+    g0, g1 = net.groups[0], net.groups[1]
+    start = net.min_spec()
+    price = lambda s: float(g1.grid.index(s[1]) - g1.grid.index(start[1]))
+    gain = lambda s: float(s[0] + 10 * s[1])
+    only = lambda s: all(s[i] == start[i] for i in range(2, len(s)))  # the other groups stay put
+    grown = levers.fill_budget(net, start, price, lambda s: only(s) and price(s) <= 1.0, gain=gain)
+    assert grown[0] == g0.grid[-1] and grown[1] == g1.grid[g1.grid.index(start[1]) + 1]
+
+
+def test_fill_budget_in_the_method_fills_each_pick_and_keeps_the_chain_nested(tmp_path):
+    method = _searched(tmp_path / "fill", fill_budget=True)
+    ctx = method.ctx
+    points, below = _candidates(method)
+    plain = method._pick(points, below)
+    filled = method._fill(plain)
+    assert [b for b, _ in filled] == [b for b, _ in plain]
+    for (b, f), (_, p) in zip(filled, plain):
+        assert f.spec.contains(p.spec) and f.cost <= ctx.limit(b) + 1e-9 and f.cost >= p.cost - 1e-12
+    assert all(a.spec.contains(b.spec) for (_, a), (_, b) in zip(filled[1:], filled))
+    assert any(f.spec != p.spec for (_, f), (_, p) in zip(filled, plain))  # the mock's budgets leave room
+    picks = method.select()  # the method's selection is the filled one
+    assert [p.spec for _, p in picks][:len(filled)] == [p.spec for _, p in filled]
 
 
 # -- L4: the block-aware grid -------------------------------------------------------------------

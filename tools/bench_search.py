@@ -40,7 +40,9 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         default), ``autoslim-final2+latency`` (L5), ``autoslim-mean+latency``
                         (L6: each sandwich step's losses averaged, not summed) beside its
                         baseline ``usnet-mean`` (US-Nets trained the same way; every uniform
-                        width deployed, as for ``usnet``).
+                        width deployed, as for ``usnet``), ``autoslim-fill+latency`` (L7: each
+                        pick widened by MACs per predicted ms until nothing wider fits its
+                        budget) and ``autoslim-meanfill+latency`` (L6 and L7).
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call

@@ -9,6 +9,11 @@
   the costliest of them is picked (nested: the chain of tied candidates with the largest total
   cost).
 
+- **Filling the budget** (:func:`fill_budget`, L7): each pick is widened, one coupling group
+  at a time, by the widening that adds the most MACs per unit of predicted cost, while it
+  still fits its budget. The widened sub-net is not compared on the holdout (the one-shot
+  weights score such shapes out of distribution); the final epochs train it.
+
 Non-nested picks (L2) are :func:`~edgedyn.search.reselect.pick` itself.
 """
 
@@ -115,4 +120,39 @@ def pick_using_budget(points: Sequence[PathPoint], budgets: Sequence[Budget], fu
     return [(b, pts[i]) for b, i in zip(budgets, best_chain)]
 
 
-__all__ = ["binomial_se", "finalists", "finetune_on", "pick_using_budget", "restored"]
+def fill_budget(net: DynamicNet, spec: SubnetSpec, price: Callable[[SubnetSpec], float],
+                fits: Callable[[SubnetSpec], bool], cap: SubnetSpec | None = None,
+                gain: Callable[[SubnetSpec], float] | None = None) -> SubnetSpec:
+    """L7: widen ``spec`` greedily while it ``fits``: each step takes, over every coupling
+    group and every wider grid width up to ``cap`` (a sub-net that contains ``spec``; default
+    the full model), the widening with the most ``gain`` (default MACs) added per unit of
+    cost added. A widening that adds no cost (channels inside a block the backend pads
+    anyway) ranks above any that does, by the gain it adds. Stops when no widening fits;
+    the result contains ``spec`` and is contained in ``cap``."""
+    gain = gain or (lambda s: float(net.macs(s)))
+    if cap is not None and not cap.contains(spec):
+        raise ValueError(f"cap {list(cap.widths)} does not contain {list(spec.widths)}")
+    cost, value = price(spec), gain(spec)
+    while True:
+        best: tuple[tuple[int, float], SubnetSpec, float, float] | None = None
+        for g in net.groups:
+            top = g.grid[-1] if cap is None else cap[g.index]
+            for w in g.grid:
+                if w <= spec[g.index] or w > top:
+                    continue
+                cand = spec.replace(g.index, w)
+                if not fits(cand):
+                    continue
+                c, v = price(cand), gain(cand)
+                added, paid = v - value, c - cost
+                if added <= 0:
+                    continue
+                rank = (1, added) if paid <= 1e-9 * max(1.0, abs(cost)) else (0, added / paid)
+                if best is None or rank > best[0]:
+                    best = (rank, cand, c, v)
+        if best is None:
+            return spec
+        _, spec, cost, value = best
+
+
+__all__ = ["binomial_se", "fill_budget", "finalists", "finetune_on", "pick_using_budget", "restored"]

@@ -11,11 +11,13 @@ numbers), and with ``final_epochs=0`` autoslim trains exactly US-Nets' network.
 
 Issue 19's levers are options, each off by default (docs/search.md, "Round 8's levers"):
 ``supernet_students="neighbour"`` (L1a), ``finalist_batches`` (L1b), ``use_budget_se``
-(L1c), ``nested=False`` (L2), ``final_bn`` (L3b), ``block_grid`` (L4) and ``sandwich_mean`` (L6).
+(L1c), ``nested=False`` (L2), ``final_bn`` (L3b), ``block_grid`` (L4), ``sandwich_mean`` (L6) and
+``fill_budget`` (L7).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -55,6 +57,7 @@ class AutoslimOptions(MethodOptions):
     nested: bool = True  # L2: False picks each budget's own best candidate (no nested chain)
     block_grid: bool = False  # L4: the grid also holds every multiple of the table's channel block
     sandwich_mean: bool = False  # L6: each sandwich step's losses averaged over its sub-nets, not summed
+    fill_budget: bool = False  # L7: each pick widened by MACs per cost while it fits its budget
 
     def validate(self, config: Any) -> None:
         if self.final_epochs is not None and not 0 <= self.final_epochs <= config.train_epochs:
@@ -83,7 +86,7 @@ class AutoslimOptions(MethodOptions):
         number("finalist_batches", 0, 100_000, integer=True)
         number("finalist_lr", 0.0, 10.0, low_open=True)
         number("use_budget_se", 0.0, 10.0)
-        for name in ("final_bn", "nested", "block_grid", "sandwich_mean"):
+        for name in ("final_bn", "nested", "block_grid", "sandwich_mean", "fill_budget"):
             if not isinstance(getattr(self, name), bool):
                 raise EdgedynError(f"option {name} must be true or false, got {getattr(self, name)!r}")
 
@@ -151,6 +154,10 @@ class Autoslim(Method):
                                            "L5: 2 final epochs of the same total"),
         "autoslim-mean+latency": Variant(dict(_FINAL, options={"sandwich_mean": True}), "latency",
                                          "L6: each sandwich step's losses averaged (its baseline: usnet-mean)"),
+        "autoslim-fill+latency": Variant(dict(_FINAL, options={"fill_budget": True}), "latency",
+                                         "L7: each pick widened by MACs per predicted ms to fill its budget"),
+        "autoslim-meanfill+latency": Variant(dict(_FINAL, options={"sandwich_mean": True, "fill_budget": True}),
+                                             "latency", "L6 and L7 together"),
     }
     options: AutoslimOptions
 
@@ -340,6 +347,8 @@ class Autoslim(Method):
         below = [b for b in ctx.budgets if ctx.limit(b) < full.cost]
         path = self._rescore(path, below)
         picks = self._pick(path, below) if below else []
+        if self.options.fill_budget and picks:
+            picks = self._fill(picks)
         picks += [(b, full) for b in ctx.budgets if b not in below]
         log.info("re-selection: %d candidates (search path and uniform widths), %s picks", len(path),
                  "nested" if self.options.nested else "non-nested")
@@ -361,6 +370,32 @@ class Autoslim(Method):
         if not o.nested:
             return pick(points, below, ctx.select_full, unit, margin=ctx.margin)
         return pick_nested(points, below, ctx.select_full, unit, contains, margin=ctx.margin)
+
+    def _fill(self, picks: Picks) -> Picks:
+        """L7: each pick widened to fill its budget (:func:`~edgedyn.search.levers.fill_budget`),
+        the largest budget first; nested picks stay nested (each is widened inside the widened
+        pick above it). The widened sub-net replaces the pick whatever its holdout score (the
+        one-shot weights score such shapes out of distribution; the final epochs train it); its
+        score is recorded for the log and the selection."""
+        ctx, nested = self.ctx, self.options.nested
+        out = list(picks)
+        cap: SubnetSpec | None = None
+        with ctx.timed("search"):  # part of the search's cost
+            for i in sorted(range(len(out)), key=lambda i: -ctx.limit(out[i][0])):
+                budget, point = out[i]
+                spec = levers.fill_budget(self.net, point.spec, ctx.price, functools.partial(self._fits, budget),
+                                          cap=cap if nested else None)
+                if spec != point.spec:
+                    grown = PathPoint(spec, ctx.price(spec), self.scorer.record(spec)[1], -1)
+                    log.info("fill budget %s: %s (cost %.4g, holdout %.4f) -> %s (cost %.4g, holdout %.4f)",
+                             budget.text, list(point.spec.widths), point.cost, point.accuracy, list(spec.widths),
+                             grown.cost, grown.accuracy)
+                    out[i] = (budget, grown)
+                cap = spec
+        return out
+
+    def _fits(self, budget: Budget, spec: SubnetSpec) -> bool:
+        return self.ctx.price(spec) <= self.ctx.limit(budget) + 1e-12
 
     def _rescore(self, points: list[PathPoint], below: list[Budget]) -> list[PathPoint]:
         """L1b / L3b: each budget's ``finalists`` most accurate candidates, each fine-tuned
