@@ -104,3 +104,28 @@ def test_a_reference_that_is_not_run_is_a_one_line_error(tmp_path, capsys):
                        "--reference", "y"]) == 2
     err = capsys.readouterr().err
     assert "no run of it" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predicted_only_serves_by_the_table_and_labels_every_figure(tmp_path, capsys):
+    """MID is 0.45 ms by the table: at the budget 0.5 x serves it on both seeds (the measured
+    0.55 ms would not fit), and the report says the latencies are predictions."""
+    bench = _bench()
+    doc = json.loads((_report(tmp_path) / "bench_search.json").read_text())
+    runs, subs = {}, {}
+    for key, v in doc["runs"].items():
+        seed, m = int(key.split("/")[0][4:]), key.split("/", 1)[1]
+        runs[(seed, m)], subs[(seed, m)] = {k: v[k] for k in v if k != "deployed"}, v["deployed"]
+    out = tmp_path / "pred"
+    out.mkdir()
+    args = bench.parse_args(["--out", str(out), "--budgets", "0.5,1.0", "--methods", "usnet,x", "--predicted-only"])
+    predicted = {tuple(e["widths"]): e["predicted"] for e in doc["latency"]}
+    assert bench.predicted_report(args, runs, subs, predicted) == 0
+    assert "PREDICTED by the table (nothing timed)" in capsys.readouterr().out
+    rep = json.loads((out / "bench_search.predicted.json").read_text())
+    assert rep["latency_source"] == "predicted" and not (out / "bench_search.json").exists()
+    served = [r["widths"] for r in rep["per_budget"]["x"][0]["runs"]]
+    assert served == [MID, MID]
+    vs = rep["summary"]["x"]["vs_usnet"]["per_budget"][0]
+    assert abs(vs["mean"] - 0.06) < 1e-9  # 0.76 - 0.70 on both seeds
+    assert (out / "bench_search.predicted.md").read_text().startswith("Every latency below is the table's PREDICTION")
+    assert bench.predicted_report(args, {}, {}, predicted) == 2

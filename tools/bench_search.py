@@ -139,6 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--search-calib-batches", type=int, default=2, help="BN recalibration batches per candidate")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: time and report the runs that finished (a method may have fewer seeds)")
+    p.add_argument("--predicted-only", action="store_true",
+                   help="train and time nothing: report the runs that finished at the table's PREDICTED "
+                        "latency (the validity rule's fallback, or a look on a busy machine); written as "
+                        "bench_search.predicted.{json,md}, the measured report untouched")
     p.add_argument("--summarize-only", action="store_true",
                    help="train and time nothing: summarise the last report's bench_search.json again for "
                         "--seeds and --methods (written as bench_search.seeds<...>.md)")
@@ -188,7 +192,7 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
             if done.is_file():
                 runs[(seed, name)] = {"dir": run_dir, **json.loads(done.read_text())}
                 continue
-            if args.report_only or name in ARCHIVED:
+            if args.report_only or args.predicted_only or name in ARCHIVED:
                 log(f"seed {seed}: {name} has not finished; left out of the report")
                 continue
             cfg = replace(base, **overrides, seed=seed, weights=str(weights), pretrain_epochs=0, out=str(run_dir),
@@ -502,7 +506,8 @@ def _pct(d: dict, key: str = "sd") -> str:
 
 def report(res: dict, log) -> None:
     b = res["budgets"]
-    log(f"\nfull model measured: {res['full_ms']:.3f} ms; budgets {', '.join(f'{x:g}' for x in b)} of it; "
+    how = "PREDICTED by the table (nothing timed)" if res.get("latency") == "predicted" else "measured"
+    log(f"\nfull model {how}: {res['full_ms']:.3f} ms; budgets {', '.join(f'{x:g}' for x in b)} of it; "
         f"seeds {res['seeds']}")
     full = res["full_ms"]
     head = "".join(f"{f'{x:g} ({x * full:.3f} ms)':>22}" for x in b)
@@ -528,7 +533,9 @@ def report(res: dict, log) -> None:
 def markdown(res: dict, doc: dict) -> str:
     """The result tables as Markdown (pasted into the README and docs/search.md)."""
     b, full = res["budgets"], res["full_ms"]
-    lines = ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b)
+    lines = [] if res.get("latency") != "predicted" else [
+        "Every latency below is the table's PREDICTION (`--predicted-only`: nothing was timed).", ""]
+    lines += ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b)
              + " | average | wall x US-Nets | own CPU s | CPU x US-Nets | pipeline CPU s | pipeline CPU x US-Nets |",
              "|---|" + "---|" * (len(b) + 6)]
     def label(m: str) -> str:
@@ -657,6 +664,7 @@ def summarize(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgedyn.dynamic import DynamicNet, SubnetSpec
     from edgedyn.errors import EdgedynError
     from edgedyn.profile import LatencyTable
 
@@ -686,6 +694,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         subs = {k: deployed(v["dir"], k[1], args.calib_batches, log) for k, v in runs.items()}
         specs = sorted({tuple(s["widths"]) for v in subs.values() for s in v}, key=sum)
+        if args.predicted_only:
+            net = DynamicNet.from_name(args.model, num_classes=10, input_size=args.input_size, channel_groups=8,
+                                       min_groups=1)
+            return predicted_report(args, runs, subs, {s: table.predict(net, SubnetSpec.of(s)) for s in specs})
         timing = measure_all(specs, args, table, log)
         lat = {k: v for k, v in timing.items() if isinstance(k, tuple)}
         if not timing["recheck"]["valid"]:
@@ -718,6 +730,31 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bench_search.md").write_text(markdown(res, doc))
     plot(res, out / "bench_search.png")
     print(f"wrote {out / 'bench_search.json'} and {out / 'bench_search.png'}")
+    return 0
+
+
+def predicted_report(args: argparse.Namespace, runs: dict, subs: dict, predicted: dict[tuple[int, ...], float]) -> int:
+    """``--predicted-only``: the report at the table's ``predicted`` latency of every deployed
+    sub-net, every figure labelled so; written beside the measured report
+    (``bench_search.predicted.{json,md}``)."""
+    if not runs:
+        print("error: no finished run to report", file=sys.stderr)
+        return 2
+    lat = {s: {"predicted": ms} for s, ms in predicted.items()}
+    res = compare(args, runs, subs, lat, "predicted")
+    check_reference(args, runs)
+    res["latency"] = "predicted"
+    report(res, lambda m: print(m))
+    out = Path(args.out)
+    doc = {"schema": "edgedyn.bench_search/2", "args": vars(args), "latency_source": "predicted",
+           "latency": [{"widths": list(k), **v} for k, v in lat.items()],
+           "runs": {f"seed{s}/{m}": {"dir": str(v["dir"]), "wall_s": v["wall_s"], "resumed": v["resumed"],
+                                     "own_cpu_s": v.get("own_cpu_s"), "phase_cpu_s": v.get("phase_cpu_s"),
+                                     "deployed": subs[(s, m)]}
+                    for (s, m), v in runs.items()}, **res}
+    _write(out / "bench_search.predicted.json", doc)
+    (out / "bench_search.predicted.md").write_text(markdown(res, doc))
+    print(f"wrote {out / 'bench_search.predicted.json'} and {out / 'bench_search.predicted.md'}")
     return 0
 
 
