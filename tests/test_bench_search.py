@@ -123,9 +123,75 @@ def test_predicted_only_serves_by_the_table_and_labels_every_figure(tmp_path, ca
     assert "PREDICTED by the table (nothing timed)" in capsys.readouterr().out
     rep = json.loads((out / "bench_search.predicted.json").read_text())
     assert rep["latency_source"] == "predicted" and not (out / "bench_search.json").exists()
+    assert {tuple(e["widths"]): e["predicted"] for e in rep["latency"]} == predicted  # kept for --from
     served = [r["widths"] for r in rep["per_budget"]["x"][0]["runs"]]
     assert served == [MID, MID]
     vs = rep["summary"]["x"]["vs_usnet"]["per_budget"][0]
     assert abs(vs["mean"] - 0.06) < 1e-9  # 0.76 - 0.70 on both seeds
     assert (out / "bench_search.predicted.md").read_text().startswith("Every latency below is the table's PREDICTION")
     assert bench.predicted_report(args, {}, {}, predicted) == 2
+
+
+def _predicted_report(tmp_path: Path, name: str, seeds: list[int], methods: list[str]) -> Path:
+    """A ``--predicted-only`` report of the hand-made runs, for ``seeds`` and ``methods`` only."""
+    doc = json.loads((_report(tmp_path / name) / "bench_search.json").read_text())
+    runs = {k: v for k, v in doc["runs"].items()
+            if int(k.split("/")[0][4:]) in seeds and k.split("/", 1)[1] in methods}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({**doc, "latency_source": "predicted", "runs": runs,
+                                "args": {"data_limit": 4000, "budgets": "0.5,1.0"}}))
+    return path
+
+
+def test_from_pools_reports_of_other_sessions_at_the_predicted_latency(tmp_path, capsys):
+    """Seed 0 of both rows in one report, seed 1 of US-Nets in a second and of x in a third:
+    pooled, x is paired with US-Nets on both seeds, served by the table's prediction (MID fits 0.5)."""
+    bench = _bench()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    a = _predicted_report(tmp_path, "a", [0], ["usnet", "x"])
+    b = _predicted_report(tmp_path, "b", [1], ["usnet"])
+    c = _predicted_report(tmp_path, "c", [1], ["x"])
+    out = tmp_path / "pooled"
+    assert bench.main(["--out", str(out), "--summarize-only", "--from", f"{a},{b},{c}", "--seeds", "0,1",
+                       "--methods", "usnet,x"]) == 0
+    rep = json.loads((out / "bench_search.pooled.json").read_text())
+    assert rep["latency_source"] == "predicted" and rep["sources"] == [str(a), str(b), str(c)]
+    assert [r["widths"] for r in rep["per_budget"]["x"][0]["runs"]] == [MID, MID]
+    vs = rep["summary"]["x"]["vs_usnet"]
+    assert vs["per_budget"][0]["n"] == 2 and abs(vs["per_budget"][0]["mean"] - 0.06) < 1e-9
+    md = (out / "bench_search.pooled.md").read_text()
+    assert md.startswith("Pooled from ") and "table's PREDICTION" in md
+
+
+def test_from_refuses_a_run_twice_other_protocols_and_measured_reports(tmp_path, capsys):
+    bench = _bench()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = _predicted_report(tmp_path, "a", [0, 1], ["usnet", "x"])
+    b = _predicted_report(tmp_path, "b", [1], ["x"])
+    argv = ["--out", str(tmp_path / "p"), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x", "--from"]
+    assert bench.main(argv + [f"{a},{b}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(b) in err[0] and "runs.seed1/x" in err[0]
+    doc = json.loads(b.read_text())
+    b.write_text(json.dumps({**doc, "runs": {}, "args": {"data_limit": 8000}}))
+    assert bench.main(argv + [f"{a},{b}"]) == 2
+    assert "args.data_limit" in capsys.readouterr().err
+    doc.pop("latency_source")
+    b.write_text(json.dumps({**doc, "runs": {}}))
+    assert bench.main(argv + [f"{a},{b}"]) == 2
+    assert "only reports at the predicted latency" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_from_repools_a_committed_report_written_before_reports_kept_their_latencies(tmp_path, monkeypatch):
+    """results/bench_search_r8s2_b.json (round 8) kept no latency list: --from prices its sub-nets
+    by its table again, checks them against the latencies it served at, and rebuilds its tables
+    exactly (this fails if profiles/cpu-resnet20.json is re-profiled: the report's table is gone)."""
+    bench = _bench()
+    src = ROOT / "results" / "bench_search_r8s2_b.json"
+    rows = "usnet,usnet-aligned,torch-pruning,autoslim-final+latency,usnet-mean,autoslim-mean+latency"
+    monkeypatch.chdir(ROOT)  # the report names its table relative to the checkout
+    assert bench.main(["--out", str(tmp_path), "--summarize-only", "--from", str(src), "--seeds", "100,101",
+                       "--methods", rows, "--reference", "usnet-mean"]) == 0
+    md = (tmp_path / "bench_search.pooled.md").read_text()
+    assert md.split("\n", 2)[2] == (ROOT / "results" / "bench_search_r8s2_b.md").read_text()

@@ -146,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--summarize-only", action="store_true",
                    help="train and time nothing: summarise the last report's bench_search.json again for "
                         "--seeds and --methods (written as bench_search.seeds<...>.md)")
+    p.add_argument("--from", dest="from_reports", default=None, metavar="A.json,B.json",
+                   help="with --summarize-only: pool these reports (predicted-only ones, or a single measured "
+                        "one) instead of --out's; written to --out as bench_search.pooled.{json,md}")
     p.add_argument("--no-measure", action="store_true",
                    help="train and search only (seeds run as parallel processes; a last call times and reports)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
@@ -627,22 +630,98 @@ def _write(path: Path, obj) -> None:
     atomic_write_json(path, obj)
 
 
+#: the settings two reports must share to be pooled (a seed's result depends on every one)
+PROTOCOL_KEYS = ("table", "model", "data", "data_limit", "holdout_fraction", "input_size", "budgets",
+                 "pretrain_epochs", "train_epochs", "final_epochs", "rank_epochs", "batch_size", "lr",
+                 "score_samples", "slim_step", "batches_per_epoch", "calib_batches", "search_calib_batches")
+
+
+def load_reports(paths: list[Path]) -> dict:
+    """One report from several (``--from``): the union of their runs and latencies. Refused,
+    in one line naming the file and field, when two hold the same seed and row, when their
+    protocols differ, or when measured reports are pooled (timings of different sessions are
+    not comparable: only the table's predictions are the same everywhere)."""
+    from edgedyn.artifacts import load_json
+    from edgedyn.errors import EdgedynError
+
+    docs = [(p, load_json(p, "edgedyn.bench_search/2")) for p in paths]
+    first, base = docs[0]
+    key = "predicted" if base.get("latency_source") == "predicted" else "median"
+    pooled: dict = {"schema": "edgedyn.bench_search/2", "latency_source": base.get("latency_source"),
+                    "budgets": base["budgets"], "args": base.get("args", {}), "runs": {}, "latency": [],
+                    "sources": [str(p) for p in paths]}
+    lat: dict = {}
+    origin: dict = {}
+    for path, doc in docs:
+        if len(docs) > 1 and doc.get("latency_source") != "predicted":
+            raise EdgedynError(f"{path}: latency_source is {doc.get('latency_source', 'measured')!r}: only "
+                               "reports at the predicted latency (--predicted-only) can be pooled")
+        if doc["budgets"] != base["budgets"]:
+            raise EdgedynError(f"{path}: budgets {doc['budgets']} differ from {first}'s {base['budgets']}")
+        for k in PROTOCOL_KEYS:
+            if k in doc.get("args", {}) and k in base.get("args", {}) and doc["args"][k] != base["args"][k]:
+                raise EdgedynError(f"{path}: args.{k} is {doc['args'][k]!r}, {first} has {base['args'][k]!r}")
+        for run, v in doc["runs"].items():
+            if run in origin:
+                raise EdgedynError(f"{path}: runs.{run} is in {origin[run]} too")
+            origin[run] = path
+            pooled["runs"][run] = v
+        for e in doc["latency"] if isinstance(doc["latency"], list) else _predicted_latency(path, doc):
+            w = tuple(e["widths"])
+            if w in lat and abs(lat[w][key] - e[key]) > 1e-9:
+                raise EdgedynError(f"{path}: latency of {list(w)} is {e[key]}, {origin.get(w, first)} has "
+                                   f"{lat[w][key]} (reports of different tables)")
+            lat.setdefault(w, e)
+            origin.setdefault(w, path)
+    pooled["latency"] = list(lat.values())
+    return pooled
+
+
+def _predicted_latency(path: Path, doc: dict) -> list[dict]:
+    """The table's prediction of every sub-net a predicted-only report deployed, for reports
+    written before they kept it (their ``latency`` held the label ``"predicted"``), checked
+    against the latencies recorded with the sub-nets they served."""
+    from edgedyn.dynamic import DynamicNet, SubnetSpec
+    from edgedyn.errors import EdgedynError
+    from edgedyn.profile import LatencyTable
+
+    a = doc.get("args", {})
+    table = LatencyTable.load(a.get("table", "profiles/cpu-resnet20.json"))
+    net = DynamicNet.from_name(a.get("model", "resnet20"), num_classes=10, input_size=a.get("input_size", 32),
+                               channel_groups=8, min_groups=1)
+    specs = {tuple(s["widths"]) for v in doc["runs"].values() for s in v["deployed"]}
+    lat = {w: table.predict(net, SubnetSpec.of(w)) for w in specs}
+    for m, per in doc.get("per_budget", {}).items():
+        for pb in per:
+            for r in pb["runs"]:
+                if r is not None and abs(lat[tuple(r["widths"])] - r["measured_ms"]) > 1e-6:
+                    raise EdgedynError(f"{path}: per_budget.{m}: {r['widths']} was served at {r['measured_ms']} ms, "
+                                       f"the table {a.get('table')} now predicts {lat[tuple(r['widths'])]} ms")
+    return [{"widths": list(w), "predicted": ms} for w, ms in lat.items()]
+
+
 def summarize(args: argparse.Namespace) -> int:
-    """The comparison again, from a report's JSON, for a subset of its seeds and methods."""
+    """The comparison again, from a report's JSON (or several, ``--from``), for a subset of
+    its seeds and methods."""
     from edgedyn.artifacts import load_json
     from edgedyn.errors import EdgedynError
 
     out = Path(args.out)
+    pooled = bool(args.from_reports)
     try:
-        doc = load_json(out / "bench_search.json", "edgedyn.bench_search/2")
+        if pooled:
+            doc = load_reports([Path(p) for p in args.from_reports.split(",") if p.strip()])
+        else:
+            doc = load_json(out / "bench_search.json", "edgedyn.bench_search/2")
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    key = "predicted" if doc.get("latency_source") == "predicted" else "median"
     seeds = {int(s) for s in args.seeds.split(",")}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     runs, subs = {}, {}
-    for key, v in doc["runs"].items():
-        seed, m = int(key.split("/")[0][4:]), key.split("/", 1)[1]
+    for run, v in doc["runs"].items():
+        seed, m = int(run.split("/")[0][4:]), run.split("/", 1)[1]
         if seed in seeds and m in methods:
             runs[(seed, m)] = v
             subs[(seed, m)] = v["deployed"]
@@ -650,15 +729,32 @@ def summarize(args: argparse.Namespace) -> int:
     lat = {tuple(e["widths"]): e for e in doc["latency"]}
     args.budgets = ",".join(f"{b:g}" for b in doc["budgets"])
     try:
+        if not runs:
+            raise EdgedynError("no run of --methods on --seeds in the report")
         check_reference(args, runs)
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    res = compare(args, runs, subs, lat)
-    res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
+    res = compare(args, runs, subs, lat, key)
+    if key == "predicted":
+        res["latency"] = "predicted"
+    else:
+        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
     report(res, lambda m: print(m))
-    path = out / f"bench_search.seeds{'-'.join(str(s) for s in sorted(seeds))}.md"
-    path.write_text(markdown(res, doc))
+    if pooled:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "bench_search.pooled.md"
+        _write(out / "bench_search.pooled.json", {
+            "schema": "edgedyn.bench_search/2", "latency_source": doc["latency_source"], "sources": doc["sources"],
+            "args": {k: doc["args"][k] for k in PROTOCOL_KEYS if k in doc["args"]},
+            "runs": {f"seed{s}/{m}": v for (s, m), v in runs.items()},
+            **{k: v for k, v in res.items() if k != "latency"}, "latency": doc["latency"]})
+    else:
+        path = out / f"bench_search.seeds{'-'.join(str(s) for s in sorted(seeds))}.md"
+    sources = "" if not pooled else "Pooled from " + ", ".join(f"`{p}`" for p in doc["sources"]) + ".\n\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(sources + markdown(res, doc))
+    tmp.replace(path)
     print(f"wrote {path}")
     return 0
 
@@ -751,7 +847,8 @@ def predicted_report(args: argparse.Namespace, runs: dict, subs: dict, predicted
            "runs": {f"seed{s}/{m}": {"dir": str(v["dir"]), "wall_s": v["wall_s"], "resumed": v["resumed"],
                                      "own_cpu_s": v.get("own_cpu_s"), "phase_cpu_s": v.get("phase_cpu_s"),
                                      "deployed": subs[(s, m)]}
-                    for (s, m), v in runs.items()}, **res}
+                    for (s, m), v in runs.items()},
+           **{k: v for k, v in res.items() if k != "latency"}}  # res's "latency" is the label, latency_source here
     _write(out / "bench_search.predicted.json", doc)
     (out / "bench_search.predicted.md").write_text(markdown(res, doc))
     print(f"wrote {out / 'bench_search.predicted.json'} and {out / 'bench_search.predicted.md'}")
