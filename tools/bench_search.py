@@ -200,7 +200,8 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                 continue
             cfg = replace(base, **overrides, seed=seed, weights=str(weights), pretrain_epochs=0, out=str(run_dir),
                           resume=(run_dir / "checkpoint.pt").is_file(),
-                          overwrite=not (run_dir / "checkpoint.pt").is_file())  # a run killed before its first checkpoint starts again
+                          # a run killed before its first checkpoint starts again
+                          overwrite=not (run_dir / "checkpoint.pt").is_file())
             charged = 0.0
             if name in REUSE_USNET:
                 if (seed, "usnet") not in runs:
@@ -285,9 +286,9 @@ def _aligned_accuracies(run_dir: Path, picks: list[dict], calib_batches: int, lo
 def _uniform_accuracies(run_dir: Path, doc: dict, calib_batches: int, specs: list | None = None) -> list[dict]:
     import torch
 
+    from edgedyn.cost import FlopsCost
     from edgedyn.data import load_data, make_loader
     from edgedyn.dynamic import DynamicNet
-    from edgedyn.cost import FlopsCost
     from edgedyn.search import train as T
     from edgedyn.search.reselect import uniform_points
 
@@ -552,7 +553,8 @@ def markdown(res: dict, doc: dict) -> str:
                      + (f"{s['own_cpu_s']['mean']:.0f} ± {s['own_cpu_s']['sd']:.0f}" if "own_cpu_s" in s else "-") + " | "
                      + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']} seeds)" if (c := s.get("cpu_vs_usnet")) else "-")
                      + " | " + (f"{c['mean']:.0f} ± {c['sd']:.0f} ({c['n']})" if (c := s.get("pipeline_cpu_s")) else "-")
-                     + " | " + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']})" if (c := s.get("pipeline_cpu_vs_usnet")) else "-")
+                     + " | " + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']})"
+                                if (c := s.get("pipeline_cpu_vs_usnet")) else "-")
                      + " |")
         if "before_final_training" in s:
             f = s["before_final_training"]
