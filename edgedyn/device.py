@@ -119,7 +119,24 @@ def _parse_cpuinfo(text: str) -> dict[str, Any]:
             arm_impl = value
     if model is None and arm_part is not None:
         model = f"Arm CPU (implementer {arm_impl or '?'}, part {arm_part})"
-    return {"model": model, "physical_cores": len(cores) or None, "processors": n_proc or None, "isa": _isa(flags)}
+    return {"model": model, "physical_cores": len(cores) or None, "processors": n_proc or None, "isa": _isa(flags),
+            "int8_saturates": _int8_saturates(flags)}
+
+
+def _int8_saturates(flags: set[str]) -> bool | None:
+    """Whether ONNX Runtime's 8-bit x86 kernels can saturate on this CPU: AVX2 or AVX-512
+    without VNNI sum pairs of u8 x s8 products in 16 bits (``vpmaddubsw``), which overflows
+    with 8-bit weights; VNNI (``vpdpbusd``) sums in 32 bits. None where the flags say nothing
+    (not x86)."""
+    if not flags & {"avx2", "avx512f", "avx", "sse4_1"}:
+        return None
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_saturates() -> bool:
+    """:func:`_int8_saturates` of this machine (False where unknown): int8 weights are then
+    quantized to 7 bits (ONNX Runtime's ``reduce_range``)."""
+    return bool(_parse_cpuinfo(_read_text("/proc/cpuinfo") or "")["int8_saturates"])
 
 
 def _isa(flags: set[str]) -> str | None:

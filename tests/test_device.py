@@ -42,7 +42,8 @@ def test_parse_cpuinfo_counts_physical_cores():
         f"processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Test CPU\nphysical id\t: {i // 4}\ncore id\t: {(i // 2) % 2}\n"
         for i in range(8))
     parsed = dv._parse_cpuinfo(text)
-    assert parsed == {"model": "Intel(R) Xeon(R) Test CPU", "physical_cores": 4, "processors": 8, "isa": None}
+    assert parsed == {"model": "Intel(R) Xeon(R) Test CPU", "physical_cores": 4, "processors": 8, "isa": None,
+                      "int8_saturates": None}
     assert dv._isa({"fpu", "avx", "avx2", "avx512f"}) == "avx512" and dv._isa({"asimd"}) == "neon"
     assert dv._isa({"avx", "avx2"}) == "avx2" and dv._isa(set()) is None
     arm = dv._parse_cpuinfo("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd42\n\n")
@@ -181,3 +182,15 @@ def test_busy_fraction_is_a_share_of_cpu_time():
 
     busy = busy_fraction(0.05)
     assert busy is None or 0.0 <= busy <= 1.0
+
+
+def test_int8_saturation_follows_the_cpu_flags():
+    """8-bit x86 kernels without VNNI sum u8 x s8 pairs in 16 bits and can saturate: weights are
+    then quantized to 7 bits; VNNI CPUs and non-x86 CPUs keep 8."""
+    from edgedyn.device import _int8_saturates
+
+    assert _int8_saturates({"sse4_1", "avx", "avx2", "fma"}) is True  # this project's AVX2 EPYC VM
+    assert _int8_saturates({"avx2", "avx512f", "avx512bw"}) is True
+    assert _int8_saturates({"avx2", "avx512f", "avx512_vnni"}) is False
+    assert _int8_saturates({"avx2", "avx_vnni"}) is False
+    assert _int8_saturates({"fp", "asimd", "asimddp"}) is None  # Arm: ONNX Runtime's own kernels

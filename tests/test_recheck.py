@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import test_profile
+from edgedyn.blocks.layout import Layout
 from edgedyn.cli import cli
 from edgedyn.dynamic import DynamicNet
 from edgedyn.errors import ArtifactError, EdgedynError
@@ -206,3 +207,21 @@ def test_a_curved_state_change_is_fitted_by_the_quadratic_form_only_where_it_ear
     # data a scale and offset explain keep the simpler form (parsimony), and 5 probes cannot fit it
     assert fit_correction(p, 1.2 * p + 0.01).correction.form == "scale+offset"
     assert fit_correction(p[:5], 0.03 + 0.9 * p[:5] + 0.6 * p[:5] ** 2).correction.form != "quadratic"
+
+
+def test_a_table_of_another_layout_is_refused_before_anything_is_timed(profiled, tmp_path):
+    """Two CPUs of one name (AVX-512 and AVX2 EPYCs are both "AMD EPYC") lay ONNX Runtime's
+    channels out in blocks of 16 and 8: no correction of the timings can turn one layout model
+    into the other, so recheck names the field and times nothing."""
+    doc = json.loads(profiled.read_text())
+    assert doc["layout"] == {"kind": "plain", "block": 0}  # the fake backend's
+    doc["layout"] = {"kind": "nchwc", "block": 16}
+    other = tmp_path / "avx512.json"
+    other.write_text(json.dumps(doc))
+    timed = []
+    out = tmp_path / "now.json"
+    with pytest.raises(ArtifactError, match=r"avx512.json: field 'layout' is 'nchwc16', \S+ runs 'plain' on this "
+                                            r"device: the table was profiled on another CPU"):
+        recheck(other, out, measure=lambda be, net, specs: timed.append(1) or [1.0] * len(specs),
+                state_key=KEY_2T, layout=Layout(), log=lambda m: None)
+    assert not timed and not out.exists()

@@ -246,7 +246,7 @@ def _build(run: RunInfo, be: Backend, job: _Job, out: Path, tmp: Path, predictio
     version = be.version()
     device = _device_info(be)
     fingerprint = device_fingerprint(device)
-    prediction.on_device(fingerprint)
+    prediction.on_device(fingerprint, be.layout())
     shape = tuple(int(d) for d in run.net.input_shape)
     splits = _load_splits(run)
     x_test, y_test = split_arrays(splits, job.test_limit)

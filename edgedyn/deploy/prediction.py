@@ -71,11 +71,18 @@ class Prediction:
         if self.table is not None and not predicts(self.table, self.path, backend, precision, self.threads):
             self.table = self.path = None
 
-    def on_device(self, fingerprint: str) -> None:
-        """Drop a table profiled on another device (with a warning)."""
+    def on_device(self, fingerprint: str, layout: Any = None) -> None:
+        """Drop a table profiled on another device (with a warning): another fingerprint, or
+        another activation ``layout`` than the backend runs here (e.g. ONNX Runtime's NCHWc
+        block, 16 with AVX-512 and 8 with AVX2, on CPUs that share a name)."""
         if self.table is not None and self.table.device.get("fingerprint") != fingerprint:
             log.warning("%s: field 'device.fingerprint' is %r, this device is %r; no predicted latencies", self.path,
                         self.table.device.get("fingerprint"), fingerprint)
+            self.table = self.path = None
+        if self.table is not None and layout is not None and self.table.layout != layout:
+            log.warning("%s: field 'layout' is %r, the backend runs %r on this device (a table from another CPU); "
+                        "no predicted latencies (profile this one: edgedyn profile)", self.path,
+                        self.table.layout.tag, layout.tag)
             self.table = self.path = None
 
     def predicted_ms(self, sub: RunSubnet, spec: Any) -> float | None:

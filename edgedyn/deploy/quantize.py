@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,11 @@ class CalibCache:
             "source": self.source, "method": "MinMax", "options": QDQ_OPTIONS, "subnets": self.entries})
 
 
-def quantize_qdq(src: Path, dst: Path, calib: np.ndarray, ranges: Path, input_name: str = "input") -> Path:
-    """Write symmetric int8 QDQ ONNX of ``src`` to ``dst``; ranges come from/go to ``ranges``."""
+def quantize_qdq(src: Path, dst: Path, calib: np.ndarray, ranges: Path, input_name: str = "input",
+                 reduce_range: bool = False) -> Path:
+    """Write symmetric int8 QDQ ONNX of ``src`` to ``dst``; ranges come from/go to ``ranges``.
+    ``reduce_range``: weights in 7 bits, for CPUs whose 8-bit kernels saturate
+    (:func:`~edgedyn.device.int8_saturates`)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     batch = 1
@@ -109,13 +112,19 @@ def quantize_qdq(src: Path, dst: Path, calib: np.ndarray, ranges: Path, input_na
         quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, extra_options=dict(QDQ_OPTIONS),
-                        calibration_cache_path=str(ranges))
+                        calibration_cache_path=str(ranges), reduce_range=reduce_range)
     except Exception as err:
         first = " ".join(str(err).split())[:200]
         raise EdgedynError(f"{src}: int8 quantization failed ({first})") from None
     finally:
         quiet.setLevel(level)
     return dst
+
+
+def _int8_saturates() -> bool:
+    from ..device import int8_saturates
+
+    return int8_saturates()
 
 
 @dataclass
@@ -125,11 +134,14 @@ class Calibration:
     x: np.ndarray
     source: str
     cache: CalibCache
+    #: weights in 7 bits: this CPU's 8-bit kernels saturate (AVX2 or AVX-512 without VNNI), and
+    #: the bundle's accuracy check runs the QDQ graphs here
+    reduce_range: bool = field(default_factory=_int8_saturates)
 
     def record(self) -> dict[str, object]:
         """The manifest's ``calibration`` field."""
         return {"source": self.source, "samples": int(len(self.x)), "data_sha256": self.cache.digest,
-                "method": "MinMax", "cache": CALIB_CACHE_NAME}
+                "method": "MinMax", "cache": CALIB_CACHE_NAME, "weight_bits": 7 if self.reduce_range else 8}
 
 
 def default_calibration(splits: Any, limit: int) -> np.ndarray:
@@ -162,6 +174,7 @@ def quantize_subnet(cal: Calibration, previous: Path, spec_json: str, onnx_path:
     ``previous`` when model and data are unchanged; returns it and the files to record."""
     cache = cal.cache
     reused = cache.reuse_from(previous, spec_json, index)
-    qdq = quantize_qdq(onnx_path, onnx_path.with_name(f"subnet{index}.int8.onnx"), cal.x, cache.ranges_path(index))
+    qdq = quantize_qdq(onnx_path, onnx_path.with_name(f"subnet{index}.int8.onnx"), cal.x, cache.ranges_path(index),
+                       reduce_range=cal.reduce_range)
     cache.record(spec_json, index, reused)
     return qdq, {"qdq": qdq, "calib_ranges": cache.ranges_path(index)}

@@ -43,6 +43,7 @@ from .table import TABLE_SCHEMA, LatencyTable, timestamp
 
 if TYPE_CHECKING:
     from ..backends import Backend
+    from ..blocks.layout import Layout
     from ..dynamic import DynamicNet, SubnetSpec
 
 #: times ``specs`` of ``net`` on ``backend`` (ms each); tests inject a mocked machine
@@ -180,13 +181,16 @@ def check_out(source: Path, out: Path, overwrite: bool) -> None:
 def recheck(table_path: str | Path, out: str | Path, *, threads: int | None = None, probes: int | None = None,
             model: str | None = None, input_size: int | None = None, overwrite: bool = False,
             measure: Measure = measure_specs, state_key: dict[str, Any] | None = None,
-            log: Callable[[str], None] = print) -> RecheckResult:
+            layout: Layout | None = None, log: Callable[[str], None] = print) -> RecheckResult:
     """Re-check the table at ``table_path`` against this machine now and write it to ``out``.
 
     ``threads``: the CPU thread count of the new state (default: the table's). ``probes``:
     re-time that many of each model's stored probes (default: all). ``model``: a table
     written before probes existed is re-checked on probes chosen now for this model.
-    ``measure`` and ``state_key`` replace the timing and the machine's key (tests).
+    ``measure``, ``state_key`` and ``layout`` replace the timing, the machine's key and the
+    activation layout its backend runs (tests); a table of another layout is refused before
+    anything is timed (the backend's own layout is asked unless a ``state_key`` stands in for
+    the machine).
     """
     from ..backends import BackendOptions, get_backend
     from ..locks import exclusive_lock
@@ -207,6 +211,11 @@ def recheck(table_path: str | Path, out: str | Path, *, threads: int | None = No
     threads = threads if threads is not None else table.backend.get("threads")
     backend = get_backend(str(table.backend.get("name")), BackendOptions(
         device=str(table.device.get("kind", "cpu")), precision=table.precision, threads=threads))
+    here = layout if layout is not None else backend.layout() if state_key is None else None
+    if here is not None and here != table.layout:  # no correction of timings turns one layout model into another
+        raise ArtifactError(f"{path}: field 'layout' is {table.layout.tag!r}, {table.backend.get('name')} runs "
+                            f"{here.tag!r} on this device: the table was profiled on another CPU (another "
+                            "instruction set); profile this one: edgedyn profile --out NEW.json")
     key = state_key if state_key is not None else current_key(
         str(table.device.get("kind", "cpu")), str(table.backend.get("name")), threads)
     results = []

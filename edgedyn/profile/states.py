@@ -66,6 +66,9 @@ FORMS = ("identity", "scale", "scale+offset", "quadratic")
 MIN_PROBES = {"scale": 2, "scale+offset": 4, "quadratic": 6}
 #: a more complex form must lower the leave-one-out MAPE by this fraction to be chosen
 PARSIMONY = 0.1
+#: ... and by this many points of MAPE (%): below it both fit to rounding, not to the machine
+#: (exact data fits every form to ~1e-14 %, and which is smaller then depends on the CPU's BLAS)
+PARSIMONY_POINTS = 0.01
 PROBE_SEED = 30_000
 
 
@@ -232,7 +235,7 @@ class FitReport:
 def fit_correction(predicted: np.ndarray, measured: np.ndarray) -> FitReport:
     """The correction from ``predicted`` to ``measured`` (ms, one per probe), its form chosen
     by leave-one-out MAPE: each form where the probes are enough (:data:`MIN_PROBES`), a more
-    complex one only where it beats the simpler by :data:`PARSIMONY`."""
+    complex one only where it beats the simpler by :data:`PARSIMONY` and :data:`PARSIMONY_POINTS`."""
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
     before = float(np.mean(np.abs(p / m - 1.0)) * 100)
     forms = [f for f in ("scale", "scale+offset", "quadratic") if len(p) >= MIN_PROBES[f]]
@@ -240,7 +243,7 @@ def fit_correction(predicted: np.ndarray, measured: np.ndarray) -> FitReport:
     score = {f: float(np.mean(np.abs(e)) * 100) for f, e in loo.items()}
     best = next(iter(score))
     for f in list(score)[1:]:
-        if score[f] < score[best] * (1.0 - PARSIMONY):
+        if score[f] < score[best] * (1.0 - PARSIMONY) and score[best] - score[f] > PARSIMONY_POINTS:
             best = f
     corr = _fit(best, p, m)
     return FitReport(corr, before, score[best], float(np.max(np.abs(loo[best])) * 100), score,
