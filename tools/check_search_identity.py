@@ -6,11 +6,13 @@ The search's behaviour is pinned by a short run of each method (``autoslim``, ``
 the sha256 of every tensor of its ``weights.pt``. A refactor of ``edgedyn/search`` must leave
 them byte for byte as they were.
 
-    python tools/check_search_identity.py --write tests/golden/search   # record (before a change)
-    python tools/check_search_identity.py --check tests/golden/search   # compare (after it)
+    python tools/check_search_identity.py --write tests/golden/search/avx2   # record (before a change)
+    python tools/check_search_identity.py --check tests/golden/search/avx2   # compare (after it)
 
-``tests/test_search_identity.py`` runs the check. Goldens are for this project's pinned torch
-on x86 CPUs; another torch build may round differently, and then they are re-recorded.
+``tests/test_search_identity.py`` runs the check against the goldens of this CPU's PyTorch
+capability (``torch.backends.cpu.get_cpu_capability()``: avx2, avx512). Goldens are for this
+project's pinned torch; another torch build or vector ISA rounds differently, and then they
+are recorded for it.
 """
 
 from __future__ import annotations
