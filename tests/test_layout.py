@@ -46,8 +46,19 @@ def _pad(c: int, b: int) -> int:
     return -(-c // b) * b
 
 
+#: ONNX Runtime runs a conv plain when its input has at least a block of channels but not a
+#: multiple of 4 (probed on ONNX Runtime 1.32: with block 8, 10 and 14 input channels run plain,
+#: 12 blocked); edgedyn's rules do not model it yet. With block 16 no resnet20 or resnet18 grid
+#: width meets it; with block 8 resnet20's 16-channel stage does (widths 10 and 14).
+UNMODELLED_ON_AVX2 = pytest.mark.xfail(
+    _block() == 8, strict=True,
+    reason="AVX2 (block 8): a conv with >= 8 input channels not a multiple of 4 runs plain in ONNX Runtime; "
+           "not modelled (docs/latency-model.md#avx2)")
+
+
 @needs_nchwc
-@pytest.mark.parametrize("model,size,seeds", [("resnet20", 32, (0, 1, 2, 3)), ("resnet18", 64, (0, 1, 2, 3))])
+@pytest.mark.parametrize("model,size,seeds", [pytest.param("resnet20", 32, (0, 1, 2, 3), marks=UNMODELLED_ON_AVX2),
+                                              ("resnet18", 64, (0, 1, 2, 3))])
 def test_nchwc_rules_match_onnxruntime(model, size, seeds):
     """Every reorder and every blocked conv edgedyn predicts is what ONNX Runtime builds, and nothing else."""
     b = _block()
