@@ -4,8 +4,10 @@ The goldens (``tests/golden/search/<cpu>/*.json``) were recorded by ``tools/chec
 --write`` before ``edgedyn/search`` was reshaped into one file per method; a change that moves a
 pick, a path point, an accuracy or one weight's bits fails here. PyTorch's CPU kernels round
 differently per vector ISA, so there is one set per CPU capability (``avx512``: recorded before
-the reshape; ``avx2``: recorded on 2026-12-03 from the same code, when the dev VM turned out AVX2);
-on another CPU the test is skipped, saying how to record one."""
+the reshape; ``avx2``: recorded on 2026-12-03 from the same code, when the dev VM turned out AVX2).
+``autoslim``'s default then changed (L6, averaged sandwich losses): its AVX2 golden was recorded
+again, and its AVX-512 one removed (no AVX-512 machine to record it on). Where a golden is
+missing the test is skipped, saying how to record it."""
 
 from __future__ import annotations
 

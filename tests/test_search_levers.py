@@ -15,6 +15,8 @@ from edgedyn.errors import EdgedynError
 from edgedyn.search import PathPoint, SearchConfig, levers, load_result, run_search
 from edgedyn.search import train as T
 from edgedyn.search.dist import Dist
+from edgedyn.search.methods.autoslim import AutoslimOptions
+from edgedyn.search.methods.usnet import USNetOptions
 from edgedyn.search.pipeline import measure, start
 from edgedyn.search.registry import variants
 from edgedyn.search.reselect import Budget, pick, pick_nested
@@ -69,11 +71,16 @@ def test_every_lever_has_its_reserved_row():
             "autoslim-mean+latency": {"options": {"sandwich_mean": True}},
             "autoslim-fill+latency": {"options": {"fill_budget": True}},
             "autoslim-meanfill+latency": {"options": {"sandwich_mean": True, "fill_budget": True}}}
-    for name, lever in rows.items():  # the default plus that lever alone
-        assert v[name].overrides == {**default, **lever} and v[name].cost == "latency", name
+    assert default["options"] == {"sandwich_mean": False}  # round 8's default, as it was run
+    for name, lever in rows.items():  # round 8's default plus that lever alone
+        want = {**default, **lever, "options": {**default["options"], **lever.get("options", {})}}
+        assert v[name].overrides == want and v[name].cost == "latency", name
         SearchConfig(**v[name].overrides).validate()
     assert v["usnet-mean"].overrides == {**v["usnet"].overrides, "options": {"sandwich_mean": True}}  # L6's baseline
     SearchConfig(**v["usnet-mean"].overrides).validate()
+    # every autoslim row says which sandwich loss it ran with; L6 is the default now, US-Nets keeps its sum
+    assert all("sandwich_mean" in (o.overrides.get("options") or {}) for k, o in v.items() if k.startswith("autoslim"))
+    assert AutoslimOptions().sandwich_mean is True and USNetOptions().sandwich_mean is False
 
 
 @pytest.mark.parametrize("key,value", [("neighbour_p", 0.0), ("finalists", 0), ("finalist_batches", -1),

@@ -7,12 +7,14 @@ independently), greedy slimming on those weights steered by the cost model
 pick, re-selection of the best nested chain, then (``final_epochs``) joint training of the
 chosen sub-nets only. The one-shot and final epochs draw the ``train`` phase's streams,
 epoch by epoch, as US-Nets does: the two pipelines see the same batches (common random
-numbers), and with ``final_epochs=0`` autoslim trains exactly US-Nets' network.
+numbers), and with ``final_epochs=0`` and ``sandwich_mean=false`` autoslim trains exactly
+US-Nets' network.
 
-Issue 19's levers are options, each off by default (docs/search.md, "Round 8's levers"):
+Issue 19's levers are options (docs/search.md, "Round 8's levers"):
 ``supernet_students="neighbour"`` (L1a), ``finalist_batches`` (L1b), ``use_budget_se``
 (L1c), ``nested=False`` (L2), ``final_bn`` (L3b), ``block_grid`` (L4), ``sandwich_mean`` (L6) and
-``fill_budget`` (L7).
+``fill_budget`` (L7); each is off by default except L6, the default since its rule passed on
+2026-12-03 (each sandwich step's losses averaged; the benchmark's earlier rows pin it off).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ class AutoslimOptions(MethodOptions):
     use_budget_se: float = 0.0  # L1c: prefer the costliest candidate within this many SEs of the best (0: off)
     nested: bool = True  # L2: False picks each budget's own best candidate (no nested chain)
     block_grid: bool = False  # L4: the grid also holds every multiple of the table's channel block
-    sandwich_mean: bool = False  # L6: each sandwich step's losses averaged over its sub-nets, not summed
+    # L6, the default since round 8's rule passed (docs/search-plan-round8.md, amendment 3): each
+    # sandwich step's losses averaged over its sub-nets, not summed (False: US-Nets' sum)
+    sandwich_mean: bool = True
     fill_budget: bool = False  # L7: each pick widened by MACs per cost while it fits its budget
 
     def validate(self, config: Any) -> None:
@@ -113,8 +117,15 @@ class AutoslimOptions(MethodOptions):
         return {"final_epochs": self.final(config.train_epochs)}  # the default resolved
 
 
+def _summed(v: Variant) -> Variant:
+    """``v`` with US-Nets' summed sandwich loss (``sandwich_mean=false``) unless it sets it."""
+    options = dict(v.overrides.get("options") or {})
+    options.setdefault("sandwich_mean", False)
+    return Variant({**v.overrides, "options": options}, v.cost, v.doc)
+
+
 _UNIFORM = dict(supernet_students="uniform", final_epochs=0)
-_FINAL = dict(supernet_students="uniform", direction="slim")  # the default, autoslim-final+latency
+_FINAL = dict(supernet_students="uniform", direction="slim")  # round 8's default, autoslim-final+latency
 
 
 @register_method
@@ -159,6 +170,8 @@ class Autoslim(Method):
         "autoslim-meanfill+latency": Variant(dict(_FINAL, options={"sandwich_mean": True, "fill_budget": True}),
                                              "latency", "L6 and L7 together"),
     }
+    # the rows defined before L6 became the default keep the summed loss they were run with
+    variants = {k: _summed(v) for k, v in variants.items()}
     options: AutoslimOptions
 
     def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
