@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cpu_flags import int8_saturates as _int8_saturates
+from .cpu_flags import isa as _isa
 from .errors import BackendUnavailable, EdgedynError
 
 KINDS = ("cpu", "cuda", "jetson")
@@ -123,29 +125,10 @@ def _parse_cpuinfo(text: str) -> dict[str, Any]:
             "int8_saturates": _int8_saturates(flags)}
 
 
-def _int8_saturates(flags: set[str]) -> bool | None:
-    """Whether ONNX Runtime's 8-bit x86 kernels can saturate on this CPU: AVX2 or AVX-512
-    without VNNI sum pairs of u8 x s8 products in 16 bits (``vpmaddubsw``), which overflows
-    with 8-bit weights; VNNI (``vpdpbusd``) sums in 32 bits. None where the flags say nothing
-    (not x86)."""
-    if not flags & {"avx2", "avx512f", "avx", "sse4_1"}:
-        return None
-    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-
-
 def int8_saturates() -> bool:
     """:func:`_int8_saturates` of this machine (False where unknown): int8 weights are then
     quantized to 7 bits (ONNX Runtime's ``reduce_range``)."""
     return bool(_parse_cpuinfo(_read_text("/proc/cpuinfo") or "")["int8_saturates"])
-
-
-def _isa(flags: set[str]) -> str | None:
-    """The widest vector ISA a CPU's flags name (what ONNX Runtime's kernels and channel
-    blocks follow): avx512 (avx512f), avx2, avx, sve, neon (asimd), or None."""
-    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sve", "sve"), ("neon", "asimd")):
-        if flag in flags:
-            return isa
-    return None
 
 
 def _sysfs_physical_cores() -> int | None:

@@ -23,3 +23,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that must see Ctrl-C: SIGINT back to its default. A job started
+    in the background by a shell without job control (``cmd &`` in a script, as CI runners may)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sigint_default
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
@@ -58,7 +60,7 @@ HARNESS = textwrap.dedent("""
 
 def _harness(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", HARNESS, *args], env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw, preexec_fn=sigint_default)
 
 
 def _edgedyn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -187,7 +187,7 @@ def test_busy_fraction_is_a_share_of_cpu_time():
 def test_int8_saturation_follows_the_cpu_flags():
     """8-bit x86 kernels without VNNI sum u8 x s8 pairs in 16 bits and can saturate: weights are
     then quantized to 7 bits; VNNI CPUs and non-x86 CPUs keep 8."""
-    from edgedyn.device import _int8_saturates
+    from edgedyn.cpu_flags import int8_saturates as _int8_saturates
 
     assert _int8_saturates({"sse4_1", "avx", "avx2", "fma"}) is True  # this project's AVX2 EPYC VM
     assert _int8_saturates({"avx2", "avx512f", "avx512bw"}) is True

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import sigint_default
 from edgedyn.cli import cli
 from edgedyn.deploy import deploy
 from edgedyn.errors import EdgedynError
@@ -82,7 +83,8 @@ def test_run_interrupted_prints_and_writes_its_partial_report(bundle: Path, tmp_
                                                               word: str) -> None:
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "edgedyn.cli", "run", "--bundle", str(bundle), "--duration", "120",
-                             "--json", str(out)], env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--json", str(out)], env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=sigint_default)
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()  # "serving ... for 120 s; ..." once the requests start
