@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .source import RunInfo, RunSubnet
+
+if TYPE_CHECKING:
+    from ..blocks.layout import Layout
 
 log = logging.getLogger("edgedyn.deploy")
 
@@ -71,7 +74,7 @@ class Prediction:
         if self.table is not None and not predicts(self.table, self.path, backend, precision, self.threads):
             self.table = self.path = None
 
-    def on_device(self, fingerprint: str, layout: Any = None) -> None:
+    def on_device(self, fingerprint: str, layout: Layout | None = None) -> None:
         """Drop a table profiled on another device (with a warning): another fingerprint, or
         another activation ``layout`` than the backend runs here (e.g. ONNX Runtime's NCHWc
         block, 16 with AVX-512 and 8 with AVX2, on CPUs that share a name)."""

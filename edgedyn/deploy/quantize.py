@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_write_json, load_json
+from ..device import int8_saturates
 from ..errors import ArtifactError, EdgedynError
 
 CALIB_CACHE_SCHEMA = "edgedyn.calib_cache/1"
@@ -121,12 +122,6 @@ def quantize_qdq(src: Path, dst: Path, calib: np.ndarray, ranges: Path, input_na
     return dst
 
 
-def _int8_saturates() -> bool:
-    from ..device import int8_saturates
-
-    return int8_saturates()
-
-
 @dataclass
 class Calibration:
     """A bundle's int8 calibration: the data, where it came from, and the ranges cache."""
@@ -136,7 +131,7 @@ class Calibration:
     cache: CalibCache
     #: weights in 7 bits: this CPU's 8-bit kernels saturate (AVX2 or AVX-512 without VNNI), and
     #: the bundle's accuracy check runs the QDQ graphs here
-    reduce_range: bool = field(default_factory=_int8_saturates)
+    reduce_range: bool = field(default_factory=int8_saturates)
 
     def record(self) -> dict[str, object]:
         """The manifest's ``calibration`` field."""
