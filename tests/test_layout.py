@@ -46,26 +46,24 @@ def _pad(c: int, b: int) -> int:
     return -(-c // b) * b
 
 
-#: ONNX Runtime runs a conv plain when its input has at least a block of channels but not a
-#: multiple of 4 (probed on ONNX Runtime 1.32: with block 8, 10 and 14 input channels run plain,
-#: 12 blocked); edgedyn's rules do not model it yet. With block 16 no resnet20 or resnet18 grid
-#: width meets it; with block 8 resnet20's 16-channel stage does (widths 10 and 14).
-UNMODELLED_ON_AVX2 = pytest.mark.xfail(
-    _block() == 8, strict=True,
-    reason="AVX2 (block 8): a conv with >= 8 input channels not a multiple of 4 runs plain in ONNX Runtime; "
-           "not modelled (docs/latency-model.md#avx2)")
-
-
 @needs_nchwc
-@pytest.mark.parametrize("model,size,seeds", [pytest.param("resnet20", 32, (0, 1, 2, 3), marks=UNMODELLED_ON_AVX2),
-                                              ("resnet18", 64, (0, 1, 2, 3))])
-def test_nchwc_rules_match_onnxruntime(model, size, seeds):
+@pytest.mark.parametrize("model,size,seeds,edits", [
+    # resnet20's edits put 10 and 14 channels where convs read them: plain convs with block 8,
+    # on the residual stream (group 0) and before a residual add (group 1)
+    ("resnet20", 32, (0, 1, 2, 3), ({0: 10}, {1: 10}, {0: 14, 1: 10, 2: 12}, {4: 20, 5: 28})),
+    ("resnet18", 64, (0, 1, 2, 3), ())])
+def test_nchwc_rules_match_onnxruntime(model, size, seeds, edits):
     """Every reorder and every blocked conv edgedyn predicts is what ONNX Runtime builds, and nothing else."""
     b = _block()
     layout = Layout("nchwc", b)
     net = DynamicNet.from_name(model, input_size=size, num_classes=10)
     assert layout.applies(net)
     specs = [net.min_spec(), net.full_spec()] + [net.random_spec(s) for s in seeds]
+    for edit in edits:
+        spec = net.full_spec()
+        for group, width in edit.items():
+            spec = spec.replace(group, width)
+        specs.append(spec)
     # each sub-net's graph sliced from one export (the graph its own export gives: test_onnx_derive)
     derived = SubnetOnnx.export(net, torch.zeros(1, 3, size, size))
     for spec in specs:
@@ -83,8 +81,11 @@ def test_nchwc_rules_match_onnxruntime(model, size, seeds):
         assert plain_adds == sum(k.op == "add" for k in keys), spec
         convs = Counter(inits[n.input[1]][:2] for n in nodes if n.op_type == "Conv")
         expected = Counter((_pad(k.c_out, b), k.c_in if k.c_in < b else _pad(k.c_in, b))
-                           for k in keys if k.op == "conv")
+                           for k in keys if k.op == "conv" and k.layout == layout.tag)
         assert convs == expected, spec
+        plain_convs = Counter(inits[n.input[1]][:2] for n in graph.node
+                              if n.op_type in ("Conv", "FusedConv") and n.domain != "com.microsoft.nchwc")
+        assert plain_convs == Counter((k.c_out, k.c_in) for k in keys if k.op == "conv" and k.layout == "plain"), spec
         pools = sum(n.op_type == "MaxPool" for n in nodes)
         assert pools == sum(k.op == "maxpool" and k.layout != "plain" for k in keys)
 
@@ -121,6 +122,27 @@ def test_plain_layout_keeps_isolated_blocks_and_unmodelled_nets_stay_plain():
     grid = set(layout.all_keys(net))
     for s in [net.min_spec(), net.full_spec(), spec]:
         assert set(layout.subnet_keys(net, s)) <= grid  # the profiling grid covers every sub-net
+
+
+def test_block8_grid_covers_plain_convs():
+    """With block 8, convs reading 10 or 14 channels run plain; the profiling grid holds their keys."""
+    from edgedyn.blocks.layout import runs_plain
+
+    assert [c for c in range(1, 33) if runs_plain(c, 8)] == [9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26,
+                                                               27, 29, 30, 31]
+    assert not any(runs_plain(c, 16) for c in range(4, 65, 4))
+    net = DynamicNet.from_name("resnet20", input_size=32, num_classes=10)
+    layout = Layout("nchwc", 8)
+    grid = set(layout.all_keys(net))
+    spec = net.full_spec().replace(0, 14).replace(1, 10)
+    keys = layout.subnet_keys(net, spec)
+    plain = [k for k in keys if k.op == "conv" and k.layout == "plain"]
+    # layer1.0.conv1 (14 -> 10), conv2 (10 -> 14, its add after it), layer1.1/2.conv1, layer2.0's conv1 and shortcut
+    assert sorted((k.c_in, k.c_out) for k in plain) == [(10, 14), (14, 10), (14, 16), (14, 16), (14, 32), (14, 32)]
+    assert all(not k.residual for k in plain)
+    assert sum(k.op == "add" for k in keys) >= 1
+    for s in [spec, net.min_spec(), net.full_spec()] + [net.random_spec(i) for i in range(8)]:
+        assert set(layout.subnet_keys(net, s)) <= grid
 
 
 def test_fit_calibration_picks_memory_terms_only_when_they_help():

@@ -17,6 +17,10 @@ optimized graphs in ``tests/test_layout.py``:
 - every regular conv runs blocked; its output channels are padded to a multiple of
   ``block``; a conv with fewer than ``block`` input channels reads a plain NCHW tensor,
   any other conv reads a blocked one (padded channels included);
+- except a conv that reads at least ``block`` channels but not a multiple of
+  :data:`CHANNEL_ALIGN` (4): ONNX Runtime runs it plain, reading and writing NCHW (with
+  block 8, 10 and 14 input channels; with block 16 no width of the shipped grids); its
+  residual add and activation then run plain after it;
 - a residual add and its activation fuse into the conv when the other operand is
   blocked; when it is plain, the conv's output is converted back and the add runs plain;
 - max pooling runs blocked when its channels are a multiple of ``block`` and its input
@@ -46,6 +50,14 @@ if TYPE_CHECKING:
     from ..dynamic import DynamicNet, SubnetSpec
 
 _MODELLED_OPS = ("conv", "maxpool", "gap", "linear")
+#: ONNX Runtime blocks a conv reading >= ``block`` channels only when their count is a
+#: multiple of this (its input reorder gathers four channels at a time; probed on 1.32)
+CHANNEL_ALIGN = 4
+
+
+def runs_plain(c_in: int, block: int) -> bool:
+    """Whether ONNX Runtime runs a regular conv reading ``c_in`` channels plain under ``block``."""
+    return c_in >= block and c_in % CHANNEL_ALIGN != 0
 
 
 @dataclass(frozen=True)
@@ -89,19 +101,30 @@ class Layout:
         converted: set[tuple[int, bool]] = set()  # (tensor, to blocked?) already converted
         keys: list[BlockKey] = []
 
-        def need(src: int, want_blocked: bool, c: int, reader: BlockTemplate) -> None:
+        def need(src: int, want_blocked: bool, c: int, hw: tuple[int, int]) -> None:
             have = blocked[src] if src >= 0 else False
             if have != want_blocked and (src, want_blocked) not in converted:
                 converted.add((src, want_blocked))
-                keys.append(BlockKey("reorder_in" if want_blocked else "reorder", c, c, reader.in_h, reader.in_w,
+                keys.append(BlockKey("reorder_in" if want_blocked else "reorder", c, c, *hw,
                                      batch=batch, precision=precision, layout=tag))
 
         for n, t in enumerate(blocks):
             if n == emit_from:
                 keys.clear()
             c_in, c_out = chans(t)
-            if t.op == "conv":
-                need(t.src, c_in >= b, c_in, t)
+            if t.op == "conv" and runs_plain(c_in, b):  # plain NCHW in and out, nothing fused but the activation
+                need(t.src, False, c_in, (t.in_h, t.in_w))
+                key = t.key_for(c_in, c_out, batch, precision, "plain")
+                if t.residual:
+                    need(t.res_src, False, c_out, key.out_hw)
+                    keys.append(dataclasses.replace(key, residual=False, act="none"))
+                    keys.append(BlockKey("add", c_out, c_out, *key.out_hw, act=t.act, batch=batch,
+                                         precision=precision))
+                else:
+                    keys.append(key)
+                blocked.append(False)
+            elif t.op == "conv":
+                need(t.src, c_in >= b, c_in, (t.in_h, t.in_w))
                 res_blocked = t.residual and t.res_src >= 0 and blocked[t.res_src]
                 if not t.residual or res_blocked:
                     keys.append(t.key_for(c_in, c_out, batch, precision, tag))
@@ -116,11 +139,11 @@ class Layout:
                     blocked.append(False)
             elif t.op == "maxpool":
                 run_blocked = c_in % b == 0 and t.src >= 0 and blocked[t.src]
-                need(t.src, run_blocked, c_in, t)
+                need(t.src, run_blocked, c_in, (t.in_h, t.in_w))
                 keys.append(t.key_for(c_in, c_out, batch, precision, tag if run_blocked else "plain"))
                 blocked.append(run_blocked)
             else:  # gap, linear
-                need(t.src, False, c_in, t)
+                need(t.src, False, c_in, (t.in_h, t.in_w))
                 keys.append(t.key_for(c_in, c_out, batch, precision))
                 blocked.append(False)
         return keys
@@ -163,7 +186,11 @@ class Layout:
         may: dict[int, tuple[bool, ...]] = {-1: (False,)}
         for i, t in enumerate(blocks):
             if t.op == "conv":
-                may[i] = tuple(sorted({True} | ({False} if t.residual and False in may[t.res_src] else set())))
+                widths = t.in_widths(net)
+                can_block = any(not runs_plain(c, b) for c in widths)
+                can_plain = (any(runs_plain(c, b) for c in widths)
+                             or (t.residual and can_block and False in may[t.res_src]))
+                may[i] = tuple(sorted(({True} if can_block else set()) | ({False} if can_plain else set())))
             elif t.op == "maxpool":
                 can_block = True in may[t.src] and any(c % b == 0 for c in t.in_widths(net))
                 can_plain = False in may[t.src] or any(c % b for c in t.in_widths(net))
