@@ -406,6 +406,8 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
                     "test": pick["test"], "holdout": pick["holdout"], "before_train": pick.get("before_train")})
             per_budget.append({"budget": b, "budget_ms": b * full_ms, "runs": rows})
         table[m] = per_budget
+    # the uniform specs: those US-Nets deploys (every uniform width of the grid)
+    uniform = {tuple(s["widths"]) for (seed, m), v in subs.items() if m == "usnet" for s in v}
     summary = {}
     for m in methods:
         n = len(have[m])
@@ -413,6 +415,9 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
         summary[m] = {"seeds": have[m], "per_budget": [_msd(a) for a in accs],
                       "average": _msd([_avg([a[i] for a in accs]) for i in range(n)]),
                       "misses": sum(a is None for row in accs for a in row)}
+        if uniform:
+            served = [tuple(r["widths"]) for pb in table[m] for r in pb["runs"] if r]
+            summary[m]["non_uniform"] = {"picks": sum(w not in uniform for w in served), "of": len(served)}
         for ref in dict.fromkeys(["usnet", reference_of(args)]):
             if ref in table and m != ref:
                 summary[m][f"vs_{ref}"] = _paired(table, have, accs, m, ref)
@@ -584,6 +589,11 @@ def markdown(res: dict, doc: dict) -> str:
                 r = pb["runs"][i]
                 cells.append("miss" if r is None else f"{r['measured_ms']:.3f} ms, {100 * r['test']:.1f} %")
             lines.append(f"| {m} | {seed} | " + " | ".join(cells) + " |")
+    if any("non_uniform" in s for s in res["summary"].values()):
+        lines += ["", "| method | non-uniform sub-nets served (budgets x seeds; uniform: a width US-Nets deploys) |",
+                  "|---|---|"]
+        lines += [f"| {label(m)} | {s['non_uniform']['picks']} of {s['non_uniform']['of']} |"
+                  for m, s in res["summary"].items() if "non_uniform" in s]
     return "\n".join(lines) + "\n"
 
 
