@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -151,10 +150,9 @@ def test_synthetic_shapes_dtypes_labels() -> None:
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
 
 
-def test_synthetic_default_sizes_and_generation_time() -> None:
-    start = time.perf_counter()
+def test_synthetic_default_sizes() -> None:
+    # no time limit here: a timed unit test fails on a busy machine (speed lives in tools/ benchmarks)
     splits = load_data("synthetic", 32)
-    assert time.perf_counter() - start < 5.0
     assert len(splits.train) + len(splits.holdout) == 5000 and len(splits.holdout) == 500
     assert len(splits.test) == 1000
 
