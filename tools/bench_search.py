@@ -407,7 +407,7 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
             per_budget.append({"budget": b, "budget_ms": b * full_ms, "runs": rows})
         table[m] = per_budget
     # the uniform specs: those US-Nets deploys (every uniform width of the grid)
-    uniform = {tuple(s["widths"]) for (seed, m), v in subs.items() if m == "usnet" for s in v}
+    uniform = {tuple(s["widths"]) for (_, name), v in subs.items() if name == "usnet" for s in v}
     summary = {}
     for m in methods:
         n = len(have[m])

@@ -108,6 +108,14 @@ class Layout:
                 keys.append(BlockKey("reorder_in" if want_blocked else "reorder", c, c, *hw,
                                      batch=batch, precision=precision, layout=tag))
 
+        def unfused_add(conv: BlockKey, act: str, back_to_plain: bool) -> None:
+            """A conv whose residual add cannot fuse: the conv, (its output back to plain,) the add plain."""
+            c, hw = conv.c_out, conv.out_hw
+            keys.append(dataclasses.replace(conv, residual=False, act="none"))
+            if back_to_plain:
+                keys.append(BlockKey("reorder", c, c, *hw, batch=batch, precision=precision, layout=tag))
+            keys.append(BlockKey("add", c, c, *hw, act=act, batch=batch, precision=precision))
+
         for n, t in enumerate(blocks):
             if n == emit_from:
                 keys.clear()
@@ -117,9 +125,7 @@ class Layout:
                 key = t.key_for(c_in, c_out, batch, precision, "plain")
                 if t.residual:
                     need(t.res_src, False, c_out, key.out_hw)
-                    keys.append(dataclasses.replace(key, residual=False, act="none"))
-                    keys.append(BlockKey("add", c_out, c_out, *key.out_hw, act=t.act, batch=batch,
-                                         precision=precision))
+                    unfused_add(key, t.act, back_to_plain=False)
                 else:
                     keys.append(key)
                 blocked.append(False)
@@ -129,13 +135,8 @@ class Layout:
                 if not t.residual or res_blocked:
                     keys.append(t.key_for(c_in, c_out, batch, precision, tag))
                     blocked.append(True)
-                else:  # the add cannot fuse: conv, back to plain, add (+ activation) plain
-                    oh, ow = t.key_for(c_in, c_out).out_hw
-                    keys.append(dataclasses.replace(t.key_for(c_in, c_out, batch, precision, tag),
-                                                    residual=False, act="none"))
-                    keys.append(BlockKey("reorder", c_out, c_out, oh, ow, batch=batch, precision=precision,
-                                         layout=tag))
-                    keys.append(BlockKey("add", c_out, c_out, oh, ow, act=t.act, batch=batch, precision=precision))
+                else:  # the residual arrives plain: the add cannot fuse
+                    unfused_add(t.key_for(c_in, c_out, batch, precision, tag), t.act, back_to_plain=True)
                     blocked.append(False)
             elif t.op == "maxpool":
                 run_blocked = c_in % b == 0 and t.src >= 0 and blocked[t.src]
