@@ -200,3 +200,40 @@ def test_from_repools_a_committed_report_written_before_reports_kept_their_laten
     assert "| usnet | 0 of 8 |" in extra and "| usnet-mean | 0 of 8 |" in extra
     counts = dict(line.strip("| ").split(" | ") for line in extra.splitlines()[3:] if line)
     assert set(counts) == set(rows.split(","))
+
+
+def test_across_tables_prices_each_seed_by_its_own_table(tmp_path, capsys):
+    """Seed 0 searched with table T1 (MID 0.45 ms of a 1.0 ms full model), seed 1 with T2,
+    where MID costs 0.6 ms: pooled --across-tables, x serves MID at 0.5 on seed 0 only (on
+    seed 1 it does not fit, and SMALL is served). Without the flag the tables are refused, and
+    a seed whose rows come from two tables is refused."""
+    bench = _bench()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    a = _predicted_report(tmp_path, "a", [0], ["usnet", "x"])
+    b = _predicted_report(tmp_path, "b", [1], ["usnet", "x"])
+    doc = json.loads(a.read_text())
+    a.write_text(json.dumps({**doc, "args": {**doc["args"], "table": "t1.json"}}))
+    doc = json.loads(b.read_text())
+    for e in doc["latency"]:
+        if e["widths"] == MID:
+            e["predicted"] = 0.6
+    b.write_text(json.dumps({**doc, "args": {**doc["args"], "table": "t2.json"}}))
+    out = tmp_path / "pooled"
+    argv = ["--out", str(out), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x", "--from", f"{a},{b}"]
+    assert bench.main(argv) == 2
+    assert "args.table" in capsys.readouterr().err
+    assert bench.main(argv + ["--across-tables"]) == 0
+    rep = json.loads((out / "bench_search.pooled.json").read_text())
+    assert rep["table_of_seed"] == {"0": "t1.json", "1": "t2.json"}
+    assert [r["widths"] for r in rep["per_budget"]["x"][0]["runs"]] == [MID, SMALL]
+    vs = rep["summary"]["x"]["vs_usnet"]["per_budget"][0]
+    assert abs(vs["mean"] - (0.06 + 0.01) / 2) < 1e-9  # seed 0: 0.76 - 0.70; seed 1: 0.71 - 0.70
+    assert "Pooled across tables" in (out / "bench_search.pooled.md").read_text()
+    c = _predicted_report(tmp_path, "c", [1], ["usnet"])  # seed 1's US-Nets under the first table
+    doc = json.loads(c.read_text())
+    c.write_text(json.dumps({**doc, "args": {**doc["args"], "table": "t1.json"}}))
+    doc = json.loads(b.read_text())
+    b.write_text(json.dumps({**doc, "runs": {k: v for k, v in doc["runs"].items() if k.endswith("/x")}}))
+    assert bench.main(argv[:-1] + [f"{a},{b},{c}", "--across-tables"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(c) in err[0] and "seed 1" in err[0]

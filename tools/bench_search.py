@@ -149,6 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from", dest="from_reports", default=None, metavar="A.json,B.json",
                    help="with --summarize-only: pool these reports (predicted-only ones, or a single measured "
                         "one) instead of --out's; written to --out as bench_search.pooled.{json,md}")
+    p.add_argument("--across-tables", action="store_true",
+                   help="with --from: pool predicted reports whose runs were searched with different tables "
+                        "(another machine's); each seed is priced by its own report's table, its budgets "
+                        "fractions of that table's full model, and a seed's rows must share one table")
     p.add_argument("--no-measure", action="store_true",
                    help="train and search only (seeds run as parallel processes; a last call times and reports)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
@@ -384,14 +388,18 @@ def serve(subs: list[dict], lat: dict, budget_ms: float, key: str = "median") ->
     return max(fit, key=lambda s: (s["holdout"], -lat[tuple(s["widths"])][key]))
 
 
-def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dict:
+def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median",
+            lat_of_seed: dict[int, dict] | None = None) -> dict:
     """Per budget and method, the served sub-nets and the summary; budgets are fractions of
     the full model's measured latency (``key="predicted"``: everything by the table, a
-    diagnostic that separates the search from the table's error)."""
+    diagnostic that separates the search from the table's error). ``lat_of_seed``: reports
+    pooled across tables (``--across-tables``), each seed priced by its own table, its budgets
+    fractions of that table's full model."""
     budgets = [float(b) for b in args.budgets.split(",")]
     seeds = sorted({s for s, _ in runs})
     methods = list(dict.fromkeys(m for _, m in runs))
     net_full = max((tuple(s["widths"]) for v in subs.values() for s in v), key=sum)
+    lat_for = {seed: (lat_of_seed or {}).get(seed, lat) for seed in seeds}
     full_ms = lat[net_full][key]
     table: dict = {}
     have = {m: [s for s in seeds if (s, m) in runs] for m in methods}
@@ -400,11 +408,12 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
         for b in budgets:
             rows = []
             for seed in have[m]:
-                pick = serve(subs[(seed, m)], lat, b * full_ms, key)
+                ls = lat_for[seed]
+                pick = serve(subs[(seed, m)], ls, b * ls[net_full][key], key)
                 rows.append(None if pick is None else {
-                    "seed": seed, "widths": pick["widths"], "measured_ms": lat[tuple(pick["widths"])][key],
+                    "seed": seed, "widths": pick["widths"], "measured_ms": ls[tuple(pick["widths"])][key],
                     "test": pick["test"], "holdout": pick["holdout"], "before_train": pick.get("before_train")})
-            per_budget.append({"budget": b, "budget_ms": b * full_ms, "runs": rows})
+            per_budget.append({"budget": b, "budget_ms": None if lat_of_seed else b * full_ms, "runs": rows})
         table[m] = per_budget
     # the uniform specs: those US-Nets deploys (every uniform width of the grid)
     uniform = {tuple(s["widths"]) for (_, name), v in subs.items() if name == "usnet" for s in v}
@@ -452,8 +461,11 @@ def compare(args, runs: dict, subs: dict, lat: dict, key: str = "median") -> dic
             own = [runs[(s, m)]["phase_cpu_s"] for s in have[m] if runs[(s, m)].get("phase_cpu_s") is not None]
             if own:
                 summary[m]["pipeline_cpu_s"] = _msd(own)
-    return {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary,
-            "reference": reference_of(args)}
+    res = {"full_ms": full_ms, "budgets": budgets, "seeds": seeds, "per_budget": table, "summary": summary,
+           "reference": reference_of(args)}
+    if lat_of_seed:  # one full model per table: the seeds' own
+        res["full_ms_of_seed"] = {str(seed): lat_for[seed][net_full][key] for seed in seeds}
+    return res
 
 
 def reference_of(args: argparse.Namespace) -> str:
@@ -516,10 +528,15 @@ def _pct(d: dict, key: str = "sd") -> str:
 def report(res: dict, log) -> None:
     b = res["budgets"]
     how = "PREDICTED by the table (nothing timed)" if res.get("latency") == "predicted" else "measured"
-    log(f"\nfull model {how}: {res['full_ms']:.3f} ms; budgets {', '.join(f'{x:g}' for x in b)} of it; "
-        f"seeds {res['seeds']}")
     full = res["full_ms"]
-    head = "".join(f"{f'{x:g} ({x * full:.3f} ms)':>22}" for x in b)
+    if "full_ms_of_seed" in res:  # pooled across tables
+        log(f"\nfull model {how}, per seed (its table): " + ", ".join(
+            f"{s}: {ms:.3f} ms" for s, ms in res["full_ms_of_seed"].items())
+            + f"; budgets {', '.join(f'{x:g}' for x in b)} of each seed's")
+    else:
+        log(f"\nfull model {how}: {full:.3f} ms; budgets {', '.join(f'{x:g}' for x in b)} of it; "
+            f"seeds {res['seeds']}")
+    head = "".join(f"{_budget_head(res, x):>22}" for x in b)
     log(f"{'test accuracy %, mean ± sd':<30}{head}{'average':>18}{'wall x US-Nets':>16}")
     for m, s in res["summary"].items():
         wall = s.get("wall_vs_usnet")
@@ -539,12 +556,21 @@ def report(res: dict, log) -> None:
                     + f"{_pct(v['average'], 'se'):>18}")
 
 
+def _budget_head(res: dict, x: float) -> str:
+    """A budget's column head: its fraction, and its milliseconds where one table prices every seed."""
+    return f"{x:g}" if "full_ms_of_seed" in res else f"{x:g} ({x * res['full_ms']:.3f} ms)"
+
+
 def markdown(res: dict, doc: dict) -> str:
     """The result tables as Markdown (pasted into the README and docs/search.md)."""
-    b, full = res["budgets"], res["full_ms"]
+    b = res["budgets"]
     lines = [] if res.get("latency") != "predicted" else [
         "Every latency below is the table's PREDICTION (`--predicted-only`: nothing was timed).", ""]
-    lines += ["| method | " + " | ".join(f"{x:g} ({x * full:.3f} ms)" for x in b)
+    if "full_ms_of_seed" in res:
+        lines += ["Pooled across tables: each seed's sub-nets priced by the table its rows were searched with, "
+                  "its budgets fractions of that table's full model (" + ", ".join(
+                      f"seed {s}: {ms:.3f} ms" for s, ms in res["full_ms_of_seed"].items()) + ").", ""]
+    lines += ["| method | " + " | ".join(_budget_head(res, x) for x in b)
              + " | average | wall x US-Nets | own CPU s | CPU x US-Nets | pipeline CPU s | pipeline CPU x US-Nets |",
              "|---|" + "---|" * (len(b) + 6)]
     def label(m: str) -> str:
@@ -648,11 +674,14 @@ PROTOCOL_KEYS = ("table", "model", "data", "data_limit", "holdout_fraction", "in
                  "score_samples", "slim_step", "batches_per_epoch", "calib_batches", "search_calib_batches")
 
 
-def load_reports(paths: list[Path]) -> dict:
+def load_reports(paths: list[Path], across_tables: bool = False) -> dict:
     """One report from several (``--from``): the union of their runs and latencies. Refused,
     in one line naming the file and field, when two hold the same seed and row, when their
     protocols differ, or when measured reports are pooled (timings of different sessions are
-    not comparable: only the table's predictions are the same everywhere)."""
+    not comparable: only the table's predictions are the same everywhere). ``across_tables``:
+    their tables may differ; the latencies are then kept per table (``latency_by_table``) and
+    each seed is priced by its own (``table_of_seed``), refused when a seed's rows come from
+    reports of two tables (their paired difference would compare two price lists)."""
     from edgedyn.artifacts import load_json
     from edgedyn.errors import EdgedynError
 
@@ -664,21 +693,40 @@ def load_reports(paths: list[Path]) -> dict:
                     "sources": [str(p) for p in paths]}
     lat: dict = {}
     origin: dict = {}
+    by_table: dict[str, dict] = {}
+    table_of_seed: dict[str, str] = {}
     for path, doc in docs:
+        table = str(doc.get("args", {}).get("table", "profiles/cpu-resnet20.json"))
         if len(docs) > 1 and doc.get("latency_source") != "predicted":
             raise EdgedynError(f"{path}: latency_source is {doc.get('latency_source', 'measured')!r}: only "
                                "reports at the predicted latency (--predicted-only) can be pooled")
         if doc["budgets"] != base["budgets"]:
             raise EdgedynError(f"{path}: budgets {doc['budgets']} differ from {first}'s {base['budgets']}")
         for k in PROTOCOL_KEYS:
+            if across_tables and k == "table":
+                continue
             if k in doc.get("args", {}) and k in base.get("args", {}) and doc["args"][k] != base["args"][k]:
                 raise EdgedynError(f"{path}: args.{k} is {doc['args'][k]!r}, {first} has {base['args'][k]!r}")
         for run, v in doc["runs"].items():
             if run in origin:
                 raise EdgedynError(f"{path}: runs.{run} is in {origin[run]} too")
+            seed = run.split("/")[0][4:]
+            if across_tables and table_of_seed.setdefault(seed, table) != table:
+                raise EdgedynError(f"{path}: args.table is {table!r}, but seed {seed}'s other rows were searched "
+                                   f"with {table_of_seed[seed]!r}: a seed's rows must share one table")
             origin[run] = path
             pooled["runs"][run] = v
-        for e in doc["latency"] if isinstance(doc["latency"], list) else _predicted_latency(path, doc):
+        entries = doc["latency"] if isinstance(doc["latency"], list) else _predicted_latency(path, doc)
+        if across_tables:
+            own = by_table.setdefault(table, {})
+            for e in entries:
+                w = tuple(e["widths"])
+                if w in own and abs(own[w][key] - e[key]) > 1e-9:
+                    raise EdgedynError(f"{path}: latency of {list(w)} is {e[key]}, another report of table "
+                                       f"{table} has {own[w][key]}")
+                own.setdefault(w, e)
+            continue
+        for e in entries:
             w = tuple(e["widths"])
             if w in lat and abs(lat[w][key] - e[key]) > 1e-9:
                 raise EdgedynError(f"{path}: latency of {list(w)} is {e[key]}, {origin.get(w, first)} has "
@@ -686,6 +734,10 @@ def load_reports(paths: list[Path]) -> dict:
             lat.setdefault(w, e)
             origin.setdefault(w, path)
     pooled["latency"] = list(lat.values())
+    if across_tables:
+        pooled["latency"] = list(next(iter(by_table.values())).values())
+        pooled["latency_by_table"] = {t: list(v.values()) for t, v in by_table.items()}
+        pooled["table_of_seed"] = table_of_seed
     return pooled
 
 
@@ -722,7 +774,7 @@ def summarize(args: argparse.Namespace) -> int:
     pooled = bool(args.from_reports)
     try:
         if pooled:
-            doc = load_reports([Path(p) for p in args.from_reports.split(",") if p.strip()])
+            doc = load_reports([Path(p) for p in args.from_reports.split(",") if p.strip()], args.across_tables)
         else:
             doc = load_json(out / "bench_search.json", "edgedyn.bench_search/2")
     except EdgedynError as err:
@@ -739,6 +791,8 @@ def summarize(args: argparse.Namespace) -> int:
             subs[(seed, m)] = v["deployed"]
     runs = dict(sorted(runs.items(), key=lambda kv: (methods.index(kv[0][1]), kv[0][0])))
     lat = {tuple(e["widths"]): e for e in doc["latency"]}
+    by_table = {t: {tuple(e["widths"]): e for e in v} for t, v in doc.get("latency_by_table", {}).items()}
+    lat_of_seed = {int(sd): by_table[t] for sd, t in doc.get("table_of_seed", {}).items()} or None
     args.budgets = ",".join(f"{b:g}" for b in doc["budgets"])
     try:
         if not runs:
@@ -747,7 +801,7 @@ def summarize(args: argparse.Namespace) -> int:
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    res = compare(args, runs, subs, lat, key)
+    res = compare(args, runs, subs, lat, key, lat_of_seed)
     if key == "predicted":
         res["latency"] = "predicted"
     else:
@@ -760,7 +814,8 @@ def summarize(args: argparse.Namespace) -> int:
             "schema": "edgedyn.bench_search/2", "latency_source": doc["latency_source"], "sources": doc["sources"],
             "args": {k: doc["args"][k] for k in PROTOCOL_KEYS if k in doc["args"]},
             "runs": {f"seed{s}/{m}": v for (s, m), v in runs.items()},
-            **{k: v for k, v in res.items() if k != "latency"}, "latency": doc["latency"]})
+            **{k: v for k, v in res.items() if k != "latency"}, "latency": doc["latency"],
+            **{k: doc[k] for k in ("latency_by_table", "table_of_seed") if k in doc}})
     else:
         path = out / f"bench_search.seeds{'-'.join(str(s) for s in sorted(seeds))}.md"
     sources = "" if not pooled else "Pooled from " + ", ".join(f"`{p}`" for p in doc["sources"]) + ".\n\n"
