@@ -717,22 +717,14 @@ def load_reports(paths: list[Path], across_tables: bool = False) -> dict:
             origin[run] = path
             pooled["runs"][run] = v
         entries = doc["latency"] if isinstance(doc["latency"], list) else _predicted_latency(path, doc)
-        if across_tables:
-            own = by_table.setdefault(table, {})
-            for e in entries:
-                w = tuple(e["widths"])
-                if w in own and abs(own[w][key] - e[key]) > 1e-9:
-                    raise EdgedynError(f"{path}: latency of {list(w)} is {e[key]}, another report of table "
-                                       f"{table} has {own[w][key]}")
-                own.setdefault(w, e)
-            continue
+        into = by_table.setdefault(table, {}) if across_tables else lat
         for e in entries:
             w = tuple(e["widths"])
-            if w in lat and abs(lat[w][key] - e[key]) > 1e-9:
-                raise EdgedynError(f"{path}: latency of {list(w)} is {e[key]}, {origin.get(w, first)} has "
-                                   f"{lat[w][key]} (reports of different tables)")
-            lat.setdefault(w, e)
-            origin.setdefault(w, path)
+            if w in into and abs(into[w][key] - e[key]) > 1e-9:
+                raise EdgedynError(f"{path}: latency of {list(w)} is {e[key]}, {origin.get((table, w), first)} has "
+                                   f"{into[w][key]} (reports of different tables)")
+            into.setdefault(w, e)
+            origin.setdefault((table, w), path)
     pooled["latency"] = list(lat.values())
     if across_tables:
         pooled["latency"] = list(next(iter(by_table.values())).values())

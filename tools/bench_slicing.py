@@ -8,7 +8,6 @@ Usage: python tools/bench_slicing.py [--model resnet18] [--input-size 224] [--ou
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
