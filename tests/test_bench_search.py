@@ -179,7 +179,7 @@ def test_from_refuses_a_run_twice_other_protocols_and_measured_reports(tmp_path,
     doc.pop("latency_source")
     b.write_text(json.dumps({**doc, "runs": {}}))
     assert bench.main(argv + [f"{a},{b}"]) == 2
-    assert "only reports at the predicted latency" in capsys.readouterr().err
+    assert "measured and predicted never pool" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 
@@ -237,3 +237,49 @@ def test_across_tables_prices_each_seed_by_its_own_table(tmp_path, capsys):
     assert bench.main(argv[:-1] + [f"{a},{b},{c}", "--across-tables"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(c) in err[0] and "seed 1" in err[0]
+
+
+def test_a_seed_that_misses_a_budget_is_counted_in_the_cells_it_leaves(tmp_path, capsys):
+    bench = _bench()
+    out = _report(tmp_path)
+    rep = json.loads((out / "bench_search.json").read_text())
+    # seed 1's x deploys nothing that fits 0.5 when measured (MID is 0.55 ms): a miss on that seed only
+    rep["runs"]["seed1/x"]["deployed"] = [d for d in rep["runs"]["seed1/x"]["deployed"] if d["widths"] != SMALL]
+    (out / "bench_search.json").write_text(json.dumps(rep))
+    assert bench.main(["--out", str(out), "--summarize-only", "--seeds", "0,1", "--methods", "usnet,x"]) == 0
+    md = (out / "bench_search.seeds0-1.md").read_text()
+    # the 0.5 cell and the average hold seed 0 alone (+3 at 0.5, +1 at 1.0); the 1.0 cell both seeds
+    assert "| x | 3.00 (n=1) | 1.00 ± 0.00 | 2.00 (n=1) |" in md
+    assert "(n=1)" in capsys.readouterr().out
+
+
+def test_across_timings_pools_valid_measured_reports_each_seed_at_its_own_timing(tmp_path, capsys):
+    """Two measured reports (seeds 0-1 timed once, seeds 2-3 in another run where MID measured
+    0.45 ms): pooled --across-timings, x serves MID at 0.5 on seeds 2-3 only. Without the flag,
+    or with a timing that failed its validity rule, the pool is refused in one line."""
+    bench = _bench()
+    valid = {"recheck": {"valid": True, "why": "drift uniform"}}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = (_report(tmp_path / d) / "bench_search.json" for d in "ab")
+    doc = json.loads(a.read_text())
+    a.write_text(json.dumps({**doc, "timing": valid}))
+    doc = json.loads(b.read_text())
+    doc["runs"] = {k.replace("seed0", "seed2").replace("seed1", "seed3"): v for k, v in doc["runs"].items()}
+    for e in doc["latency"]:
+        if e["widths"] == MID:
+            e["median"] = 0.45
+    b.write_text(json.dumps({**doc, "timing": valid}))
+    out = tmp_path / "pooled"
+    argv = ["--out", str(out), "--summarize-only", "--seeds", "0,1,2,3", "--methods", "usnet,x", "--from", f"{a},{b}"]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--across-timings" in err[0]
+    assert bench.main(argv + ["--across-timings"]) == 0
+    rep = json.loads((out / "bench_search.pooled.json").read_text())
+    assert [r["widths"] for r in rep["per_budget"]["x"][0]["runs"]] == [SMALL, SMALL, MID, MID]
+    assert set(rep["timings"]) == {str(a), str(b)}
+    assert "Pooled across timings" in (out / "bench_search.pooled.md").read_text()
+    b.write_text(json.dumps({**doc, "timing": {"recheck": {"valid": False}}}))
+    assert bench.main(argv + ["--across-timings"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(b) in err[0] and "timing.recheck.valid" in err[0]

@@ -149,10 +149,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--from", dest="from_reports", default=None, metavar="A.json,B.json",
                    help="with --summarize-only: pool these reports (predicted-only ones, or a single measured "
                         "one) instead of --out's; written to --out as bench_search.pooled.{json,md}")
-    p.add_argument("--across-tables", action="store_true",
-                   help="with --from: pool predicted reports whose runs were searched with different tables "
-                        "(another machine's); each seed is priced by its own report's table, its budgets "
-                        "fractions of that table's full model, and a seed's rows must share one table")
+    p.add_argument("--across-tables", "--across-timings", dest="across_tables", action="store_true",
+                   help="with --from: pool reports with different price lists: predicted reports whose runs "
+                        "were searched with different tables, or measured reports of different valid timings; "
+                        "each seed is priced by its own report's list, its budgets fractions of that list's "
+                        "full model, and a seed's rows must share one list")
     p.add_argument("--no-measure", action="store_true",
                    help="train and search only (seeds run as parallel processes; a last call times and reports)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: the table's)")
@@ -518,11 +519,13 @@ def _mse(xs: list) -> dict:
     return {"mean": statistics.fmean(xs), "se": se, "n": len(xs)}
 
 
-def _pct(d: dict, key: str = "sd") -> str:
+def _pct(d: dict, key: str = "sd", of: int | None = None) -> str:
+    """A cell in points; ``(n=K)`` where only K of the row's ``of`` seeds count (the rest missed a budget)."""
     if d.get("mean") is None:
         return "miss"
     spread = d.get(key)
-    return f"{100 * d['mean']:.2f} ± {100 * spread:.2f}" if spread is not None else f"{100 * d['mean']:.2f}"
+    cell = f"{100 * d['mean']:.2f} ± {100 * spread:.2f}" if spread is not None else f"{100 * d['mean']:.2f}"
+    return cell + (f" (n={d['n']})" if of is not None and d.get("n", of) < of else "")
 
 
 def report(res: dict, log) -> None:
@@ -540,7 +543,8 @@ def report(res: dict, log) -> None:
     log(f"{'test accuracy %, mean ± sd':<30}{head}{'average':>18}{'wall x US-Nets':>16}")
     for m, s in res["summary"].items():
         wall = s.get("wall_vs_usnet")
-        log(f"{m:<30}" + "".join(f"{_pct(d):>22}" for d in s["per_budget"]) + f"{_pct(s['average']):>18}"
+        n = len(s["seeds"])
+        log(f"{m:<30}" + "".join(f" {_pct(d, of=n):>21}" for d in s["per_budget"]) + f" {_pct(s['average'], of=n):>17}"
             + (f"{wall['mean']:>13.2f}x" if wall else ""))
         if "before_final_training" in s:
             f = s["before_final_training"]
@@ -552,8 +556,9 @@ def report(res: dict, log) -> None:
         for m, s in res["summary"].items():
             if f"vs_{ref}" in s:
                 v = s[f"vs_{ref}"]
-                log(f"{m:<30}" + "".join(f"{_pct(d, 'se'):>22}" for d in v["per_budget"])
-                    + f"{_pct(v['average'], 'se'):>18}")
+                n = len(s["seeds"])
+                log(f"{m:<30}" + "".join(f" {_pct(d, 'se', n):>21}" for d in v["per_budget"])
+                    + f" {_pct(v['average'], 'se', n):>17}")
 
 
 def _budget_head(res: dict, x: float) -> str:
@@ -567,8 +572,10 @@ def markdown(res: dict, doc: dict) -> str:
     lines = [] if res.get("latency") != "predicted" else [
         "Every latency below is the table's PREDICTION (`--predicted-only`: nothing was timed).", ""]
     if "full_ms_of_seed" in res:
-        lines += ["Pooled across tables: each seed's sub-nets priced by the table its rows were searched with, "
-                  "its budgets fractions of that table's full model (" + ", ".join(
+        lines += [("Pooled across tables: each seed's sub-nets priced by the table its rows were searched with, "
+                   "its budgets fractions of that table's full model (" if res.get("latency") == "predicted" else
+                   "Pooled across timings: each seed's sub-nets timed in one interleaved run, its budgets "
+                   "fractions of that run's measured full model (") + ", ".join(
                       f"seed {s}: {ms:.3f} ms" for s, ms in res["full_ms_of_seed"].items()) + ").", ""]
     lines += ["| method | " + " | ".join(_budget_head(res, x) for x in b)
              + " | average | wall x US-Nets | own CPU s | CPU x US-Nets | pipeline CPU s | pipeline CPU x US-Nets |",
@@ -579,7 +586,9 @@ def markdown(res: dict, doc: dict) -> str:
 
     for m, s in res["summary"].items():
         wall = s.get("wall_vs_usnet")
-        lines.append(f"| {label(m)} | " + " | ".join(_pct(d) for d in s["per_budget"]) + f" | {_pct(s['average'])} | "
+        n = len(s["seeds"])
+        lines.append(f"| {label(m)} | " + " | ".join(_pct(d, of=n) for d in s["per_budget"])
+                     + f" | {_pct(s['average'], of=n)} | "
                      + (f"{wall['mean']:.2f} ± {wall['sd']:.2f}" if wall else "-") + " | "
                      + (f"{s['own_cpu_s']['mean']:.0f} ± {s['own_cpu_s']['sd']:.0f}" if "own_cpu_s" in s else "-") + " | "
                      + (f"{c['mean']:.2f} ± {c['sd']:.2f} ({c['n']} seeds)" if (c := s.get("cpu_vs_usnet")) else "-")
@@ -598,15 +607,17 @@ def markdown(res: dict, doc: dict) -> str:
         for m, s in res["summary"].items():
             if f"vs_{ref}" in s:
                 v = s[f"vs_{ref}"]
-                lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
-                             + f" | {_pct(v['average'], 'se')} |")
+                n = len(res["summary"][m]["seeds"])
+                lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se", n) for d in v["per_budget"])
+                             + f" | {_pct(v['average'], 'se', n)} |")
         predicted = res.get("at_predicted_latency" if ref == "usnet" else "at_predicted_latency_reference")
         if predicted:
             lines += ["", f"| paired difference against {name} at equal PREDICTED latency (diagnostic) | "
                       + " | ".join(f"{x:g}" for x in b) + " | average |", "|---|" + "---|" * (len(b) + 1)]
             for m, v in predicted.items():
-                lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se") for d in v["per_budget"])
-                             + f" | {_pct(v['average'], 'se')} |")
+                n = len(res["summary"][m]["seeds"])
+                lines.append(f"| {label(m)} | " + " | ".join(_pct(d, "se", n) for d in v["per_budget"])
+                             + f" | {_pct(v['average'], 'se', n)} |")
     lines += ["", "| method | seed | " + " | ".join(f"{x:g}" for x in b) + " |", "|---|---|" + "---|" * len(b)]
     for m, per in res["per_budget"].items():
         for i, seed in enumerate(res["summary"][m]["seeds"]):
@@ -677,11 +688,13 @@ PROTOCOL_KEYS = ("table", "model", "data", "data_limit", "holdout_fraction", "in
 def load_reports(paths: list[Path], across_tables: bool = False) -> dict:
     """One report from several (``--from``): the union of their runs and latencies. Refused,
     in one line naming the file and field, when two hold the same seed and row, when their
-    protocols differ, or when measured reports are pooled (timings of different sessions are
-    not comparable: only the table's predictions are the same everywhere). ``across_tables``:
-    their tables may differ; the latencies are then kept per table (``latency_by_table``) and
-    each seed is priced by its own (``table_of_seed``), refused when a seed's rows come from
-    reports of two tables (their paired difference would compare two price lists)."""
+    protocols differ, or when measured reports are pooled without ``across_tables`` (timings
+    of different sessions are not comparable: only the table's predictions are the same
+    everywhere). ``across_tables``: each report's prices stand apart, kept per price list
+    (``latency_by_table``: a predicted report's table, or a measured report's own timing,
+    which must have passed its validity rule) and each seed is priced by its own
+    (``table_of_seed``), refused when a seed's rows come from two lists (their paired
+    difference would compare two price lists)."""
     from edgedyn.artifacts import load_json
     from edgedyn.errors import EdgedynError
 
@@ -697,9 +710,17 @@ def load_reports(paths: list[Path], across_tables: bool = False) -> dict:
     table_of_seed: dict[str, str] = {}
     for path, doc in docs:
         table = str(doc.get("args", {}).get("table", "profiles/cpu-resnet20.json"))
-        if len(docs) > 1 and doc.get("latency_source") != "predicted":
-            raise EdgedynError(f"{path}: latency_source is {doc.get('latency_source', 'measured')!r}: only "
-                               "reports at the predicted latency (--predicted-only) can be pooled")
+        if doc.get("latency_source") != base.get("latency_source"):
+            raise EdgedynError(f"{path}: latency_source is {doc.get('latency_source', 'measured')!r}, {first}'s "
+                               f"is {base.get('latency_source', 'measured')!r}: measured and predicted never pool")
+        if len(docs) > 1 and key == "median":
+            if not across_tables:
+                raise EdgedynError(f"{path}: latency_source is 'measured': measured reports of different "
+                                   "timings pool only with --across-timings (each seed priced by its own)")
+            if not (doc.get("timing") or {}).get("recheck", {}).get("valid"):
+                raise EdgedynError(f"{path}: timing.recheck.valid is not true: only valid timings are pooled")
+            table = f"timing {path}"
+            pooled.setdefault("timings", {})[str(path)] = doc["timing"]["recheck"].get("why", "valid")
         if doc["budgets"] != base["budgets"]:
             raise EdgedynError(f"{path}: budgets {doc['budgets']} differ from {first}'s {base['budgets']}")
         for k in PROTOCOL_KEYS:
@@ -712,8 +733,8 @@ def load_reports(paths: list[Path], across_tables: bool = False) -> dict:
                 raise EdgedynError(f"{path}: runs.{run} is in {origin[run]} too")
             seed = run.split("/")[0][4:]
             if across_tables and table_of_seed.setdefault(seed, table) != table:
-                raise EdgedynError(f"{path}: args.table is {table!r}, but seed {seed}'s other rows were searched "
-                                   f"with {table_of_seed[seed]!r}: a seed's rows must share one table")
+                raise EdgedynError(f"{path}: runs.{run} is priced by {table!r}, but seed {seed}'s other rows by "
+                                   f"{table_of_seed[seed]!r}: a seed's rows must share one price list")
             origin[run] = path
             pooled["runs"][run] = v
         entries = doc["latency"] if isinstance(doc["latency"], list) else _predicted_latency(path, doc)
@@ -797,7 +818,7 @@ def summarize(args: argparse.Namespace) -> int:
     if key == "predicted":
         res["latency"] = "predicted"
     else:
-        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
+        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted", lat_of_seed), reference_of(args)))
     report(res, lambda m: print(m))
     if pooled:
         out.mkdir(parents=True, exist_ok=True)
@@ -807,7 +828,7 @@ def summarize(args: argparse.Namespace) -> int:
             "args": {k: doc["args"][k] for k in PROTOCOL_KEYS if k in doc["args"]},
             "runs": {f"seed{s}/{m}": v for (s, m), v in runs.items()},
             **{k: v for k, v in res.items() if k != "latency"}, "latency": doc["latency"],
-            **{k: doc[k] for k in ("latency_by_table", "table_of_seed") if k in doc}})
+            **{k: doc[k] for k in ("latency_by_table", "table_of_seed", "timings") if k in doc}})
     else:
         path = out / f"bench_search.seeds{'-'.join(str(s) for s in sorted(seeds))}.md"
     sources = "" if not pooled else "Pooled from " + ", ".join(f"`{p}`" for p in doc["sources"]) + ".\n\n"
@@ -859,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"warning: this timing is not valid ({timing['recheck']['why']}); report it, and time again")
         res = compare(args, runs, subs, lat)
         check_reference(args, runs)
-        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
+        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted", lat_of_seed), reference_of(args)))
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
