@@ -283,3 +283,32 @@ def test_across_timings_pools_valid_measured_reports_each_seed_at_its_own_timing
     assert bench.main(argv + ["--across-timings"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(b) in err[0] and "timing.recheck.valid" in err[0]
+
+
+def test_a_row_that_reuses_us_nets_finds_the_run_an_earlier_call_finished(tmp_path, monkeypatch):
+    """``--methods usnet-aligned`` alone (a queue running one row per call): it reuses the
+    US-Nets run an earlier call left on disk, charged its wall time, and is refused in one
+    line where there is none."""
+    from types import SimpleNamespace
+
+    import edgedyn.search as search
+    from edgedyn.errors import EdgedynError
+    from edgedyn.profile import LatencyTable
+
+    bench = _bench()
+    seen = []
+    monkeypatch.setattr(search, "run_search", lambda cfg, *a, **k: seen.append(cfg) or SimpleNamespace(timings={}))
+    table = LatencyTable.load(ROOT / "profiles" / "cpu-resnet20.json")
+    sdir = tmp_path / "seed0"
+    (sdir / "usnet").mkdir(parents=True)
+    (sdir / "pretrained.pt").write_bytes(b"")
+    args = bench.parse_args(["--out", str(tmp_path), "--seeds", "0", "--methods", "usnet-aligned"])
+    try:
+        bench.run_all(args, table, lambda m: None)
+        raise AssertionError("no US-Nets run: refused")
+    except EdgedynError as err:
+        assert "run usnet first" in str(err) and "bench_done.json" in str(err)
+    (sdir / "usnet" / "bench_done.json").write_text(json.dumps({"wall_s": 100.0}))
+    runs = bench.run_all(args, table, lambda m: None)
+    assert list(runs) == [(0, "usnet-aligned")] and runs[(0, "usnet-aligned")]["reused_usnet_s"] == 100.0
+    assert seen[0].weights == str(sdir / "usnet" / "weights.pt") and seen[0].train_epochs == 0

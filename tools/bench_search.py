@@ -209,11 +209,15 @@ def run_all(args: argparse.Namespace, table, log) -> dict:
                           overwrite=not (run_dir / "checkpoint.pt").is_file())
             charged = 0.0
             if name in REUSE_USNET:
-                if (seed, "usnet") not in runs:
-                    raise EdgedynError(f"{name} reuses the US-Nets run of seed {seed}: list usnet before it")
-                charged = runs[(seed, "usnet")]["wall_s"]
+                usnet_done = sdir / "usnet" / "bench_done.json"
+                usnet = runs.get((seed, "usnet")) or (  # listed in this call, or finished by an earlier one
+                    {"dir": usnet_done.parent, **json.loads(usnet_done.read_text())} if usnet_done.is_file() else None)
+                if usnet is None:
+                    raise EdgedynError(f"{name} reuses the US-Nets run of seed {seed}: run usnet first "
+                                       f"(no {usnet_done})")
+                charged = usnet["wall_s"]
                 # no before-train diagnostic: with no training of their own it would equal the result
-                cfg = replace(cfg, weights=str(runs[(seed, "usnet")]["dir"] / "weights.pt"), train_epochs=0,
+                cfg = replace(cfg, weights=str(usnet["dir"] / "weights.pt"), train_epochs=0,
                               before_train=False)
             log(f"seed {seed}: {name}{' (resumed)' if cfg.resume else ''}")
             t0, c0 = time.time(), time.process_time()
@@ -880,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"warning: this timing is not valid ({timing['recheck']['why']}); report it, and time again")
         res = compare(args, runs, subs, lat)
         check_reference(args, runs)
-        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted", lat_of_seed), reference_of(args)))
+        res.update(predicted_diffs(compare(args, runs, subs, lat, "predicted"), reference_of(args)))
     except EdgedynError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
