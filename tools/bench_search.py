@@ -147,8 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train and time nothing: summarise the last report's bench_search.json again for "
                         "--seeds and --methods (written as bench_search.seeds<...>.md)")
     p.add_argument("--from", dest="from_reports", default=None, metavar="A.json,B.json",
-                   help="with --summarize-only: pool these reports (predicted-only ones, or a single measured "
-                        "one) instead of --out's; written to --out as bench_search.pooled.{json,md}")
+                   help="with --summarize-only: pool these reports (predicted-only ones; measured ones of valid "
+                        "timings with --across-timings) instead of --out's; written to --out as "
+                        "bench_search.pooled.{json,md}")
     p.add_argument("--across-tables", "--across-timings", dest="across_tables", action="store_true",
                    help="with --from: pool reports with different price lists: predicted reports whose runs "
                         "were searched with different tables, or measured reports of different valid timings; "
