@@ -538,7 +538,7 @@ def report(res: dict, log) -> None:
     how = "PREDICTED by the table (nothing timed)" if res.get("latency") == "predicted" else "measured"
     full = res["full_ms"]
     if "full_ms_of_seed" in res:  # pooled across tables
-        log(f"\nfull model {how}, per seed (its {'table' if how.startswith('PREDICTED') else 'timing'}): " + ", ".join(
+        log(f"\nfull model {how}, per seed (its {'table' if res.get('latency') == 'predicted' else 'timing'}): " + ", ".join(
             f"{s}: {ms:.3f} ms" for s, ms in res["full_ms_of_seed"].items())
             + f"; budgets {', '.join(f'{x:g}' for x in b)} of each seed's")
     else:
