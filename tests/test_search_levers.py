@@ -76,6 +76,12 @@ def test_every_lever_has_its_reserved_row():
         want = {**default, **lever, "options": {**default["options"], **lever.get("options", {})}}
         assert v[name].overrides == want and v[name].cost == "latency", name
         SearchConfig(**v[name].overrides).validate()
+    for lever in ("neighbour", "ftfinal", "usebudget", "flat", "score2000", "bncal"):  # the same levers on L6
+        alone = v[f"autoslim-{lever}+latency"].overrides
+        on_l6 = v[f"autoslim-mean-{lever}+latency"]
+        assert on_l6.overrides == {**alone, "options": {**alone["options"], "sandwich_mean": True}}, lever
+        assert on_l6.cost == "latency" and on_l6.doc.startswith("L6 and L"), lever
+        SearchConfig(**on_l6.overrides).validate()
     assert v["usnet-mean"].overrides == {**v["usnet"].overrides, "options": {"sandwich_mean": True}}  # L6's baseline
     SearchConfig(**v["usnet-mean"].overrides).validate()
     # every autoslim row says which sandwich loss it ran with; L6 is the default now, US-Nets keeps its sum

@@ -124,6 +124,19 @@ def _summed(v: Variant) -> Variant:
     return Variant({**v.overrides, "options": options}, v.cost, v.doc)
 
 
+def _on_l6(variants: dict[str, Variant], levers: tuple[str, ...]) -> dict[str, Variant]:
+    """``autoslim-mean-LEVER+latency`` for each lever: its row ``autoslim-LEVER+latency`` with
+    L6's averaged sandwich loss (``sandwich_mean=true``), so each lever is measured on top of the
+    default it would join."""
+    rows = {}
+    for lever in levers:
+        v = variants[f"autoslim-{lever}+latency"]
+        options = {**(v.overrides.get("options") or {}), "sandwich_mean": True}
+        rows[f"autoslim-mean-{lever}+latency"] = Variant({**v.overrides, "options": options}, v.cost,
+                                                         f"L6 and {v.doc.split(':')[0]}")
+    return rows
+
+
 _UNIFORM = dict(supernet_students="uniform", final_epochs=0)
 _FINAL = dict(supernet_students="uniform", direction="slim")  # round 8's default, autoslim-final+latency
 
@@ -170,6 +183,8 @@ class Autoslim(Method):
         "autoslim-meanfill+latency": Variant(dict(_FINAL, options={"sandwich_mean": True, "fill_budget": True}),
                                              "latency", "L6 and L7 together"),
     }
+    # the same levers on top of L6, the default since 2026-12-03 (plan amendment 16)
+    variants.update(_on_l6(variants, ("neighbour", "ftfinal", "usebudget", "flat", "score2000", "bncal")))
     # the rows defined before L6 became the default keep the summed loss they were run with
     variants = {k: _summed(v) for k, v in variants.items()}
     options: AutoslimOptions
