@@ -334,17 +334,20 @@ def _dist_worker(rank: int, world: int, port: int, cfg: SearchConfig, queue) -> 
         tdist.destroy_process_group()
 
 
+def _two_ranks(cfg: SearchConfig) -> list[tuple[int, list, list]]:
+    """``cfg`` searched by two gloo ranks in spawned processes: each rank's (rank, widths, path)."""
+    queue = torch.multiprocessing.get_context("spawn").Queue()
+    procs = torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), cfg, queue), nprocs=2, join=False)
+    procs.join(timeout=240)
+    return sorted(queue.get(timeout=10) for _ in range(2))
+
+
 def test_distributed_two_ranks_choose_the_same_subnets(base_run, tmp_path):
     out, _ = base_run
     cfg = small_config(tmp_path / "one", weights=str(out / "weights.pt"), ranking="l1", threshold="none",
                        train_epochs=1)
     single = run_search(cfg, MockLatency())
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    cfg2 = replace(cfg, out=str(tmp_path / "two"))
-    procs = torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), cfg2, queue), nprocs=2, join=False)
-    procs.join(timeout=240)
-    got = sorted(queue.get(timeout=10) for _ in range(2))
+    got = _two_ranks(replace(cfg, out=str(tmp_path / "two")))
     assert [g[0] for g in got] == [0, 1]
     for _, widths, path in got:
         assert widths == [list(s.spec.widths) for s in single.subnets]
@@ -563,12 +566,7 @@ def test_autoslim_distributed_two_ranks_choose_the_same_subnets(slim_run, tmp_pa
     out, _ = slim_run
     cfg = slim_config(tmp_path / "one", weights=str(out / "weights.pt"), pretrain_epochs=0, final_epochs=2)
     single = run_search(cfg, MockLatency())
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    cfg2 = replace(cfg, out=str(tmp_path / "two"))
-    procs = torch.multiprocessing.spawn(_dist_worker, args=(2, _free_port(), cfg2, queue), nprocs=2, join=False)
-    procs.join(timeout=240)
-    got = sorted(queue.get(timeout=10) for _ in range(2))
+    got = _two_ranks(replace(cfg, out=str(tmp_path / "two")))
     for _, widths, path in got:
         assert widths == [list(s.spec.widths) for s in single.subnets]
         assert path == [p.to_dict() for p in single.path]
