@@ -42,7 +42,9 @@ methods declare (``variants`` in ``edgedyn/search/methods/*.py``):
                         baseline ``usnet-mean`` (US-Nets trained the same way; every uniform
                         width deployed, as for ``usnet``), ``autoslim-fill+latency`` (L7: each
                         pick widened by MACs per predicted ms until nothing wider fits its
-                        budget) and ``autoslim-meanfill+latency`` (L6 and L7).
+                        budget) and ``autoslim-meanfill+latency`` (L6 and L7); the same levers
+                        on top of L6 (the default since 2026-12-03): ``autoslim-mean-LEVER+latency``
+                        for LEVER in neighbour, ftfinal, usebudget, flat, score2000, bncal.
 
 Equal measured latency. Every sub-net a method deploys is exported to ONNX and timed
 with deploy's protocol (ONNX Runtime on this CPU, the table's thread count, per-call
